@@ -1,0 +1,1 @@
+"""The ``modeltheft`` command line."""

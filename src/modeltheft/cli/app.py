@@ -1,0 +1,177 @@
+"""Typer app: thin commands that parse options, call the library and render the result."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from modeltheft import __version__
+from modeltheft.errors import ModelTheftError
+
+app = typer.Typer(
+    name="modeltheft",
+    help="Model extraction (OWASP ML05:2023): steal a classifier through its API, and defend one.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(
+    help="Manage API keys (only salted hashes are stored).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def train(
+    out: Annotated[
+        Path, typer.Option(help="Where to write the model (.skops); metadata goes beside it.")
+    ],
+    model: Annotated[str, typer.Option(help="Model family: rf, lr, mlp, svc or gbdt.")] = "rf",
+) -> None:
+    """Train a victim on the lab's digits split and save it safely (skops + metadata JSON)."""
+    from modeltheft.victim import save_victim, train_victim
+
+    trained = train_victim(model)
+    meta = save_victim(trained.model, out, trained.metadata)
+    console.print(f"trained {model}: test accuracy {trained.metadata['test_accuracy']:.3f}")
+    console.print(f"saved {out} and {meta}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="A model saved by 'modeltheft train'.")] = None,
+    defense: Annotated[str, typer.Option(help="Preset (none, lab) or a TOML file.")] = "none",
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    keys_file: Annotated[
+        Path | None, typer.Option(help="File of name:sha256$salt$digest lines.")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most rows per request.")] = 256,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed the defenses' randomness (testing only).")
+    ] = None,
+) -> None:
+    """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz."""
+    import uvicorn
+
+    from modeltheft.service import Settings, create_app
+    from modeltheft.service.auth import KeyRing
+
+    keys = KeyRing.from_sources(keys_file)
+    settings = Settings(
+        keys=keys, model_path=model, defense=defense, max_batch=max_batch, seed=seed
+    )
+    application = create_app(settings)
+    console.print(
+        f"serving {application.state.model_name} with defense {defense!r} on http://{host}:{port} "
+        f"for {len(keys)} client(s)"
+    )
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command()
+def attack(
+    target: Annotated[str, typer.Option(help="Base URL of the prediction API.")],
+    out: Annotated[Path, typer.Option(help="Folder for the stolen model, query log and results.")],
+    api_key: Annotated[
+        str, typer.Option(envvar="MODELTHEFT_API_KEY", help="API key (or set MODELTHEFT_API_KEY).")
+    ],
+    strategy: Annotated[str, typer.Option(help="Query strategy.")] = "owasp-synthetic",
+    budget: Annotated[int, typer.Option(help="Queries to spend.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the attack's random choices.")] = 0,
+    substitute: Annotated[str, typer.Option(help="Substitute model family.")] = "lr",
+    batch_size: Annotated[int, typer.Option(help="Rows per request.")] = 1,
+    on_rate_limit: Annotated[
+        str, typer.Option(help="'count' refused queries or 'wait' them out.")
+    ] = "count",
+    victim: Annotated[
+        Path | None, typer.Option(help="Your own copy of the victim, to measure fidelity.")
+    ] = None,
+) -> None:
+    """Steal a model through its API; an interrupted run continues from its query log."""
+    from modeltheft.cli.attack import run_attack
+
+    run_attack(
+        target=target,
+        out=out,
+        api_key=api_key,
+        strategy=strategy,
+        budget=budget,
+        seed=seed,
+        substitute=substitute,
+        batch_size=batch_size,
+        on_rate_limit=on_rate_limit,
+        victim_path=victim,
+        console=console,
+    )
+
+
+@app.command()
+def demo(
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Repeat each scenario over this many seeds.")
+    ] = 5,
+    seed: Annotated[int, typer.Option(help="Root seed of the whole run.")] = 42,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    budget: Annotated[int, typer.Option(min=51, help="Queries per attack.")] = 300,
+) -> None:
+    """The OWASP ML05 lab in one command: victim, real HTTP service, attack, defenses, plots."""
+    from modeltheft.cli.demo import run_demo
+
+    run_demo(repeats=repeats, seed=seed, out=out, budget=budget, console=console)
+
+
+@keys_app.command("new")
+def keys_new(name: Annotated[str, typer.Argument(help="Client name for the key.")]) -> None:
+    """Make a random key: prints the key once, and the line to add to a keys file."""
+    from modeltheft.service.auth import hash_key, new_key
+
+    if not name or any(c in name for c in ":,# \t"):
+        raise ModelTheftError(
+            f"client name must be non-empty without ':', ',', '#' or spaces: {name!r}"
+        )
+    key = new_key()
+    console.print(f"key (shown once, give it to the client): {key}")
+    console.print(f"keys-file line: {name}:{hash_key(key)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: domain and usage errors become one line on stderr and exit code 1."""
+    err = Console(stderr=True)
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="modeltheft")
+    except typer.Abort:
+        err.print("aborted")
+        return 1
+    except typer.exceptions.TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
+        return 1
+    except ModelTheftError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script wrapper around :func:`main`."""
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,48 @@
+"""The digits data set (scikit-learn's bundled copy) and the lab's fixed split."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+N_FEATURES = 64
+N_CLASSES = 10
+IMAGE_SHAPE = (8, 8)
+LAB_TEST_SIZE = 0.3
+LAB_SPLIT_SEED = 42
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """Victim-training and test digits, pixels scaled to [0, 1]."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+    def describe(self) -> dict[str, object]:
+        """Metadata that identifies this split."""
+        return {
+            "dataset": "sklearn.datasets.load_digits",
+            "scaling": "pixels / 16",
+            "test_size": LAB_TEST_SIZE,
+            "random_state": LAB_SPLIT_SEED,
+            "n_train": len(self.y_train),
+            "n_test": len(self.y_test),
+        }
+
+
+@lru_cache(maxsize=1)
+def lab_split() -> DigitsSplit:
+    """The OWASP lab split: 70 % victim training, 30 % (540 images) test, ``random_state=42``."""
+    digits = load_digits()
+    X = digits.data / 16.0
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, digits.target, test_size=LAB_TEST_SIZE, random_state=LAB_SPLIT_SEED
+    )
+    for array in (X_train, X_test, y_train, y_test):
+        array.flags.writeable = False
+    return DigitsSplit(X_train, X_test, y_train, y_test)

@@ -1,0 +1,90 @@
+"""Build a defense pipeline from a preset name or a TOML file.
+
+A TOML file holds ``[[stages]]`` tables, each with a ``type`` (a registered stage name) and
+that stage's parameters. Unknown types and unknown parameters are errors, never ignored.
+"""
+
+import inspect
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from modeltheft.defenses.base import Pipeline, Stage
+from modeltheft.defenses.output import (
+    GaussianNoise,
+    HardLabel,
+    Normalize,
+    RandomHardLabel,
+    Rounding,
+)
+from modeltheft.defenses.ratelimit import ProbabilisticRateLimit
+from modeltheft.errors import ConfigError
+
+STAGES: dict[str, type[Stage]] = {
+    cls.name: cls
+    for cls in (
+        ProbabilisticRateLimit,
+        GaussianNoise,
+        Rounding,
+        RandomHardLabel,
+        HardLabel,
+        Normalize,
+    )
+}
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("modeltheft.defenses") / "presets"
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def build_stage(spec: dict[str, Any]) -> Stage:
+    """One stage from its TOML table."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"each stage needs a 'type'; got {spec!r}")
+    params = dict(spec)
+    kind = params.pop("type")
+    if kind not in STAGES:
+        raise ConfigError(f"unknown defense stage {kind!r}; known: {', '.join(sorted(STAGES))}")
+    cls = STAGES[kind]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ConfigError(
+            f"stage {kind!r} has no parameter {', '.join(unknown)} (it takes: {known})"
+        )
+    return cls(**params)
+
+
+def pipeline_from_dict(config: dict[str, Any], name: str = "custom") -> Pipeline:
+    """A pipeline from parsed TOML."""
+    unknown = sorted(set(config) - {"stages"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) in defense config: {', '.join(unknown)}")
+    stages = config.get("stages", [])
+    if not isinstance(stages, list):
+        raise ConfigError("'stages' must be an array of tables ([[stages]])")
+    return Pipeline([build_stage(spec) for spec in stages], name=name)
+
+
+def load_pipeline(preset_or_path: str | Path) -> Pipeline:
+    """A pipeline from a preset name (``none``, ``lab``, …) or the path of a TOML file."""
+    text = str(preset_or_path)
+    if text in preset_names():
+        source = resources.files("modeltheft.defenses") / "presets" / f"{text}.toml"
+        return pipeline_from_dict(tomllib.loads(source.read_text()), name=text)
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(
+            f"defense {text!r} is neither a preset ({', '.join(preset_names())}) nor a TOML file"
+        )
+    try:
+        config = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return pipeline_from_dict(config, name=path.stem)

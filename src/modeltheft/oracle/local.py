@@ -1,0 +1,33 @@
+"""The victim in-process, behind the same defense pipeline the service runs."""
+
+import numpy as np
+
+from modeltheft.defenses.guarded import GuardedModel
+from modeltheft.errors import RateLimited
+from modeltheft.oracle.base import Oracle, OracleAnswers
+from modeltheft.oracle.log import QueryLog
+
+
+class LocalOracle(Oracle):
+    """Queries a :class:`GuardedModel` directly, as client ``client_id``, one request per batch."""
+
+    def __init__(
+        self,
+        guarded: GuardedModel,
+        budget: int,
+        client_id: str = "attacker",
+        log: QueryLog | None = None,
+    ) -> None:
+        super().__init__(budget, log)
+        self.guarded = guarded
+        self.client_id = client_id
+        self.n_classes = len(guarded.classes)
+
+    def _send(self, X: np.ndarray) -> OracleAnswers:
+        n = len(X)
+        try:
+            labels, answers = self.guarded.answer(self.client_id, X)
+        except RateLimited:
+            return OracleAnswers(np.full(n, -1), None, np.ones(n, dtype=bool))
+        probabilities = answers.probabilities if answers.expose_probabilities else None
+        return OracleAnswers(np.asarray(labels, dtype=int), probabilities, np.zeros(n, dtype=bool))

@@ -1,0 +1,88 @@
+"""The demo's figures, drawn with matplotlib's Agg backend (no display needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from modeltheft.evaluation.results import ScenarioResult
+
+LABELS = {"no_defense": "Stolen\n(no defense)", "lab_defenses": "Stolen\n(lab defenses)"}
+COLORS = ["#2e7d32", "#c62828", "#ef6c00", "#6a1b9a"]
+
+
+def _label(scenario: ScenarioResult) -> str:
+    return LABELS.get(scenario.name, scenario.name)
+
+
+def _annotate(ax: plt.Axes, bars, fmt: str) -> None:
+    for bar in bars:
+        ax.annotate(
+            fmt.format(bar.get_height()),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            fontweight="bold",
+        )
+
+
+def accuracy_plot(victim_accuracy: float, scenarios: list[ScenarioResult], path: Path) -> Path:
+    """Bars of victim and stolen accuracies (with ± std over repeats)."""
+    names = ["Victim\n(proprietary)"] + [_label(s) for s in scenarios]
+    values = [victim_accuracy] + [s.stolen_accuracy for s in scenarios]
+    errors = [0.0] + [s.stolen_accuracy_std or 0.0 for s in scenarios]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bars = ax.bar(names, values, yerr=errors, capsize=6, color=COLORS[: len(values)], alpha=0.85)
+    _annotate(ax, bars, "{:.3f}")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("Accuracy on the 540 test digits")
+    ax.set_title("Model theft: accuracy of the victim and of its stolen copies")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def query_success_plot(scenarios: list[ScenarioResult], path: Path) -> Path:
+    """Bars of the fraction of the attacker's queries that were answered."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    bars = ax.bar(
+        [_label(s) for s in scenarios],
+        [100 * s.query_success_rate for s in scenarios],
+        color=COLORS[1 : len(scenarios) + 1],
+        alpha=0.85,
+    )
+    _annotate(ax, bars, "{:.1f}%")
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("Queries answered (%)")
+    ax.set_title(f"Attacker's query success ({scenarios[0].budget} queries sent)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def predictions_plot(
+    images: np.ndarray,
+    truth: np.ndarray,
+    columns: dict[str, np.ndarray],
+    path: Path,
+) -> Path:
+    """A 3x4 grid of digits titled with the true label and each model's prediction."""
+    fig, axes = plt.subplots(3, 4, figsize=(11, 9))
+    for k, ax in enumerate(axes.flat):
+        ax.imshow(images[k].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        lines = [f"true {truth[k]}"] + [f"{name} {pred[k]}" for name, pred in columns.items()]
+        ax.set_title("\n".join(lines), fontsize=9)
+        ax.axis("off")
+    fig.suptitle(
+        "Test digits: true label, victim, stolen copy, stolen copy under the lab's defenses"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

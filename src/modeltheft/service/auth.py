@@ -1,0 +1,133 @@
+"""API keys: kept only as salted SHA-256 hashes and compared in constant time.
+
+API keys are long random tokens, not passwords, so a salted SHA-256 is enough; a keys file
+holds lines ``name:sha256$<salt hex>$<digest hex>`` made by ``modeltheft keys new``.
+"""
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from modeltheft.errors import ConfigError
+
+ENV_VAR = "MODELTHEFT_API_KEYS"
+SCHEME = "sha256"
+
+
+def hash_key(key: str, salt: bytes | None = None) -> str:
+    """The stored form of ``key``: ``sha256$salt$digest``."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.sha256(salt + key.encode()).hexdigest()
+    return f"{SCHEME}${salt.hex()}${digest}"
+
+
+def new_key() -> str:
+    """A fresh random API key."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    salt: bytes
+    digest: bytes
+
+
+def _parse_hash(name: str, stored: str) -> _Entry:
+    parts = stored.split("$")
+    if len(parts) != 3 or parts[0] != SCHEME:
+        raise ConfigError(f"key {name!r}: expected '{SCHEME}$<salt>$<digest>'")
+    try:
+        salt, digest = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except ValueError:
+        raise ConfigError(f"key {name!r}: salt and digest must be hexadecimal") from None
+    if len(digest) != 32:
+        raise ConfigError(f"key {name!r}: digest must be 64 hex digits")
+    return _Entry(name, salt, digest)
+
+
+def _split_pair(item: str, source: str) -> tuple[str, str]:
+    name, sep, value = item.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise ConfigError(f"{source}: expected 'name:value' entries, got an entry without one")
+    return name, value
+
+
+class KeyRing:
+    """The hashed API keys a service accepts."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        names = [e.name for e in entries]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate API key names: {', '.join(duplicates)}")
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def names(self) -> list[str]:
+        """Client names, never keys."""
+        return [e.name for e in self._entries]
+
+    @classmethod
+    def from_pairs(cls, pairs: dict[str, str]) -> "KeyRing":
+        """From plain ``{name: key}``; only the hashes are kept."""
+        entries = []
+        for name, key in pairs.items():
+            salt = secrets.token_bytes(16)
+            entries.append(_Entry(name, salt, hashlib.sha256(salt + key.encode()).digest()))
+        return cls(entries)
+
+    @classmethod
+    def from_env_value(cls, value: str) -> "KeyRing":
+        """From ``name:key,name:key`` (the ``MODELTHEFT_API_KEYS`` format)."""
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, key = _split_pair(item, ENV_VAR)
+            if name in pairs:
+                raise ConfigError(f"{ENV_VAR}: duplicate name {name!r}")
+            pairs[name] = key
+        return cls.from_pairs(pairs)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "KeyRing":
+        """From a keys file of ``name:sha256$salt$digest`` lines (``#`` starts a comment)."""
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read keys file {path}: {exc.strerror}") from None
+        entries = []
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                entries.append(_parse_hash(*_split_pair(line, str(path))))
+        return cls(entries)
+
+    @classmethod
+    def from_sources(
+        cls, keys_file: Path | None = None, env: dict[str, str] | None = None
+    ) -> "KeyRing":
+        """Keys from ``keys_file`` and the environment variable, together."""
+        env = os.environ if env is None else env
+        entries: list[_Entry] = []
+        if keys_file is not None:
+            entries += cls.from_file(keys_file)._entries
+        if env.get(ENV_VAR):
+            entries += cls.from_env_value(env[ENV_VAR])._entries
+        return cls(entries)
+
+    def verify(self, key: str) -> str | None:
+        """The client name whose key is ``key``, or None. Checks every entry, in constant time."""
+        found: str | None = None
+        raw = key.encode()
+        for entry in self._entries:
+            candidate = hashlib.sha256(entry.salt + raw).digest()
+            if hmac.compare_digest(candidate, entry.digest):
+                found = entry.name
+        return found

@@ -1,0 +1,62 @@
+"""Domain errors mapped to HTTP answers in one place; every error body is ``{"detail": str}``."""
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modeltheft.errors import AuthError, InputError, ModelTheftError, PayloadTooLarge, RateLimited
+
+log = logging.getLogger("modeltheft.service")
+
+STATUS: list[tuple[type[ModelTheftError], int]] = [
+    (AuthError, 401),
+    (PayloadTooLarge, 413),
+    (InputError, 422),
+    (RateLimited, 429),
+]
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            headers = None
+            if isinstance(exc, RateLimited):
+                headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            elif isinstance(exc, AuthError):
+                headers = {"WWW-Authenticate": "Bearer"}
+            return _error(status, str(exc), headers)
+    log.error("unmapped domain error: %s", type(exc).__name__)
+    return _error(500, "internal error")
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to HTTP answers."""
+    app.add_exception_handler(ModelTheftError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,37 @@
+"""Server configuration, built explicitly (nothing is read at import time)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modeltheft.errors import ConfigError
+from modeltheft.service.auth import KeyRing
+
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``create_app`` needs.
+
+    ``model_path`` None means: train the default victim on the fly. ``defense`` is a preset
+    name or a TOML path. ``seed`` makes the defenses' randomness reproducible (tests, demo);
+    leave it None in production.
+    """
+
+    keys: KeyRing
+    model_path: Path | None = None
+    defense: str = "none"
+    max_batch: int = MAX_BATCH
+    max_body_bytes: int = 2_000_000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.keys) == 0:
+            raise ConfigError(
+                "no API keys configured: set MODELTHEFT_API_KEYS=name:key[,name:key] "
+                "or pass --keys-file"
+            )
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")

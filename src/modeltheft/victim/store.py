@@ -1,0 +1,111 @@
+"""Persist models with skops (never pickle) beside a metadata JSON holding the file's hash."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import skops.io as sio
+from sklearn.base import ClassifierMixin
+
+from modeltheft import __version__
+from modeltheft.errors import ModelIntegrityError
+
+# Types outside skops' default trust that our model families need; nothing else loads.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        "sklearn._loss.loss.HalfMultinomialLoss",
+        "sklearn._loss.link.MultinomialLogit",
+        "sklearn._loss.link.Interval",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+    }
+)
+
+
+@dataclass
+class LoadedVictim:
+    """A verified model and its metadata."""
+
+    model: ClassifierMixin
+    metadata: dict[str, object]
+    path: Path
+
+
+def metadata_path(model_path: Path) -> Path:
+    """Where the metadata JSON of ``model_path`` lives."""
+    return model_path.with_name(model_path.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(model: ClassifierMixin, path: Path, metadata: dict[str, object]) -> Path:
+    """Write ``model`` to ``path`` (skops) and its metadata with the hash; return the JSON path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    untrusted = set(sio.get_untrusted_types(data=sio.dumps(model))) - TRUSTED_TYPES
+    if untrusted:
+        raise ModelIntegrityError(
+            f"refusing to save a model with untrusted types: {sorted(untrusted)}"
+        )
+    sio.dump(model, path)
+    record = {
+        **metadata,
+        "format": "skops",
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "modeltheft_version": __version__,
+    }
+    meta = metadata_path(path)
+    meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+save_victim = save_model
+
+
+def load_victim(path: Path) -> LoadedVictim:
+    """Load a model saved by :func:`save_model`, after checking its hash and its types."""
+    path = Path(path)
+    meta_file = metadata_path(path)
+    if not path.is_file():
+        raise ModelIntegrityError(f"model file not found: {path}")
+    if not meta_file.is_file():
+        raise ModelIntegrityError(f"metadata file not found: {meta_file}")
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelIntegrityError(f"metadata file {meta_file} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("sha256"), str):
+        raise ModelIntegrityError(f"metadata file {meta_file} has no sha256 field")
+    actual = file_sha256(path)
+    if actual != metadata["sha256"]:
+        raise ModelIntegrityError(
+            f"hash mismatch for {path}: metadata says {metadata['sha256'][:12]}…, "
+            f"file is {actual[:12]}…"
+        )
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+        unknown = untrusted - TRUSTED_TYPES
+        if unknown:
+            raise ModelIntegrityError(f"{path} holds untrusted types: {sorted(unknown)}")
+        model = sio.load(path, trusted=sorted(untrusted))
+    except ModelIntegrityError:
+        raise
+    except Exception as exc:  # skops raises many types for a corrupt archive
+        raise ModelIntegrityError(f"cannot load {path}: {exc}") from None
+    if not hasattr(model, "predict_proba"):
+        raise ModelIntegrityError(f"{path} does not hold a classifier with predict_proba")
+    return LoadedVictim(model=model, metadata=metadata, path=path)

@@ -1,0 +1,118 @@
+"""The CLI through its entry point: real commands, structured checks, one-line errors."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from modeltheft.cli.app import main
+from modeltheft.service.runner import BackgroundServer
+from tests.conftest import KEYS
+
+
+def test_train_writes_model_and_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lr.skops"
+    assert main(["train", "--model", "lr", "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "lr.skops.json").read_text())
+    assert meta["family"] == "lr" and meta["test_accuracy"] > 0.9 and len(meta["sha256"]) == 64
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--model", "xgb", "--out", "x.skops"], "unknown model family"),
+        (["train"], "--out"),
+        (["frobnicate"], "No such command"),
+        (["serve", "--defense", "fortress"], "fortress"),
+        (["attack", "--target", "ftp://x", "--api-key", "k", "--out", "o"], "http"),
+        (["demo", "--repeats", "0"], "repeats"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODELTHEFT_API_KEYS", "a:b")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_serve_without_keys_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MODELTHEFT_API_KEYS", raising=False)
+    assert main(["serve"]) == 1
+    assert "no API keys configured" in capsys.readouterr().err
+
+
+def test_keys_new_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", "carol"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("shown once, give it to the client): ")[1].split()[0]
+    line = out.split("keys-file line: ")[1].split()[0]
+    assert line.startswith("carol:sha256$") and key not in line
+
+
+def test_attack_saves_results_and_resumes(
+    live_server: Callable[..., BackgroundServer], tmp_path: Path, victim_path: Path
+) -> None:
+    server = live_server("none")
+    out = tmp_path / "attack"
+    argv = [
+        "attack",
+        "--target",
+        server.url,
+        "--api-key",
+        KEYS["alice"],
+        "--budget",
+        "80",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--victim",
+        str(victim_path),
+    ]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["metrics"]["sent"] == 80 and first["metrics"]["answered"] == 80
+    assert 0 < first["metrics"]["fidelity"] <= 1
+    assert first["spec"]["strategy"] == "owasp-synthetic" and first["seed"] == 3
+    assert (out / "stolen.skops").exists() and (out / "stolen.skops.json").exists()
+    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+    assert main(argv) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert second["metrics"]["reused_from_log"] == 80
+    assert second["metrics"]["stolen_accuracy"] == first["metrics"]["stolen_accuracy"]
+    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+
+
+def test_demo_writes_results_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--repeats", "2", "--budget", "200", "--out", str(out), "--seed", "5"]) == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["victim"] == {"model": "rf", "test_accuracy": pytest.approx(0.974, abs=5e-4)}
+    names = [s["name"] for s in results["scenarios"]]
+    assert names == ["no_defense", "lab_defenses"]
+    plain, defended = results["scenarios"]
+    assert plain["query_success_rate"] == 1.0 and plain["answered"] == 200
+    assert defended["query_success_rate"] < 1.0
+    assert plain["stolen_accuracy_std"] is not None and len(plain["runs"]) == 2
+    assert results["repeats"] == 2 and results["seed"] == 5
+    for name in ("accuracy.png", "query_success.png", "predictions.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "0.974" in printed and "Stolen (lab defenses)" in printed

@@ -1,0 +1,67 @@
+"""Shared fixtures: one trained victim per session, apps and live servers built from settings."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from modeltheft.service import Settings, create_app
+from modeltheft.service.auth import KeyRing
+from modeltheft.service.runner import BackgroundServer
+from modeltheft.victim import LoadedVictim, load_victim, save_victim, train_victim
+
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210"}
+
+
+@pytest.fixture(scope="session")
+def victim_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trained = train_victim("rf")
+    path = tmp_path_factory.mktemp("victim") / "victim.skops"
+    save_victim(trained.model, path, trained.metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def victim(victim_path: Path) -> LoadedVictim:
+    return load_victim(victim_path)
+
+
+@pytest.fixture
+def make_app(victim_path: Path) -> Callable[..., FastAPI]:
+    def build(defense: str = "none", **overrides: object) -> FastAPI:
+        settings = Settings(
+            keys=KeyRing.from_pairs(KEYS),
+            model_path=victim_path,
+            defense=defense,
+            seed=7,
+            **overrides,
+        )
+        return create_app(settings)
+
+    return build
+
+
+@pytest.fixture
+def client(make_app: Callable[..., FastAPI]) -> Iterator[TestClient]:
+    with TestClient(make_app("none")) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def live_server(make_app: Callable[..., FastAPI]) -> Callable[..., BackgroundServer]:
+    servers: list[BackgroundServer] = []
+
+    def start(defense: str = "none", **overrides: object) -> BackgroundServer:
+        server = BackgroundServer(make_app(defense, **overrides)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def auth(name: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}

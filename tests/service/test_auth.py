@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from modeltheft.errors import ConfigError
+from modeltheft.service.auth import KeyRing, hash_key, new_key
+
+
+def test_env_value_pairs_verify_and_only_hashes_are_kept() -> None:
+    ring = KeyRing.from_env_value("alice:k1, bob:k2")
+    assert ring.verify("k1") == "alice"
+    assert ring.verify("k2") == "bob"
+    assert ring.verify("k3") is None
+    assert "k1" not in repr(vars(ring))
+
+
+@pytest.mark.parametrize("value", ["alice", "alice:", ":k", "a:1,a:2"])
+def test_bad_env_values_are_config_errors(value: str) -> None:
+    with pytest.raises(ConfigError):
+        KeyRing.from_env_value(value)
+
+
+def test_keys_file_holds_hashes(tmp_path: Path) -> None:
+    key = new_key()
+    path = tmp_path / "keys"
+    path.write_text(f"# clients\ncarol:{hash_key(key)}\n\n")
+    ring = KeyRing.from_file(path)
+    assert ring.verify(key) == "carol"
+    assert ring.verify(key + "x") is None
+    assert key not in path.read_text()
+
+
+@pytest.mark.parametrize("line", ["carol:plaintext", "carol:sha256$zz$00", "carol:sha256$00$abcd"])
+def test_bad_keys_file_lines_are_config_errors(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "keys"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError):
+        KeyRing.from_file(path)
+
+
+def test_sources_combine_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"carol:{hash_key('kc')}\n")
+    ring = KeyRing.from_sources(path, env={"MODELTHEFT_API_KEYS": "dave:kd"})
+    assert sorted(ring.names) == ["carol", "dave"]
+
+
+def test_missing_keys_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read keys file"):
+        KeyRing.from_file(tmp_path / "absent")
