@@ -112,6 +112,10 @@ def test_demo_writes_results_and_plots(tmp_path: Path, capsys: pytest.CaptureFix
     assert defended["query_success_rate"] < 1.0
     assert plain["stolen_accuracy_std"] is not None and len(plain["runs"]) == 2
     assert results["repeats"] == 2 and results["seed"] == 5
+    honest = results["honest_client"]
+    assert honest["no_defense"]["answered"] == 540
+    assert round(honest["no_defense"]["accuracy_of_answers"], 3) == 0.974
+    assert 150 <= honest["lab_defenses"]["answered"] < 540
     for name in ("accuracy.png", "query_success.png", "predictions.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out

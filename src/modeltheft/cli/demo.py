@@ -34,7 +34,7 @@ def run_demo(*, repeats: int, seed: int, out: Path, budget: int, console: Consol
     picks = np.random.default_rng(seed).choice(len(split.y_test), size=12, replace=False)
     images = split.X_test[picks]
     columns_pred = {"victim": run.victim.predict(images)}
-    for name, label in (("no_defense", "stolen"), ("lab_defenses", "stolen+def")):
+    for name, label in (("no_defense", "stolen"), ("lab_defenses", "stolen, defended")):
         columns_pred[label] = run.first_models[name].predict(images)
     paths = [
         accuracy_plot(run.victim_accuracy, run.scenarios, out / "accuracy.png"),

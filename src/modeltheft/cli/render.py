@@ -51,7 +51,11 @@ def lab_insights(run: LabRun, console: Console) -> None:
         f"({run.effectiveness:.1%} lower) and answer {defended.query_success_rate:.1%} "
         "of its queries."
     )
-    console.print(
-        "• They also degrade honest users' answers (noise, refusals) — see the defense-suite "
-        "work for defenses that do not."
-    )
+    if run.honest:
+        before, after = run.honest["no_defense"], run.honest["lab_defenses"]
+        console.print(
+            f"• But an honest client sending the {after['sent']} test digits pays too: "
+            f"{after['answered']} answered (was {before['answered']}), "
+            f"{after['accuracy_of_answers']:.1%} of them correct (was "
+            f"{before['accuracy_of_answers']:.1%}) — {after['useful_fraction']:.0%} useful answers."
+        )

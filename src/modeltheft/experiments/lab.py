@@ -39,6 +39,7 @@ class LabRun:
     seed: int
     budget: int
     first_models: dict[str, ClassifierMixin] = field(default_factory=dict)
+    honest: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The ``results.json`` document."""
@@ -46,6 +47,7 @@ class LabRun:
             "victim": {"model": "rf", "test_accuracy": self.victim_accuracy},
             "scenarios": [scenario_dict(s) for s in self.scenarios],
             "defense_effectiveness": self.effectiveness,
+            "honest_client": self.honest,
             "repeats": self.repeats,
             "seed": self.seed,
             "spec": {
@@ -56,6 +58,23 @@ class LabRun:
             },
             "environment": environment(),
         }
+
+
+def honest_client(url: str, api_key: str) -> dict[str, float]:
+    """An honest user sends the 540 test digits one per request: what does it get back?"""
+    split = lab_split()
+    oracle = HttpOracle(url, api_key, budget=len(split.y_test))
+    try:
+        labels = np.concatenate([oracle.query(row[None]).labels for row in split.X_test])
+    finally:
+        oracle.close()
+    answered = labels >= 0
+    return {
+        "sent": len(labels),
+        "answered": int(answered.sum()),
+        "accuracy_of_answers": float(np.mean(labels[answered] == split.y_test[answered])),
+        "useful_fraction": float(np.mean(labels == split.y_test)),
+    }
 
 
 def run_lab(
@@ -75,10 +94,12 @@ def run_lab(
     attack_seeds = np.random.SeedSequence(seed).spawn(repeats + 1)
     server_seed = int(attack_seeds.pop().generate_state(1)[0])
     keys = {f"thief-{i}": secrets.token_urlsafe(24) for i in range(repeats)}
+    keys["honest"] = secrets.token_urlsafe(24)
     ring = KeyRing.from_pairs(keys)
 
     results: list[ScenarioResult] = []
     first_models: dict[str, ClassifierMixin] = {}
+    honest: dict[str, dict[str, float]] = {}
     for name, preset in SCENARIOS:
         settings = Settings(keys=ring, model_path=model_path, defense=preset, seed=server_seed)
         runs: list[dict[str, float]] = []
@@ -107,6 +128,7 @@ def run_lab(
                     }
                 )
                 first_models.setdefault(name, stolen.model)
+            honest[name] = honest_client(server.url, keys["honest"])
         results.append(ScenarioResult.from_runs(name, preset, ATTACK, budget, runs))
 
     run = LabRun(
@@ -118,6 +140,7 @@ def run_lab(
         seed=seed,
         budget=budget,
         first_models=first_models,
+        honest=honest,
     )
     write_json(out / "results.json", run.record())
     return run

@@ -10,7 +10,10 @@ import numpy as np
 
 from modeltheft.evaluation.results import ScenarioResult
 
-LABELS = {"no_defense": "Stolen\n(no defense)", "lab_defenses": "Stolen\n(lab defenses)"}
+LABELS = {
+    "no_defense": "Stolen copy\n(no defense)",
+    "lab_defenses": "Stolen copy\n(lab defenses)",
+}
 COLORS = ["#2e7d32", "#c62828", "#ef6c00", "#6a1b9a"]
 
 
@@ -72,17 +75,32 @@ def predictions_plot(
     columns: dict[str, np.ndarray],
     path: Path,
 ) -> Path:
-    """A 3x4 grid of digits titled with the true label and each model's prediction."""
-    fig, axes = plt.subplots(3, 4, figsize=(11, 9))
+    """A 3x4 grid of digits, each titled with the true label and every model's prediction.
+
+    A model's label is shown in red where it differs from the true one.
+    """
+    fig, axes = plt.subplots(3, 4, figsize=(10, 11))
     for k, ax in enumerate(axes.flat):
         ax.imshow(images[k].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
-        lines = [f"true {truth[k]}"] + [f"{name} {pred[k]}" for name, pred in columns.items()]
-        ax.set_title("\n".join(lines), fontsize=9)
+        lines = [(f"true {truth[k]}", "black")] + [
+            (f"{name}: {predicted[k]}", "#c62828" if predicted[k] != truth[k] else "#2e7d32")
+            for name, predicted in columns.items()
+        ]
+        for row, (text, color) in enumerate(lines):
+            ax.text(
+                0.5,
+                1.02 + 0.085 * (len(lines) - 1 - row),
+                text,
+                transform=ax.transAxes,
+                ha="center",
+                va="bottom",
+                fontsize=9,
+                color=color,
+                fontweight="bold" if row == 0 else "normal",
+            )
         ax.axis("off")
-    fig.suptitle(
-        "Test digits: true label, victim, stolen copy, stolen copy under the lab's defenses"
-    )
-    fig.tight_layout()
+    fig.suptitle("Test digits: victim, stolen copy, and copy stolen under the lab's defenses")
+    fig.subplots_adjust(top=0.86, bottom=0.02, left=0.02, right=0.98, hspace=0.55, wspace=0.1)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
