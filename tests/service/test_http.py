@@ -82,3 +82,15 @@ def test_modeltheft_serve_process(victim_path: Path, tmp_path: Path) -> None:
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert KEYS["alice"] not in text
+
+
+def test_loopback_round_trips_do_not_stall(live_server: Callable[..., BackgroundServer]) -> None:
+    """Guards against the ~40 ms Nagle/delayed-ACK stall a hand-bound socket once caused."""
+    server = live_server("none")
+    with httpx.Client(base_url=server.url) as http:
+        durations = []
+        for _ in range(21):
+            start = time.perf_counter()
+            http.get("/healthz")
+            durations.append(time.perf_counter() - start)
+    assert float(np.median(durations)) < 0.025

@@ -54,7 +54,7 @@ def serve(
     model: Annotated[Path | None, typer.Option(help="A model saved by 'modeltheft train'.")] = None,
     defense: Annotated[str, typer.Option(help="Preset (none, lab) or a TOML file.")] = "none",
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
     keys_file: Annotated[
         Path | None, typer.Option(help="File of name:sha256$salt$digest lines.")
     ] = None,
@@ -89,10 +89,10 @@ def attack(
         str, typer.Option(envvar="MODELTHEFT_API_KEY", help="API key (or set MODELTHEFT_API_KEY).")
     ],
     strategy: Annotated[str, typer.Option(help="Query strategy.")] = "owasp-synthetic",
-    budget: Annotated[int, typer.Option(help="Queries to spend.")] = 300,
+    budget: Annotated[int, typer.Option(min=1, help="Queries to spend.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the attack's random choices.")] = 0,
     substitute: Annotated[str, typer.Option(help="Substitute model family.")] = "lr",
-    batch_size: Annotated[int, typer.Option(help="Rows per request.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
     on_rate_limit: Annotated[
         str, typer.Option(help="'count' refused queries or 'wait' them out.")
     ] = "count",
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
         return 1
     except ModelTheftError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return 1
+    except OSError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:

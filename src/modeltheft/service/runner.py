@@ -1,6 +1,5 @@
 """Run the service with uvicorn on a loopback port in a background thread (demo, tests)."""
 
-import socket
 import threading
 import time
 from types import TracebackType
@@ -23,7 +22,6 @@ class BackgroundServer:
         self.startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
 
     @property
     def url(self) -> str:
@@ -31,17 +29,17 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "BackgroundServer":
-        """Bind, start serving, and wait until the server accepts requests."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        self._socket = sock
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        """Start serving (uvicorn binds the port itself) and wait until it accepts requests."""
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
         )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self.startup_timeout
         while not self._server.started:
@@ -49,6 +47,7 @@ class BackgroundServer:
                 self.stop()
                 raise ModelTheftError(f"the prediction service did not start on {self.url}")
             time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
@@ -57,9 +56,7 @@ class BackgroundServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        self._server = self._thread = None
 
     def __enter__(self) -> "BackgroundServer":
         return self.start()
