@@ -12,6 +12,7 @@ N_CLASSES = 10
 IMAGE_SHAPE = (8, 8)
 LAB_TEST_SIZE = 0.3
 LAB_SPLIT_SEED = 42
+PUBLIC_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,40 @@ def lab_split() -> DigitsSplit:
     for array in (X_train, X_test, y_train, y_test):
         array.flags.writeable = False
     return DigitsSplit(X_train, X_test, y_train, y_test)
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """Three disjoint parts: the victim's training digits, the lab's test digits, and public
+    digits an attacker may own. The public part is held out of the lab's training split
+    (stratified, seeded), so a victim trained on ``victim`` has never seen it."""
+
+    victim: DigitsSplit
+    X_public: np.ndarray
+    y_public: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def holdout_split() -> HoldoutSplit:
+    """The lab split with 200 training digits moved to an attacker-public pool."""
+    lab = lab_split()
+    X_train, X_public, y_train, y_public = train_test_split(
+        lab.X_train,
+        lab.y_train,
+        test_size=PUBLIC_SIZE,
+        random_state=LAB_SPLIT_SEED,
+        stratify=lab.y_train,
+    )
+    for array in (X_train, X_public, y_train, y_public):
+        array.flags.writeable = False
+    victim = DigitsSplit(X_train, lab.X_test, y_train, lab.y_test)
+    return HoldoutSplit(victim=victim, X_public=X_public, y_public=y_public)
+
+
+def attacker_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` real digits from the public pool (never in any victim's training or test data)."""
+    pool = holdout_split()
+    if not 0 <= n <= len(pool.y_public):
+        raise ValueError(f"n must be in 0..{len(pool.y_public)}, got {n}")
+    picks = rng.choice(len(pool.y_public), size=n, replace=False)
+    return pool.X_public[picks], pool.y_public[picks]

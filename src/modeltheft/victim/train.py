@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC
 
-from modeltheft.data import lab_split
+from modeltheft.data import holdout_split, lab_split
 from modeltheft.errors import ConfigError
 
 VICTIM_SEED = 42
@@ -55,11 +55,20 @@ class TrainedVictim:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
-def train_victim(family: str = DEFAULT_FAMILY) -> TrainedVictim:
-    """Fit the victim of ``family`` on the lab split and measure its test accuracy."""
+SPLITS = ("lab", "holdout")
+
+
+def train_victim(family: str = DEFAULT_FAMILY, split_name: str = "lab") -> TrainedVictim:
+    """Fit the victim of ``family`` and measure its test accuracy on the lab's 540 test digits.
+
+    ``split_name="lab"`` trains on the lab's 1,257 training digits; ``"holdout"`` on those less
+    the 200 attacker-public digits of :func:`modeltheft.data.holdout_split`.
+    """
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
-    split = lab_split()
+    if split_name not in SPLITS:
+        raise ConfigError(f"unknown split {split_name!r}; choose one of {', '.join(SPLITS)}")
+    split = lab_split() if split_name == "lab" else holdout_split().victim
     model = FAMILIES[family]()
     model.fit(split.X_train, split.y_train)
     accuracy = float(model.score(split.X_test, split.y_test))
@@ -67,7 +76,7 @@ def train_victim(family: str = DEFAULT_FAMILY) -> TrainedVictim:
         "family": family,
         "estimator": type(model).__name__,
         "params": {k: repr(v) for k, v in sorted(model.get_params(deep=False).items())},
-        "split": split.describe(),
+        "split": {"name": split_name, **split.describe()},
         "test_accuracy": accuracy,
         "n_features": int(split.X_train.shape[1]),
         "classes": [int(c) for c in model.classes_],

@@ -1,20 +1,37 @@
 """Query strategies, registered by name; each proposes the next queries of an attack."""
 
+import inspect
+from typing import Any
+
 from modeltheft.attacks.strategies.base import QueryHistory, Strategy
 from modeltheft.attacks.strategies.owasp_synthetic import OwaspSynthetic
 from modeltheft.attacks.strategies.uniform import UniformNoise
 from modeltheft.errors import ConfigError
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (OwaspSynthetic, UniformNoise)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        OwaspSynthetic,
+        UniformNoise,
+    )
+}
 
 
-def make_strategy(name: str) -> Strategy:
-    """A strategy by its registered name."""
+def make_strategy(name: str, **params: Any) -> Strategy:
+    """A strategy by its registered name, with keyword parameters checked against its signature."""
     if name not in STRATEGIES:
         raise ConfigError(
             f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}"
         )
-    return STRATEGIES[name]()
+    cls = STRATEGIES[name]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ConfigError(
+            f"strategy {name!r} has no parameter {', '.join(unknown)} (it takes: {known})"
+        )
+    return cls(**params)
 
 
 __all__ = ["STRATEGIES", "QueryHistory", "Strategy", "make_strategy"]
