@@ -35,7 +35,7 @@ class QueryHistory:
         self.probabilities.append(probabilities)
 
     def answered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Answered rows, their labels, and their probabilities (None unless every batch had them)."""
+        """Answered rows, labels and probabilities (None unless every batch had them)."""
         if not self.X:
             return np.empty((0, N_FEATURES)), np.empty(0, dtype=int), None
         X, labels = np.concatenate(self.X), np.concatenate(self.labels)
