@@ -120,3 +120,82 @@ def test_demo_writes_results_and_plots(tmp_path: Path, capsys: pytest.CaptureFix
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "0.974" in printed and "Stolen (lab defenses)" in printed
+
+
+def test_attack_outputs_curve_onnx_and_per_class(
+    live_server: Callable[..., BackgroundServer], tmp_path: Path, victim_path: Path
+) -> None:
+    import numpy as np
+
+    from modeltheft.data import lab_split
+    from modeltheft.victim import load_victim
+    from modeltheft.victim.onnx import onnx_predict
+
+    server = live_server("none")
+    out = tmp_path / "soft"
+    argv = [
+        "attack",
+        "--target",
+        server.url,
+        "--api-key",
+        KEYS["alice"],
+        "--budget",
+        "120",
+        "--strategy",
+        "uniform",
+        "--label-mode",
+        "soft",
+        "--substitute",
+        "lr",
+        "--checkpoints",
+        "60,120",
+        "--batch-size",
+        "30",
+        "--out",
+        str(out),
+        "--victim",
+        str(victim_path),
+    ]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["spec"]["label_mode"] == "soft" and results["spec"]["checkpoints"] == [60, 120]
+    assert [row["spent"] for row in results["budget_curve"]] == [60, 120]
+    assert results["budget_curve"][-1]["fidelity"] == results["metrics"]["fidelity"]
+    assert results["per_class"]["against"] == "victim"
+    assert set(results["per_class"]["agreement"]) == {str(c) for c in range(10)}
+    header = (out / "budget_curve.csv").read_text().splitlines()[0]
+    assert header == "spent,answered,accuracy,fidelity"
+    assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
+    stolen = load_victim(out / "stolen.skops").model
+    X = lab_split().X_test
+    assert np.array_equal(onnx_predict(out / "stolen.onnx", X), stolen.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--label-mode", "fuzzy"], "unknown label mode"),
+        (["--param", "novalue"], "key=value"),
+        (["--strategy", "uniform", "--param", "pool=x"], "has no parameter pool"),
+        (["--checkpoints", "10,abc"], "comma-separated integers"),
+        (["--checkpoints", "5000"], "checkpoints must lie in"),
+        (["--substitute", "xgb"], "unknown substitute"),
+    ],
+)
+def test_bad_attack_options_fail_before_any_query(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = [
+        "attack",
+        "--target",
+        "http://127.0.0.1:9",
+        "--api-key",
+        "k",
+        "--out",
+        str(tmp_path / "x"),
+        *extra,
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x" / "queries.jsonl").exists()

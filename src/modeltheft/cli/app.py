@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from modeltheft import __version__
-from modeltheft.errors import ModelTheftError
+from modeltheft.errors import ConfigError, ModelTheftError
 
 app = typer.Typer(
     name="modeltheft",
@@ -86,12 +86,40 @@ def attack(
     target: Annotated[str, typer.Option(help="Base URL of the prediction API.")],
     out: Annotated[Path, typer.Option(help="Folder for the stolen model, query log and results.")],
     api_key: Annotated[
-        str, typer.Option(envvar="MODELTHEFT_API_KEY", help="API key (or set MODELTHEFT_API_KEY).")
-    ],
+        str | None,
+        typer.Option(
+            envvar="MODELTHEFT_API_KEY",
+            help="API key (or set MODELTHEFT_API_KEY); required for --protocol modeltheft, "
+            "sent as a Bearer token for the others if given.",
+        ),
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="API protocol: modeltheft, oip-v2 (KServe v2/MLServer/Triton) or kserve-v1."
+        ),
+    ] = "modeltheft",
+    model_name: Annotated[
+        str | None, typer.Option(help="Model name in the URL (required for oip-v2, kserve-v1).")
+    ] = None,
     strategy: Annotated[str, typer.Option(help="Query strategy.")] = "owasp-synthetic",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Strategy parameter key=value (repeatable), e.g. pool=rendered-digits."),
+    ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Queries to spend.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the attack's random choices.")] = 0,
-    substitute: Annotated[str, typer.Option(help="Substitute model family.")] = "lr",
+    substitute: Annotated[
+        str, typer.Option(help="Substitute: lr, mlp, svc, rf, knn or equation-solver.")
+    ] = "lr",
+    label_mode: Annotated[
+        str, typer.Option(help="Use hard labels, soft (full probabilities) or top-k.")
+    ] = "hard",
+    top_k: Annotated[int, typer.Option(min=1, help="k for --label-mode top-k.")] = 3,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="Query counts for the budget curve, e.g. 100,300 (default: 10 steps)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
     on_rate_limit: Annotated[
         str, typer.Option(help="'count' refused queries or 'wait' them out.")
@@ -101,20 +129,39 @@ def attack(
     ] = None,
 ) -> None:
     """Steal a model through its API; an interrupted run continues from its query log."""
-    from modeltheft.cli.attack import run_attack
+    from modeltheft.attacks.spec import AttackSpec, parse_params
+    from modeltheft.cli.attack import parse_checkpoints, run_attack
+    from modeltheft.oracle import PROTOCOLS
 
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown --protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "modeltheft" and not api_key:
+        raise ConfigError(
+            "--api-key (or MODELTHEFT_API_KEY) is required with --protocol modeltheft"
+        )
+    if protocol != "modeltheft" and not model_name:
+        raise ConfigError(f"--model-name is required with --protocol {protocol}")
+    spec = AttackSpec(
+        strategy=strategy,
+        params=parse_params(param or []),
+        substitute=substitute,
+        label_mode=label_mode,
+        top_k=top_k,
+        budget=budget,
+        batch_size=batch_size,
+        checkpoints=parse_checkpoints(checkpoints, budget),
+        seed=seed,
+    )
     run_attack(
+        spec,
         target=target,
         out=out,
         api_key=api_key,
-        strategy=strategy,
-        budget=budget,
-        seed=seed,
-        substitute=substitute,
-        batch_size=batch_size,
         on_rate_limit=on_rate_limit,
         victim_path=victim,
         console=console,
+        protocol=protocol,
+        model_name=model_name,
     )
 
 
@@ -157,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except typer.exceptions.TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False)
+        err.print(
+            f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True
+        )
         return 1
     except ModelTheftError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except OSError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

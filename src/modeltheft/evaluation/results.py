@@ -73,3 +73,15 @@ def write_json(path: Path, record: dict[str, Any]) -> Path:
 def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
     """The JSON form of a scenario."""
     return asdict(result)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write dict rows as CSV with the first row's keys as header."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["spent"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,8 +1,84 @@
 """Oracles: what an attack queries. They own the budget and the query log."""
 
+from modeltheft.errors import ConfigError
 from modeltheft.oracle.base import Oracle, OracleAnswers
-from modeltheft.oracle.http import HttpOracle
+from modeltheft.oracle.http import HttpOracle, HttpOracleBase
+from modeltheft.oracle.kserve import KServeV1Oracle
 from modeltheft.oracle.local import LocalOracle
 from modeltheft.oracle.log import QueryLog
+from modeltheft.oracle.oip import OipV2Oracle
 
-__all__ = ["HttpOracle", "LocalOracle", "Oracle", "OracleAnswers", "QueryLog"]
+PROTOCOLS = ("modeltheft", "oip-v2", "kserve-v1")
+
+
+def make_oracle(
+    protocol: str,
+    url: str,
+    *,
+    budget: int,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    log: QueryLog | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+    on_rate_limit: str = "count",
+    max_waits: int = 5,
+    datatype: str = "FP64",
+) -> HttpOracleBase:
+    """An HTTP oracle for ``protocol``: ``modeltheft`` (needs ``api_key``), ``oip-v2`` or
+    ``kserve-v1`` (both need ``model_name``; ``api_key`` optional). ``datatype`` is OIP's."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "modeltheft":
+        if not api_key:
+            raise ConfigError("protocol 'modeltheft' needs an API key")
+        return HttpOracle(
+            url,
+            api_key,
+            budget,
+            log=log,
+            timeout=timeout,
+            retries=retries,
+            on_rate_limit=on_rate_limit,
+            max_waits=max_waits,
+        )
+    if not model_name:
+        raise ConfigError(f"protocol {protocol!r} needs a model name")
+    if protocol == "oip-v2":
+        return OipV2Oracle(
+            url,
+            model_name,
+            budget,
+            api_key=api_key,
+            log=log,
+            timeout=timeout,
+            retries=retries,
+            on_rate_limit=on_rate_limit,
+            max_waits=max_waits,
+            datatype=datatype,
+        )
+    return KServeV1Oracle(
+        url,
+        model_name,
+        budget,
+        api_key=api_key,
+        log=log,
+        timeout=timeout,
+        retries=retries,
+        on_rate_limit=on_rate_limit,
+        max_waits=max_waits,
+    )
+
+
+__all__ = [
+    "PROTOCOLS",
+    "HttpOracle",
+    "HttpOracleBase",
+    "KServeV1Oracle",
+    "LocalOracle",
+    "OipV2Oracle",
+    "Oracle",
+    "OracleAnswers",
+    "QueryLog",
+    "make_oracle",
+]

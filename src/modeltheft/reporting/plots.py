@@ -104,3 +104,24 @@ def predictions_plot(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def budget_curve_plot(rows: list[dict[str, float | int | None]], path: Path, title: str) -> Path:
+    """Fidelity and accuracy of the stolen copy against queries spent."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    spent = [r["spent"] for r in rows]
+    for key, color in (("fidelity", COLORS[1]), ("accuracy", COLORS[0])):
+        values = [r.get(key) for r in rows]
+        if any(v is not None for v in values):
+            points = [(s, v) for s, v in zip(spent, values, strict=True) if v is not None]
+            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=key)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("queries spent")
+    ax.set_ylabel("agreement with the victim / accuracy on test digits")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -76,8 +76,11 @@ def save_model(model: ClassifierMixin, path: Path, metadata: dict[str, object]) 
 save_victim = save_model
 
 
-def load_victim(path: Path) -> LoadedVictim:
-    """Load a model saved by :func:`save_model`, after checking its hash and its types."""
+def load_victim(path: Path, require_proba: bool = True) -> LoadedVictim:
+    """Load a model saved by :func:`save_model`, after checking its hash and its types.
+
+    A victim must give probabilities; a stolen copy (``require_proba=False``) need only predict.
+    """
     path = Path(path)
     meta_file = metadata_path(path)
     if not path.is_file():
@@ -106,6 +109,7 @@ def load_victim(path: Path) -> LoadedVictim:
         raise
     except Exception as exc:  # skops raises many types for a corrupt archive
         raise ModelIntegrityError(f"cannot load {path}: {exc}") from None
-    if not hasattr(model, "predict_proba"):
-        raise ModelIntegrityError(f"{path} does not hold a classifier with predict_proba")
+    if not hasattr(model, "predict") or (require_proba and not hasattr(model, "predict_proba")):
+        needed = "predict_proba" if require_proba else "predict"
+        raise ModelIntegrityError(f"{path} does not hold a classifier with {needed}")
     return LoadedVictim(model=model, metadata=metadata, path=path)

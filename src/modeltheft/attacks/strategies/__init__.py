@@ -3,7 +3,9 @@
 import inspect
 from typing import Any
 
+from modeltheft.attacks.strategies.active import ActiveSelection
 from modeltheft.attacks.strategies.base import QueryHistory, Strategy
+from modeltheft.attacks.strategies.equation_solving import EquationSolving
 from modeltheft.attacks.strategies.owasp_synthetic import OwaspSynthetic
 from modeltheft.attacks.strategies.uniform import UniformNoise
 from modeltheft.errors import ConfigError
@@ -13,6 +15,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (
         OwaspSynthetic,
         UniformNoise,
+        ActiveSelection,
+        EquationSolving,
     )
 }
 

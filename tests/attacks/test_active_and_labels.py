@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from modeltheft.attacks import extract, make_strategy, make_substitute
+from modeltheft.attacks.labels import fit_substitute, soft_targets, top_k
+from modeltheft.attacks.spec import AttackSpec, default_checkpoints, parse_params
+from modeltheft.attacks.strategies import QueryHistory
+from modeltheft.attacks.strategies.active import k_center_greedy, margins
+from modeltheft.data import attacker_digits, holdout_split, lab_split
+from modeltheft.defenses import GuardedModel, load_pipeline
+from modeltheft.errors import AttackFailed, ConfigError
+from modeltheft.evaluation.metrics import fidelity
+from modeltheft.oracle import LocalOracle
+from modeltheft.victim import LoadedVictim
+
+
+def test_top_k_keeps_k_largest_and_spreads_the_rest() -> None:
+    P = np.array([[0.5, 0.3, 0.1, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    out = top_k(P, 2)
+    assert np.allclose(out.sum(axis=1), 1.0)
+    assert np.allclose(out[0], [0.5, 0.3, 0.1, 0.1])
+    assert np.allclose(out[1], [0.15, 0.15, 0.3, 0.4])
+
+
+def test_soft_targets_need_probabilities() -> None:
+    with pytest.raises(AttackFailed, match="needs probabilities"):
+        soft_targets(np.array([0, 1]), None, "soft", 3, np.arange(10))
+    assert soft_targets(np.array([0, 1]), None, "hard", 3, np.arange(10)) is None
+
+
+def test_soft_fit_matches_the_teacher_better_than_hard(victim: LoadedVictim) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 64))
+    P = victim.model.predict_proba(X)
+    labels = P.argmax(axis=1)
+    soft = fit_substitute(LogisticRegression(max_iter=1000), X, labels, P, np.arange(10))
+    hard = fit_substitute(LogisticRegression(max_iter=1000), X, labels, None, np.arange(10))
+    kl_soft = np.mean(np.sum(P * np.log((P + 1e-9) / (soft.predict_proba(X) + 1e-9)), axis=1))
+    kl_hard = np.mean(np.sum(P * np.log((P + 1e-9) / (hard.predict_proba(X) + 1e-9)), axis=1))
+    assert kl_soft < kl_hard
+
+
+def test_margins_and_k_center() -> None:
+    assert np.allclose(margins(np.array([[0.6, 0.3, 0.1], [0.4, 0.4, 0.2]])), [0.3, 0.0])
+    candidates = np.array([[0.0], [0.1], [5.0], [10.0]])
+    assert k_center_greedy(candidates, np.array([[0.0]]), 2) == [3, 2]
+
+
+def test_active_asks_seed_digits_first_and_is_deterministic() -> None:
+    strategy = make_strategy("active", pool="uniform", pool_size=100, seed_digits=5)
+    first = strategy.propose(8, np.random.default_rng(1), QueryHistory())
+    again = make_strategy("active", pool="uniform", pool_size=100, seed_digits=5).propose(
+        8, np.random.default_rng(1), QueryHistory()
+    )
+    assert np.array_equal(first, again)
+    seeds, _ = attacker_digits(5, np.random.default_rng(1))
+    assert np.array_equal(first[:5], seeds)
+
+
+def test_active_beats_its_own_pool_at_random(victim: LoadedVictim) -> None:
+    split = lab_split()
+    truth = victim.model.predict(split.X_test)
+    scores = {}
+    for name, strategy in (
+        ("random", make_strategy("owasp-synthetic")),
+        ("active", make_strategy("active", pool="owasp-synthetic", pool_size=2000)),
+    ):
+        values = []
+        for seed in range(2):
+            oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=200)
+            result = extract(
+                oracle,
+                strategy,
+                make_substitute("lr"),
+                200,
+                np.random.default_rng(seed),
+                batch_size=20,
+            )
+            values.append(fidelity(result.model.predict(split.X_test), truth))
+        scores[name] = np.mean(values)
+    assert scores["active"] > scores["random"] + 0.05
+
+
+def test_active_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError, match="pool_size"):
+        make_strategy("active", pool_size=0).propose(1, np.random.default_rng(0), QueryHistory())
+    with pytest.raises(ConfigError, match="from itself"):
+        make_strategy("active", pool="active").propose(1, np.random.default_rng(0), QueryHistory())
+
+
+def test_holdout_split_is_disjoint_from_victim_data() -> None:
+    holdout = holdout_split()
+    rows = {r.tobytes() for r in holdout.X_public}
+    assert len(holdout.X_public) == 200
+    assert not rows & {r.tobytes() for r in holdout.victim.X_train}
+    assert not rows & {r.tobytes() for r in holdout.victim.X_test}
+    assert len(holdout.victim.y_train) == 1257 - 200
+
+
+def test_checkpoints_record_a_budget_curve(victim: LoadedVictim) -> None:
+    split = lab_split()
+    oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=150)
+    spec = AttackSpec(strategy="uniform", budget=150, batch_size=40, checkpoints=(60, 100))
+    result = spec.run(
+        oracle, evaluate=lambda m: {"accuracy": float(m.score(split.X_test, split.y_test))}
+    )
+    assert [p.spent for p in result.curve] == [60, 100, 150]
+    assert all(p.metrics is not None for p in result.curve)
+    assert oracle.spent == 150
+
+
+def test_spec_helpers() -> None:
+    assert parse_params(["pool=uniform", "pool_size=30", "x=0.5", "flag=true"]) == {
+        "pool": "uniform",
+        "pool_size": 30,
+        "x": 0.5,
+        "flag": True,
+    }
+    assert default_checkpoints(300)[-1] == 300 and len(default_checkpoints(300)) == 10
+    with pytest.raises(ConfigError, match="label mode"):
+        AttackSpec(label_mode="x").validate()

@@ -1,0 +1,420 @@
+"""OIP v2 and KServe v1 oracles against small conformant servers over real loopback HTTP."""
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import Body, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sklearn.base import ClassifierMixin
+
+from modeltheft.cli.app import main
+from modeltheft.errors import BudgetExhausted, ConfigError, OracleError
+from modeltheft.oracle import (
+    HttpOracle,
+    HttpOracleBase,
+    KServeV1Oracle,
+    OipV2Oracle,
+    QueryLog,
+    make_oracle,
+)
+from modeltheft.service.runner import BackgroundServer
+from modeltheft.victim import LoadedVictim
+
+MODEL = "digits"
+SECRET = "server-key-0123"
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 64))
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def reset(app: FastAPI, **config: Any) -> None:
+    """Fresh server-side bookkeeping and behaviour; ``config`` overrides the defaults."""
+    app.state.rows = 0  # rows answered
+    app.state.calls = 0  # predict/infer requests, scripted or not
+    app.state.bodies = []  # request bodies answered
+    app.state.script = []  # responses sent, in order, before any real answer
+    app.state.api_key = None  # when set, a Bearer token is required
+    app.state.outputs = ("predict_proba", "predict")  # OIP outputs; the last is the default
+    app.state.metadata = True  # OIP: serve GET /v2/models/{name}
+    app.state.kind = "proba"  # KServe: proba, labels or float-labels
+    for name, value in config.items():
+        setattr(app.state, name, value)
+
+
+def _gate(app: FastAPI, request: Request) -> Response | None:
+    """Count the call, then the next scripted response or an auth failure, if any."""
+    app.state.calls += 1
+    if app.state.script:
+        return app.state.script.pop(0)
+    if app.state.api_key is not None:
+        given = request.headers.get("authorization")
+        if given is None:
+            return error(401, "missing bearer token")
+        if given != f"Bearer {app.state.api_key}":
+            return error(403, "token not allowed for this model")
+    return None
+
+
+def oip_app(model: ClassifierMixin) -> FastAPI:
+    """Open Inference Protocol v2, shaped like MLServer's scikit-learn runtime."""
+    app = FastAPI()
+    reset(app)
+    specs = {
+        "predict": {"name": "predict", "datatype": "INT64", "shape": [-1, 1]},
+        "predict_proba": {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 10]},
+    }
+
+    @app.get("/v2/models/{name}")
+    def model_metadata(name: str) -> Any:
+        if not app.state.metadata or name != MODEL:
+            return error(404, f"Model {name} not found")
+        return {
+            "name": MODEL,
+            "platform": "sklearn",
+            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 64]}],
+            "outputs": [specs[o] for o in app.state.outputs],
+        }
+
+    @app.post("/v2/models/{name}/infer")
+    def infer(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        refused = _gate(app, request)
+        if refused is not None:
+            return refused
+        if name != MODEL:
+            return error(404, f"Model {name} not found")
+        app.state.bodies.append(body)
+        outputs = app.state.outputs
+        tensor = body["inputs"][0]
+        if tensor["datatype"] not in ("FP64", "FP32") or len(tensor["shape"]) != 2:
+            return error(400, f"unsupported input {tensor['datatype']} {tensor['shape']}")
+        dtype = np.float32 if tensor["datatype"] == "FP32" else np.float64
+        X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]).astype(float)
+        wanted = [o["name"] for o in body.get("outputs", [])] or [outputs[-1]]
+        answer = []
+        for out in wanted:
+            if out not in outputs:
+                return error(400, f"Output {out} not available")
+            if out == "predict":
+                data = [int(v) for v in model.predict(X)]
+                shape = [len(X)]
+            else:
+                data = model.predict_proba(X).ravel().tolist()
+                shape = [len(X), 10]
+            answer.append({**specs[out], "shape": shape, "data": data})
+        app.state.rows += len(X)
+        return {"model_name": MODEL, "outputs": answer}
+
+    return app
+
+
+def kserve_app(model: ClassifierMixin) -> FastAPI:
+    """KServe v1 / TF-Serving ``:predict``, answering probabilities or labels (``kind``)."""
+    app = FastAPI()
+    reset(app)
+
+    @app.post("/v1/models/{name}:predict")
+    def predict(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        refused = _gate(app, request)
+        if refused is not None:
+            return refused
+        if name != MODEL:
+            return error(404, f"Model with name {name} does not exist.")
+        app.state.bodies.append(body)
+        X = np.asarray(body["instances"], dtype=float)
+        if X.ndim != 2 or X.shape[1] != 64:
+            return error(400, f"expected instances of 64 features, got shape {list(X.shape)}")
+        app.state.rows += len(X)
+        if app.state.kind == "proba":
+            return {"predictions": model.predict_proba(X).tolist()}
+        cast = float if app.state.kind == "float-labels" else int
+        return {"predictions": [cast(v) for v in model.predict(X)]}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def servers(victim: LoadedVictim) -> Iterator[dict[str, BackgroundServer]]:
+    """One live server per protocol for the whole module (each start and stop costs ~0.2 s)."""
+    running = {
+        "oip-v2": BackgroundServer(oip_app(victim.model)).start(),
+        "kserve-v1": BackgroundServer(kserve_app(victim.model)).start(),
+    }
+    yield running
+    for server in running.values():
+        server.stop()
+
+
+@pytest.fixture
+def serve(servers: dict[str, BackgroundServer]) -> Callable[..., BackgroundServer]:
+    """``serve(protocol, **config)``: that protocol's server, reset and configured."""
+
+    def configure(protocol: str, **config: Any) -> BackgroundServer:
+        server = servers[protocol]
+        reset(server.app, **config)
+        return server
+
+    return configure
+
+
+def connect(protocol: str, server: BackgroundServer, budget: int, **options: Any) -> HttpOracleBase:
+    return make_oracle(protocol, server.url, budget=budget, model_name=MODEL, **options)
+
+
+BOTH = pytest.mark.parametrize("protocol", ["oip-v2", "kserve-v1"])
+
+
+def test_oip_answers_equal_the_victims(
+    victim: LoadedVictim, serve: Callable[..., BackgroundServer]
+) -> None:
+    server = serve("oip-v2")
+    oracle = OipV2Oracle(server.url, MODEL, budget=20)
+    X = rows(12)
+    answers = oracle.query(X)
+    oracle.close()
+    assert np.array_equal(answers.labels, victim.model.predict(X))
+    assert np.allclose(answers.probabilities, victim.model.predict_proba(X))
+    assert not answers.refused.any()
+    (body,) = server.app.state.bodies
+    assert body["outputs"] == [{"name": "predict_proba"}, {"name": "predict"}]
+    assert body["inputs"][0]["shape"] == [12, 64] and body["inputs"][0]["datatype"] == "FP64"
+    assert body["inputs"][0]["name"] == "input-0" and len(body["inputs"][0]["data"]) == 12 * 64
+
+
+def test_oip_fp32_and_labels_only_fallbacks(
+    victim: LoadedVictim, serve: Callable[..., BackgroundServer]
+) -> None:
+    X = rows(8, seed=1)
+    server = serve("oip-v2", outputs=("predict",))
+    fp32 = OipV2Oracle(server.url, MODEL, budget=8, datatype="FP32")
+    answers = fp32.query(X)
+    assert answers.probabilities is None
+    assert np.array_equal(answers.labels, victim.model.predict(X.astype(np.float32)))
+    body = server.app.state.bodies[0]
+    assert body["outputs"] == [{"name": "predict"}] and body["inputs"][0]["datatype"] == "FP32"
+    # No metadata: no outputs named, the server's default (labels) is read.
+    blind = serve("oip-v2", metadata=False)
+    answers = OipV2Oracle(blind.url, MODEL, budget=8).query(X)
+    assert "outputs" not in blind.app.state.bodies[0]
+    assert answers.probabilities is None
+    assert np.array_equal(answers.labels, victim.model.predict(X))
+    with pytest.raises(ConfigError, match="FP16"):
+        OipV2Oracle(server.url, MODEL, budget=1, datatype="FP16")
+
+
+@pytest.mark.parametrize("kind", ["proba", "labels", "float-labels"])
+def test_kserve_answers_equal_the_victims(
+    kind: str, victim: LoadedVictim, serve: Callable[..., BackgroundServer]
+) -> None:
+    server = serve("kserve-v1", kind=kind)
+    oracle = KServeV1Oracle(server.url, MODEL, budget=10)
+    X = rows(10, seed=2)
+    answers = oracle.query(X)
+    assert np.array_equal(answers.labels, victim.model.predict(X))
+    if kind == "proba":
+        assert np.allclose(answers.probabilities, victim.model.predict_proba(X))
+    else:
+        assert answers.probabilities is None
+    assert server.app.state.bodies[0] == {"instances": X.tolist()}
+
+
+@BOTH
+def test_budget_is_never_exceeded(protocol: str, serve: Callable[..., BackgroundServer]) -> None:
+    server = serve(protocol)
+    oracle = connect(protocol, server, budget=5)
+    oracle.query(rows(4))
+    with pytest.raises(BudgetExhausted, match="only 1 left"):
+        oracle.query(rows(3, seed=1))
+    assert server.app.state.rows == 4 and oracle.spent == 4
+
+
+@BOTH
+def test_the_log_resumes_without_sending_again(
+    protocol: str,
+    serve: Callable[..., BackgroundServer],
+    tmp_path: Path,
+) -> None:
+    server = serve(protocol)
+    path = tmp_path / "q.jsonl"
+    X = rows(9, seed=3)
+    first = connect(protocol, server, budget=9, log=QueryLog(path))
+    a = first.query(X[:6])
+    first.close()
+    second = connect(protocol, server, budget=9, log=QueryLog(path))
+    b = second.query(X[:6])
+    second.query(X[6:])
+    second.close()
+    assert server.app.state.rows == 9  # only the 3 new rows reached the server the second time
+    assert second.reused == 6 and second.spent == 9
+    assert np.array_equal(a.labels, b.labels)
+    assert len(path.read_text().splitlines()) == 9
+
+
+@BOTH
+def test_error_bodies_and_5xx_retries(
+    protocol: str, serve: Callable[..., BackgroundServer]
+) -> None:
+    server = serve(protocol)
+    state = server.app.state
+    oracle = connect(protocol, server, budget=10, retries=2)
+    state.script = [error(400, "input tensor has the wrong shape")]
+    with pytest.raises(OracleError, match="400: input tensor has the wrong shape"):
+        oracle.query(rows(1))
+    assert state.calls == 1  # a 4xx is not retried
+    state.calls = 0
+    state.script = [error(500, "model crashed")] * 3
+    with pytest.raises(OracleError, match="500: model crashed"):
+        oracle.query(rows(1, seed=1))
+    assert state.calls == 3  # one try and two retries
+    state.calls = 0
+    state.script = [error(503, "warming up")] * 2
+    assert not oracle.query(rows(1, seed=2)).refused.any()
+    assert state.calls == 3
+    assert oracle.spent == 1  # a request that ended in an error is not charged
+
+
+@BOTH
+def test_429_is_counted_or_waited_out(
+    protocol: str, serve: Callable[..., BackgroundServer]
+) -> None:
+    server = serve(protocol)
+    state = server.app.state
+    limited = error(429, "rate limited", {"Retry-After": "0"})
+    counting = connect(protocol, server, budget=10)
+    state.script = [limited]
+    answers = counting.query(rows(3))
+    assert answers.refused.all() and answers.probabilities is None
+    assert counting.refused == 3 and counting.answered == 0 and state.rows == 0
+    waiting = connect(protocol, server, budget=10, on_rate_limit="wait", max_waits=2)
+    state.calls = 0
+    state.script = [limited, limited]
+    answers = waiting.query(rows(3, seed=1))
+    assert not answers.refused.any() and state.calls == 3 and waiting.answered == 3
+    state.script = [limited] * 3
+    assert waiting.query(rows(2, seed=2)).refused.all()  # gives up after max_waits
+
+
+@BOTH
+def test_auth_failures_name_the_status(
+    protocol: str, victim: LoadedVictim, serve: Callable[..., BackgroundServer]
+) -> None:
+    server = serve(protocol, api_key=SECRET)
+    with pytest.raises(OracleError, match=r"\(401\).*pass an API key"):
+        connect(protocol, server, budget=1).query(rows(1))
+    with pytest.raises(OracleError, match=r"rejected the key \(403\)"):
+        connect(protocol, server, budget=1, api_key="wrong").query(rows(1))
+    answers = connect(protocol, server, budget=1, api_key=SECRET).query(rows(1))
+    assert np.array_equal(answers.labels, victim.model.predict(rows(1)))
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body", "message"),
+    [
+        ("kserve-v1", "not json", "not JSON"),
+        ("kserve-v1", {"predictions": [12]}, "outside the classes 0..9"),
+        ("kserve-v1", {"predictions": [2.5]}, "not an integer class index"),
+        ("kserve-v1", {"predictions": ["3"]}, "not an integer class index"),
+        ("kserve-v1", {"predictions": [[0.5, 0.5]]}, r"shape \[1, 2\], expected \[1, 10\]"),
+        ("kserve-v1", {"predictions": [1, 2]}, "asked 1 rows, got 2"),
+        ("kserve-v1", {"predicted": [1]}, "no 'predictions'"),
+        ("oip-v2", {"outputs": []}, "no 'outputs'"),
+        (
+            "oip-v2",
+            {"outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [1, 2]}]},
+            "shape",
+        ),
+        (
+            "oip-v2",
+            {"outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [-1]}]},
+            "outside the classes",
+        ),
+        (
+            "oip-v2",
+            {"outputs": [{"name": "predict_proba", "shape": [1, 3], "data": [0.2, 0.3, 0.5]}]},
+            r"expected \[1, 10\]",
+        ),
+    ],
+)
+def test_unusable_answers_are_oracle_errors(
+    protocol: str,
+    body: Any,
+    message: str,
+    serve: Callable[..., BackgroundServer],
+) -> None:
+    server = serve(protocol)
+    content = body if isinstance(body, str) else json.dumps(body)
+    server.app.state.script = [Response(content, 200, media_type="application/json")]
+    with pytest.raises(OracleError, match=message):
+        connect(protocol, server, budget=1).query(rows(1))
+
+
+@BOTH
+def test_unreachable_target_is_an_oracle_error(protocol: str) -> None:
+    oracle = make_oracle(protocol, "http://127.0.0.1:9", budget=1, model_name=MODEL, retries=0)
+    with pytest.raises(OracleError, match="cannot reach"):
+        oracle.query(rows(1))
+
+
+def test_make_oracle_checks_its_choices() -> None:
+    url = "http://127.0.0.1:9"
+    assert isinstance(make_oracle("modeltheft", url, budget=1, api_key="k"), HttpOracle)
+    assert isinstance(make_oracle("oip-v2", url, budget=1, model_name="m"), OipV2Oracle)
+    assert isinstance(make_oracle("kserve-v1", url, budget=1, model_name="m"), KServeV1Oracle)
+    with pytest.raises(ConfigError, match=r"'grpc'.*modeltheft, oip-v2, kserve-v1"):
+        make_oracle("grpc", url, budget=1)
+    with pytest.raises(ConfigError, match="needs a model name"):
+        make_oracle("oip-v2", url, budget=1)
+    with pytest.raises(ConfigError, match="needs an API key"):
+        make_oracle("modeltheft", url, budget=1, model_name="m")
+    with pytest.raises(ConfigError, match="http"):
+        make_oracle("kserve-v1", "ftp://x", budget=1, model_name="m")
+
+
+@BOTH
+def test_cli_attack_speaks_the_protocol(
+    protocol: str,
+    serve: Callable[..., BackgroundServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MODELTHEFT_API_KEY", raising=False)
+    server = serve(protocol)
+    out = tmp_path / "attack"
+    argv = ["attack", "--protocol", protocol, "--model-name", MODEL, "--target", server.url]
+    assert main([*argv, "--budget", "80", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["sent"] == 80 and results["metrics"]["answered"] == 80
+    assert server.app.state.rows == 80
+    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--protocol", "oip-v2"], "--model-name is required with --protocol oip-v2"),
+        (["--protocol", "kserve-v1"], "--model-name is required with --protocol kserve-v1"),
+        ([], "--api-key (or MODELTHEFT_API_KEY) is required"),
+        (["--protocol", "grpc", "--model-name", "m"], "choose one of modeltheft, oip-v2"),
+    ],
+)
+def test_cli_protocol_options_fail_in_one_line(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MODELTHEFT_API_KEY", raising=False)
+    base = ["attack", "--target", "http://127.0.0.1:9", "--out", str(tmp_path / "o")]
+    assert main([*base, *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
