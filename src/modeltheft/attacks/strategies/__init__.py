@@ -6,7 +6,10 @@ from typing import Any
 from modeltheft.attacks.strategies.active import ActiveSelection
 from modeltheft.attacks.strategies.base import QueryHistory, Strategy
 from modeltheft.attacks.strategies.equation_solving import EquationSolving
+from modeltheft.attacks.strategies.jacobian import JacobianAugmentation
+from modeltheft.attacks.strategies.natural_patches import NaturalPatches
 from modeltheft.attacks.strategies.owasp_synthetic import OwaspSynthetic
+from modeltheft.attacks.strategies.rendered_digits import RenderedDigits
 from modeltheft.attacks.strategies.uniform import UniformNoise
 from modeltheft.errors import ConfigError
 
@@ -17,6 +20,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
         UniformNoise,
         ActiveSelection,
         EquationSolving,
+        NaturalPatches,
+        JacobianAugmentation,
+        RenderedDigits,
     )
 }
 

@@ -41,7 +41,7 @@ def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, n: int) -> list
 class ActiveSelection(Strategy):
     """Uncertainty plus k-center diversity over a candidate pool (ActiveThief).
 
-    The pool comes from another strategy (``pool``, default ``owasp-synthetic``). Until the
+    The pool comes from another strategy (``pool``, default ``rendered-digits``). Until the
     loop has a working substitute, candidates are drawn at random. Then each batch keeps the
     ``shortlist`` × n candidates with the smallest margin and picks n of them by k-center
     greedy distance to everything already asked. ``seed_digits`` real attacker-owned digits
@@ -57,7 +57,7 @@ class ActiveSelection(Strategy):
 
     def __init__(
         self,
-        pool: str = "owasp-synthetic",
+        pool: str = "rendered-digits",
         pool_size: int = 5000,
         shortlist: int = 4,
         seed_digits: int = 0,

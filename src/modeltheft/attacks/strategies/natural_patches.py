@@ -1,0 +1,270 @@
+"""Knockoff Nets: query natural-image patches, chosen at random or by a gradient bandit."""
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_sample_images
+
+from modeltheft.attacks.strategies.base import QueryHistory, Strategy
+from modeltheft.data import IMAGE_SHAPE, N_CLASSES, N_FEATURES
+from modeltheft.errors import ConfigError
+
+POLICIES = ("random", "adaptive")
+REWARDS = ("all", "certainty", "diversity", "loss")
+POOL_SIZE = 12_000
+POOL_SEED = 0  # the pool and its clusters are fixed; only the attack's choices use its rng
+_SIDE = 32  # UCI digits are 32x32 bitmaps counted in 4x4 blocks
+_BLOCK = _SIDE // IMAGE_SHAPE[0]
+_REGIONS = (12, 16, 20, 24, 32, 40, 48, 64)  # source pixels covered by a patch's height
+_ASPECTS = (0.6, 0.7, 0.8)  # patch width / height: digits are taller than wide
+_EDGE_QUANTILES = (0.72, 0.88)  # share of a window's pixels that are not edges
+_MIN_INK = 30  # edge pixels (of 32x32) a window needs to become a patch
+
+
+def _gray_images() -> list[np.ndarray]:
+    """scikit-learn's bundled photos (china.jpg, flower.jpg) as grayscale in [0, 1]."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return [image.astype(float) @ weights / 255.0 for image in load_sample_images().images]
+
+
+def _edge_map(image: np.ndarray, region: int) -> np.ndarray:
+    """Gradient magnitude after rescaling so ``region`` source pixels span 32."""
+    scaled = ndimage.zoom(image, _SIDE / region, order=1)
+    smooth = ndimage.gaussian_filter(scaled, 1.0)
+    return np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+
+
+def _dilate(ink: np.ndarray) -> np.ndarray:
+    """Binary dilation of a stack (n, h, w) by a 3x3 cross: edges become pen strokes."""
+    out = ink.copy()
+    out[:, 1:] |= ink[:, :-1]
+    out[:, :-1] |= ink[:, 1:]
+    out[:, :, 1:] |= ink[:, :, :-1]
+    out[:, :, :-1] |= ink[:, :, 1:]
+    return out
+
+
+def _fit_box(ink: np.ndarray) -> np.ndarray:
+    """Crop each bitmap of (n, h, w) to its ink's bounding box, scale it to 32 pixels high
+    (or 32 wide if wider), centre it on a 32x32 canvas and count ink in 4x4 blocks, as the
+    UCI digits were made. Returns (n, 64) in [0, 1]."""
+    n, h, w = ink.shape
+    rows, cols = ink.any(axis=2), ink.any(axis=1)
+    y0, y1 = rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
+    bh, bw = (y1 - y0 + 1).astype(float), (x1 - x0 + 1).astype(float)
+    scale = np.minimum(_SIDE / bh, _SIDE / bw)
+    oh, ow = np.round(bh * scale), np.round(bw * scale)
+    oy, ox = (_SIDE - oh) // 2, (_SIDE - ow) // 2
+    grid = np.arange(_SIDE) + 0.5
+    u = (grid[None, :] - oy[:, None]) / scale[:, None]  # (n, 32) offsets into the box
+    v = (grid[None, :] - ox[:, None]) / scale[:, None]
+    inside_u = (u >= 0) & (u < bh[:, None])
+    inside_v = (v >= 0) & (v < bw[:, None])
+    sy = np.clip(y0[:, None] + np.floor(u).astype(int), 0, h - 1)
+    sx = np.clip(x0[:, None] + np.floor(v).astype(int), 0, w - 1)
+    canvas = ink[np.arange(n)[:, None, None], sy[:, :, None], sx[:, None, :]]
+    canvas &= inside_u[:, :, None] & inside_v[:, None, :]
+    blocks = canvas.reshape(n, IMAGE_SHAPE[0], _BLOCK, IMAGE_SHAPE[1], _BLOCK)
+    return blocks.mean(axis=(2, 4)).reshape(n, N_FEATURES)
+
+
+@lru_cache(maxsize=1)
+def patch_pool() -> np.ndarray:
+    """The candidate transfer set: POOL_SIZE digit-like 8x8 patches of the two photos.
+
+    Windows 32 high at eight scales (8 x 8 patches covering 12..64 source pixels) and three
+    aspect ratios are placed at random (fixed seed); the strongest 12-28 % of gradient
+    magnitudes are taken as ink, thickened to strokes, box-normalised and block-counted.
+    """
+    rng = np.random.default_rng(POOL_SEED)
+    images = _gray_images()
+    per_config = int(np.ceil(1.2 * POOL_SIZE / (len(images) * len(_REGIONS) * len(_ASPECTS))))
+    patches = []
+    for image in images:
+        for region in _REGIONS:
+            edges = _edge_map(image, region)
+            for aspect in _ASPECTS:
+                width = round(_SIDE * aspect)
+                top = rng.integers(0, edges.shape[0] - _SIDE + 1, size=per_config)
+                left = rng.integers(0, edges.shape[1] - width + 1, size=per_config)
+                windows = np.lib.stride_tricks.sliding_window_view(edges, (_SIDE, width))
+                stack = windows[top, left]
+                ranked = np.sort(stack.reshape(per_config, -1), axis=1)
+                rank = (rng.uniform(*_EDGE_QUANTILES, size=per_config) * ranked.shape[1]).astype(
+                    int
+                )
+                cut = ranked[np.arange(per_config), rank]
+                ink = _dilate(stack > cut[:, None, None])
+                patches.append(_fit_box(ink[ink.sum(axis=(1, 2)) >= _MIN_INK]))
+    pool = np.concatenate(patches)
+    pool = pool[rng.permutation(len(pool))[:POOL_SIZE]]
+    pool.flags.writeable = False
+    return pool
+
+
+@lru_cache(maxsize=8)
+def pool_arms(n_arms: int) -> np.ndarray:
+    """Arm (k-means cluster, fixed random_state) of every pool patch."""
+    labels = KMeans(n_arms, n_init=1, random_state=POOL_SEED).fit_predict(patch_pool())
+    labels.flags.writeable = False
+    return labels
+
+
+def _softmax(h: np.ndarray) -> np.ndarray:
+    e = np.exp(h - h.max())
+    return e / e.sum()
+
+
+class NaturalPatches(Strategy):
+    """Patches of natural photos mapped to the digits' domain (Knockoff's transfer set).
+
+    ``policy="random"`` draws unused patches uniformly. ``policy="adaptive"`` is Knockoff's
+    gradient bandit (Sutton & Barto §2.8) over ``n_arms`` k-means clusters of the pool: each
+    row's arm is drawn from softmax(H), and once its answer is in the history, H moves by
+    ``alpha`` (r − r̄)(1[a = A] − π) with r̄ the running mean reward. The reward averages
+    Knockoff's certainty (top-2 margin, soft answers only), diversity (how far the answer
+    exceeds the mean answer so far; 1 − the label's frequency for hard labels) and loss
+    (the substitute's normalised cross-entropy against the answer), or uses only one of them.
+    """
+
+    name = "natural-patches"
+    paper = (
+        "Orekondy, Schiele & Fritz, Knockoff Nets: Stealing Functionality of Black-Box Models, "
+        "CVPR 2019"
+    )
+
+    def __init__(
+        self, *, policy: str = "random", n_arms: int = 20, alpha: float = 0.1, reward: str = "all"
+    ) -> None:
+        self.policy = policy
+        self.n_arms = n_arms
+        self.alpha = alpha
+        self.reward = reward
+        self.needs_model = policy == "adaptive" and reward in ("all", "loss")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._picked: list[int] = []  # pool index of every row proposed, in order
+        self._arm_of: list[int] = []  # arm of every row proposed (-1: not chosen by the bandit)
+        self._rewarded = 0  # rows whose answers have been turned into rewards
+        self._preferences = np.zeros(max(int(self.n_arms), 1) if self.policy == "adaptive" else 1)
+        self._baseline = 0.0
+        self._n_rewards = 0
+        self._answer_sum = np.zeros(N_CLASSES)
+        self._n_answers = 0
+        self._model = None  # the substitute current when the last batch was proposed
+
+    def _validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.reward not in REWARDS:
+            raise ConfigError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if not isinstance(self.n_arms, int) or not 2 <= self.n_arms <= 200:
+            raise ConfigError(f"n_arms must be an integer in 2..200, got {self.n_arms!r}")
+        if not np.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha!r}")
+
+    @property
+    def arm_probabilities(self) -> np.ndarray:
+        """The bandit's current policy softmax(H) over arms."""
+        return _softmax(self._preferences)
+
+    def propose(self, n: int, rng: np.random.Generator, history: QueryHistory) -> np.ndarray:
+        self._validate()
+        pool = patch_pool()
+        sent = history.n_sent
+        if sent < len(self._picked):  # a new attack (or a history we did not build): start over
+            self._reset()
+        missing = sent - len(self._picked)  # rows sent that we did not propose
+        self._picked += [-1] * missing
+        self._arm_of += [-1] * missing
+        if self.policy == "adaptive":
+            self._learn(history)
+        self._model = history.model
+        used = np.zeros(len(pool), dtype=bool)
+        picked = np.asarray(self._picked, dtype=int)
+        used[picked[picked >= 0]] = True
+        if self.policy == "random":
+            arms = np.full(n, -1)
+            picks = self._draw(rng, np.flatnonzero(~used), n)
+        else:
+            members = pool_arms(self.n_arms)
+            arms = rng.choice(self.n_arms, size=n, p=self.arm_probabilities)
+            picks = np.empty(n, dtype=int)
+            for arm in np.unique(arms):
+                rows = np.flatnonzero(arms == arm)
+                candidates = np.flatnonzero((members == arm) & ~used)
+                if len(candidates) < len(rows):
+                    candidates = np.flatnonzero(~used)
+                picks[rows] = self._draw(rng, candidates, len(rows))
+                used[picks[rows]] = True
+        self._picked += picks.tolist()
+        self._arm_of += arms.tolist()
+        return np.array(pool[picks])
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, candidates: np.ndarray, n: int) -> np.ndarray:
+        """``n`` distinct candidates, or repeats once the pool is used up."""
+        if len(candidates) >= n:
+            return rng.choice(candidates, size=n, replace=False)
+        return rng.choice(POOL_SIZE, size=n, replace=True)
+
+    def _learn(self, history: QueryHistory) -> None:
+        """Turn the answers to rows proposed earlier into rewards and bandit updates."""
+        if self._rewarded >= history.n_sent:
+            return
+        X = np.concatenate(history.X)[self._rewarded :]
+        labels = np.concatenate(history.labels)[self._rewarded :]
+        probabilities = np.concatenate(
+            [
+                p
+                if p is not None and p.shape == (len(x), N_CLASSES)
+                else np.full((len(x), N_CLASSES), np.nan)
+                for x, p in zip(history.X, history.probabilities, strict=True)
+            ]
+        )[self._rewarded :]
+        arms = self._arm_of[self._rewarded :]
+        self._rewarded = history.n_sent
+        answered = labels >= 0
+        if not answered.any():
+            return
+        predicted = None
+        if self._model is not None and self.reward in ("all", "loss"):
+            predicted = np.full((len(X), N_CLASSES), 1e-6)
+            classes = np.asarray(self._model.classes_, dtype=int)
+            predicted[np.ix_(answered, classes)] = self._model.predict_proba(X[answered])
+        for i in np.flatnonzero(answered):
+            soft = bool(np.isfinite(probabilities[i]).all())
+            answer = probabilities[i] if soft else np.eye(N_CLASSES)[labels[i]]
+            reward = self._reward(answer, soft, None if predicted is None else predicted[i])
+            self._answer_sum += answer
+            self._n_answers += 1
+            if arms[i] >= 0:
+                self._update(arms[i], reward)
+
+    def _reward(self, answer: np.ndarray, soft: bool, predicted: np.ndarray | None) -> float:
+        """Knockoff's reward for one answer, each part in [0, 1]."""
+        parts = []
+        if self.reward in ("all", "certainty") and soft:
+            top = np.sort(answer)
+            parts.append(top[-1] - top[-2])
+        if self.reward in ("all", "diversity"):
+            mean = self._answer_sum / max(self._n_answers, 1)
+            parts.append(float(np.maximum(answer - mean, 0.0).sum()))
+        if self.reward in ("all", "loss") and predicted is not None:
+            predicted = predicted / predicted.sum()
+            entropy = -float(answer @ np.log(np.clip(predicted, 1e-6, 1.0)))
+            parts.append(min(entropy / np.log(N_CLASSES), 1.0))
+        return float(np.mean(parts)) if parts else 0.0
+
+    def _update(self, arm: int, reward: float) -> None:
+        """One gradient-bandit step with the running-average baseline."""
+        pi = self.arm_probabilities
+        step = self.alpha * (reward - self._baseline)
+        self._preferences -= step * pi
+        self._preferences[arm] += step
+        self._n_rewards += 1
+        self._baseline += (reward - self._baseline) / self._n_rewards
