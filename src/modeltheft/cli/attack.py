@@ -128,7 +128,7 @@ def run_attack(
         f"{metrics['stolen_accuracy']:.3f}"
         + (f"; fidelity {metrics['fidelity']:.3f}" if metrics["fidelity"] is not None else "")
     )
-    console.print("saved " + ", ".join(outputs.values()))
+    console.print("saved " + ", ".join([*outputs.values(), str(out / "results.json")]))
     return record
 
 

@@ -2,7 +2,7 @@
 
 from modeltheft.errors import ConfigError
 from modeltheft.oracle.base import Oracle, OracleAnswers
-from modeltheft.oracle.http import HttpOracle, HttpOracleBase
+from modeltheft.oracle.http import HttpOptions, HttpOracle, HttpOracleBase
 from modeltheft.oracle.kserve import KServeV1Oracle
 from modeltheft.oracle.local import LocalOracle
 from modeltheft.oracle.log import QueryLog
@@ -29,45 +29,24 @@ def make_oracle(
     ``kserve-v1`` (both need ``model_name``; ``api_key`` optional). ``datatype`` is OIP's."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    options: HttpOptions = {
+        "api_key": api_key,
+        "log": log,
+        "timeout": timeout,
+        "retries": retries,
+        "on_rate_limit": on_rate_limit,
+        "max_waits": max_waits,
+    }
     if protocol == "modeltheft":
         if not api_key:
             raise ConfigError("protocol 'modeltheft' needs an API key")
-        return HttpOracle(
-            url,
-            api_key,
-            budget,
-            log=log,
-            timeout=timeout,
-            retries=retries,
-            on_rate_limit=on_rate_limit,
-            max_waits=max_waits,
-        )
+        options.pop("api_key")
+        return HttpOracle(url, api_key, budget, **options)
     if not model_name:
         raise ConfigError(f"protocol {protocol!r} needs a model name")
     if protocol == "oip-v2":
-        return OipV2Oracle(
-            url,
-            model_name,
-            budget,
-            api_key=api_key,
-            log=log,
-            timeout=timeout,
-            retries=retries,
-            on_rate_limit=on_rate_limit,
-            max_waits=max_waits,
-            datatype=datatype,
-        )
-    return KServeV1Oracle(
-        url,
-        model_name,
-        budget,
-        api_key=api_key,
-        log=log,
-        timeout=timeout,
-        retries=retries,
-        on_rate_limit=on_rate_limit,
-        max_waits=max_waits,
-    )
+        return OipV2Oracle(url, model_name, budget, datatype=datatype, **options)
+    return KServeV1Oracle(url, model_name, budget, **options)
 
 
 __all__ = [

@@ -12,7 +12,7 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import numpy as np
@@ -100,6 +100,18 @@ def checked_answers(
             raise OracleError(f"asked {n} rows, got {len(labels)} answers")
         out = np.array([_label(v, i, n_classes) for i, v in enumerate(labels)], dtype=int)
     return OracleAnswers(out, probs, np.zeros(n, dtype=bool))
+
+
+class HttpOptions(TypedDict, total=False):
+    """Transport options every HTTP oracle takes (see :class:`HttpOracleBase`)."""
+
+    api_key: str | None
+    log: QueryLog | None
+    timeout: float
+    retries: int
+    on_rate_limit: str
+    max_waits: int
+    client: httpx.Client | None
 
 
 class HttpOracleBase(Oracle):
@@ -202,32 +214,23 @@ class HttpOracleBase(Oracle):
         self._client.close()
 
 
+class NamedModelOracle(HttpOracleBase):
+    """An HTTP oracle whose URL names the model (OIP v2, KServe v1)."""
+
+    def __init__(
+        self, url: str, model_name: str, budget: int, **options: Unpack[HttpOptions]
+    ) -> None:
+        super().__init__(url, budget, **options)
+        if not isinstance(model_name, str) or not model_name.strip():
+            raise ConfigError(f"model name must be a non-empty string, got {model_name!r}")
+        self.model_name = model_name
+
+
 class HttpOracle(HttpOracleBase):
     """A client of modeltheft's own ``POST /v1/predict`` API (``{"inputs": rows}``)."""
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str,
-        budget: int,
-        log: QueryLog | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        on_rate_limit: str = "count",
-        max_waits: int = 5,
-        client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            budget,
-            api_key=api_key,
-            log=log,
-            timeout=timeout,
-            retries=retries,
-            on_rate_limit=on_rate_limit,
-            max_waits=max_waits,
-            client=client,
-        )
+    def __init__(self, url: str, api_key: str, budget: int, **options: Unpack[HttpOptions]) -> None:
+        super().__init__(url, budget, api_key=api_key, **options)
 
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
         return f"{self.url}/v1/predict", {"inputs": X.tolist()}

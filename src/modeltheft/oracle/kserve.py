@@ -3,16 +3,14 @@
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 
-from modeltheft.errors import ConfigError, OracleError
+from modeltheft.errors import OracleError
 from modeltheft.oracle.base import OracleAnswers
-from modeltheft.oracle.http import HttpOracleBase, checked_answers
-from modeltheft.oracle.log import QueryLog
+from modeltheft.oracle.http import NamedModelOracle, checked_answers
 
 
-class KServeV1Oracle(HttpOracleBase):
+class KServeV1Oracle(NamedModelOracle):
     """``POST {url}/v1/models/{model_name}:predict`` with ``{"instances": rows}``.
 
     Each of the answer's ``predictions`` is a label (an int, or a float equal to one; a
@@ -20,35 +18,10 @@ class KServeV1Oracle(HttpOracleBase):
     of one answer must be of the same kind.
     """
 
-    def __init__(
-        self,
-        url: str,
-        model_name: str,
-        budget: int,
-        *,
-        api_key: str | None = None,
-        log: QueryLog | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        on_rate_limit: str = "count",
-        max_waits: int = 5,
-        client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            budget,
-            api_key=api_key,
-            log=log,
-            timeout=timeout,
-            retries=retries,
-            on_rate_limit=on_rate_limit,
-            max_waits=max_waits,
-            client=client,
-        )
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise ConfigError(f"model name must be a non-empty string, got {model_name!r}")
-        self.model_name = model_name
-        self.predict_url = f"{self.url}/v1/models/{quote(model_name, safe='')}:predict"
+    @property
+    def predict_url(self) -> str:
+        """Where predictions are asked for."""
+        return f"{self.url}/v1/models/{quote(self.model_name, safe='')}:predict"
 
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
         return self.predict_url, {"instances": X.tolist()}

@@ -1,16 +1,14 @@
 """A client of the Open Inference Protocol v2 (KServe v2, Seldon MLServer, NVIDIA Triton)."""
 
 import math
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 
 from modeltheft.errors import ConfigError, OracleError
 from modeltheft.oracle.base import OracleAnswers
-from modeltheft.oracle.http import HttpOracleBase, checked_answers
-from modeltheft.oracle.log import QueryLog
+from modeltheft.oracle.http import HttpOptions, NamedModelOracle, checked_answers
 
 PROBA_OUTPUT = "predict_proba"  # MLServer's scikit-learn runtime names its outputs like this
 LABEL_OUTPUT = "predict"
@@ -28,7 +26,7 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-class OipV2Oracle(HttpOracleBase):
+class OipV2Oracle(NamedModelOracle):
     """``POST {url}/v2/models/{model_name}/infer`` with one ``[n, 64]`` tensor per batch.
 
     Before the first batch it reads ``GET {url}/v2/models/{model_name}`` to choose the outputs:
@@ -45,32 +43,13 @@ class OipV2Oracle(HttpOracleBase):
         model_name: str,
         budget: int,
         *,
-        api_key: str | None = None,
-        log: QueryLog | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        on_rate_limit: str = "count",
-        max_waits: int = 5,
         datatype: str = "FP64",
         input_name: str | None = None,
-        client: httpx.Client | None = None,
+        **options: Unpack[HttpOptions],
     ) -> None:
-        super().__init__(
-            url,
-            budget,
-            api_key=api_key,
-            log=log,
-            timeout=timeout,
-            retries=retries,
-            on_rate_limit=on_rate_limit,
-            max_waits=max_waits,
-            client=client,
-        )
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise ConfigError(f"model name must be a non-empty string, got {model_name!r}")
+        super().__init__(url, model_name, budget, **options)
         if datatype not in DATATYPES:
             raise ConfigError(f"datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
-        self.model_name = model_name
         self.datatype = datatype
         self.input_name = input_name
         self.model_url = f"{self.url}/v2/models/{quote(model_name, safe='')}"
