@@ -141,6 +141,7 @@ def test_bandit_diversity_favours_arms_with_rare_hard_labels() -> None:
         ({"policy": "adaptive", "n_arms": 1}, "n_arms"),
         ({"policy": "adaptive", "n_arms": 2.5}, "n_arms"),
         ({"policy": "adaptive", "alpha": 0.0}, "alpha"),
+        ({"policy": "adaptive", "alpha": "fast"}, "alpha"),
     ],
 )
 def test_bad_options_are_config_errors(params: dict, match: str) -> None:

@@ -93,7 +93,8 @@ def extract(
             answered = len(history.answered()[1])
             if answered >= MIN_REFIT and (history.model is None or answered >= 1.1 * fitted_at):
                 try:
-                    history.model = _fit(substitute, history, mode, k, classes)
+                    # The working model only steers the strategy: hard labels fit it fastest.
+                    history.model = _fit(substitute, history, "hard", k, classes)
                     fitted_at = answered
                 except AttackFailed:
                     pass

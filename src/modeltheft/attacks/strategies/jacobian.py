@@ -1,4 +1,4 @@
-"""Papernot et al.'s Jacobian-based dataset augmentation from a few real seed digits."""
+"""Papernot et al., Practical Black-Box Attacks against ML (AsiaCCS 2017): Jacobian augmentation."""
 
 from numbers import Real
 
@@ -47,22 +47,24 @@ def class_gradients(model: ClassifierMixin, X: np.ndarray, y: np.ndarray) -> np.
         chunk = rows[start : start + _FD_CHUNK]
         shifted = np.concatenate([X[chunk, None, :] + eye, X[chunk, None, :] - eye], axis=1)
         P = model.predict_proba(shifted.reshape(-1, X.shape[1]))
-        P = P.reshape(len(chunk), 2, X.shape[1], -1)[:, :, :, column[chunk]]
-        P = P[np.arange(len(chunk)), :, :, np.arange(len(chunk))]  # (chunk, 2, features)
-        grads[chunk] = (P[:, 0] - P[:, 1]) / (2 * FD_STEP)
+        P = P.reshape(len(chunk), 2, X.shape[1], -1)
+        Py = P[np.arange(len(chunk)), :, :, column[chunk]]  # (chunk, ±, features)
+        grads[chunk] = (Py[:, 0] - Py[:, 1]) / (2 * FD_STEP)
     return grads
 
 
 class JacobianAugmentation(Strategy):
     """Seed digits, then rounds of x + λ_ρ·sign(∂F_y(x)/∂x) for every known point x.
 
-    ``seed_size`` real digits come from the attacker-public pool (or ``seed_X``); their true
-    labels are ignored. Each round ρ steps every point of the substitute training set — the
-    answered rows, plus this call's still unanswered rows labelled by the substitute — along
-    the sign of the substitute's Jacobian row for its label, with λ_ρ = λ·(−1)^⌊ρ/τ⌋
+    ``seed_size`` real digits come from the attacker-public pool (``seed_X``, if given, replaces
+    them and ``seed_size`` is ignored); their true labels are ignored. Each round ρ steps
+    every point of the substitute training set — the answered rows, plus this call's still
+    unanswered rows labelled by the substitute — along the sign of the substitute's
+    Jacobian row for its label, with λ_ρ = λ·(−1)^⌊ρ/τ⌋
     (Papernot's periodic step size), clipped to [0, 1]; the set doubles each round. A round's
     rows are sent in random order, so a short last batch is a random subset. Until a
-    substitute exists, rounds take random sign steps instead.
+    substitute exists, rounds take random sign steps instead, as does any step that would
+    repeat a known point (an unchanged substitute re-stepping it, or a flip stepping back).
 
     ``target="random"`` is the T-RND variant of Juuti et al. (PRADA, EuroS&P 2019): step
     towards a random other class, x + |λ|·sign(∂F_t(x)/∂x) with t ≠ y drawn from the rng.

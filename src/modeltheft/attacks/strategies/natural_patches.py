@@ -1,6 +1,7 @@
-"""Knockoff Nets: query natural-image patches, chosen at random or by a gradient bandit."""
+"""Knockoff Nets (Orekondy, Schiele & Fritz, CVPR 2019): natural-image patches as queries."""
 
 from functools import lru_cache
+from numbers import Real
 
 import numpy as np
 from scipy import ndimage
@@ -93,10 +94,8 @@ def patch_pool() -> np.ndarray:
                 windows = np.lib.stride_tricks.sliding_window_view(edges, (_SIDE, width))
                 stack = windows[top, left]
                 ranked = np.sort(stack.reshape(per_config, -1), axis=1)
-                rank = (rng.uniform(*_EDGE_QUANTILES, size=per_config) * ranked.shape[1]).astype(
-                    int
-                )
-                cut = ranked[np.arange(per_config), rank]
+                share = rng.uniform(*_EDGE_QUANTILES, size=per_config)
+                cut = ranked[np.arange(per_config), (share * ranked.shape[1]).astype(int)]
                 ink = _dilate(stack > cut[:, None, None])
                 patches.append(_fit_box(ink[ink.sum(axis=(1, 2)) >= _MIN_INK]))
     pool = np.concatenate(patches)
@@ -126,8 +125,10 @@ class NaturalPatches(Strategy):
     row's arm is drawn from softmax(H), and once its answer is in the history, H moves by
     ``alpha`` (r − r̄)(1[a = A] − π) with r̄ the running mean reward. The reward averages
     Knockoff's certainty (top-2 margin, soft answers only), diversity (how far the answer
-    exceeds the mean answer so far; 1 − the label's frequency for hard labels) and loss
-    (the substitute's normalised cross-entropy against the answer), or uses only one of them.
+    exceeds the mean of all answers so far; 1 − the label's frequency for hard labels) and
+    loss (normalised cross-entropy of the substitute that was current when the row was
+    proposed, against the answer), or uses only one of them. The pool is fixed; every choice
+    comes from the rng. ``needs_model`` is set per instance: only the loss reward needs it.
     """
 
     name = "natural-patches"
@@ -150,7 +151,7 @@ class NaturalPatches(Strategy):
         self._picked: list[int] = []  # pool index of every row proposed, in order
         self._arm_of: list[int] = []  # arm of every row proposed (-1: not chosen by the bandit)
         self._rewarded = 0  # rows whose answers have been turned into rewards
-        self._preferences = np.zeros(max(int(self.n_arms), 1) if self.policy == "adaptive" else 1)
+        self._preferences = np.zeros(0)  # H, sized once n_arms is validated
         self._baseline = 0.0
         self._n_rewards = 0
         self._answer_sum = np.zeros(N_CLASSES)
@@ -162,14 +163,18 @@ class NaturalPatches(Strategy):
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.reward not in REWARDS:
             raise ConfigError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        if not isinstance(self.n_arms, int) or not 2 <= self.n_arms <= 200:
-            raise ConfigError(f"n_arms must be an integer in 2..200, got {self.n_arms!r}")
-        if not np.isfinite(self.alpha) or self.alpha <= 0:
-            raise ConfigError(f"alpha must be > 0, got {self.alpha!r}")
+        arms = self.n_arms
+        if isinstance(arms, bool) or not isinstance(arms, int) or not 2 <= arms <= 200:
+            raise ConfigError(f"n_arms must be an integer in 2..200, got {arms!r}")
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < np.inf:
+            raise ConfigError(f"alpha must be a number > 0, got {alpha!r}")
 
     @property
     def arm_probabilities(self) -> np.ndarray:
-        """The bandit's current policy softmax(H) over arms."""
+        """The bandit's current policy softmax(H) over arms (uniform before any reward)."""
+        if len(self._preferences) == 0:
+            return np.full(self.n_arms, 1.0 / self.n_arms)
         return _softmax(self._preferences)
 
     def propose(self, n: int, rng: np.random.Generator, history: QueryHistory) -> np.ndarray:
@@ -178,6 +183,8 @@ class NaturalPatches(Strategy):
         sent = history.n_sent
         if sent < len(self._picked):  # a new attack (or a history we did not build): start over
             self._reset()
+        if len(self._preferences) != self.n_arms:
+            self._preferences = np.zeros(self.n_arms)
         missing = sent - len(self._picked)  # rows sent that we did not propose
         self._picked += [-1] * missing
         self._arm_of += [-1] * missing
@@ -228,7 +235,7 @@ class NaturalPatches(Strategy):
         )[self._rewarded :]
         arms = self._arm_of[self._rewarded :]
         self._rewarded = history.n_sent
-        answered = labels >= 0
+        answered = (labels >= 0) & (labels < N_CLASSES)
         if not answered.any():
             return
         predicted = None
