@@ -62,3 +62,9 @@ def test_untrusted_types_are_refused_even_with_a_matching_hash(tmp_path: Path) -
     metadata_path(path).write_text(json.dumps({"sha256": file_sha256(path)}))
     with pytest.raises(ModelIntegrityError, match="untrusted types"):
         load_victim(path)
+
+
+def test_unsavable_models_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelIntegrityError, match=r"untrusted types|cannot save"):
+        save_victim(Sneaky(), tmp_path / "s.skops", {})
+    assert not (tmp_path / "s.skops").exists()

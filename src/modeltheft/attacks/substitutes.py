@@ -9,6 +9,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC
 
+from modeltheft.attacks.cnn import CNNClassifier
 from modeltheft.attacks.equation_solving import EquationSolver
 from modeltheft.errors import ConfigError
 
@@ -22,6 +23,8 @@ SUBSTITUTES: dict[str, Callable[[int], ClassifierMixin]] = {
     "rf": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
     "knn": lambda seed: KNeighborsClassifier(n_neighbors=3),
     "equation-solver": lambda seed: EquationSolver(),
+    # Needs the optional PyTorch extra: pip install 'modeltheft[cnn]'.
+    "cnn": lambda seed: CNNClassifier(random_state=seed),
 }
 
 

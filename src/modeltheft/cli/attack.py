@@ -84,8 +84,12 @@ def run_attack(
         for p in result.curve
     ]
     out.mkdir(parents=True, exist_ok=True)
-    outputs = {"model": str(out / "stolen.skops"), "query_log": str(log.path)}
-    save_victim(model, out / "stolen.skops", {"family": spec.substitute, "stolen_from": target})
+    outputs = {"query_log": str(log.path)}
+    try:
+        save_victim(model, out / "stolen.skops", {"family": spec.substitute, "stolen_from": target})
+        outputs["model"] = str(out / "stolen.skops")
+    except ModelIntegrityError as exc:
+        console.print(f"no skops copy: {exc}")
     try:
         outputs["onnx"] = str(export_onnx(model, out / "stolen.onnx"))
     except ModelIntegrityError as exc:

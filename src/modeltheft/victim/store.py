@@ -55,7 +55,10 @@ def save_model(model: ClassifierMixin, path: Path, metadata: dict[str, object]) 
     """Write ``model`` to ``path`` (skops) and its metadata with the hash; return the JSON path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    untrusted = set(sio.get_untrusted_types(data=sio.dumps(model))) - TRUSTED_TYPES
+    try:
+        untrusted = set(sio.get_untrusted_types(data=sio.dumps(model))) - TRUSTED_TYPES
+    except Exception as exc:  # skops raises many types for objects it cannot serialise
+        raise ModelIntegrityError(f"skops cannot save {type(model).__name__}: {exc}") from None
     if untrusted:
         raise ModelIntegrityError(
             f"refusing to save a model with untrusted types: {sorted(untrusted)}"
