@@ -61,7 +61,7 @@ ATTACKS = (
         "equation-solving", "equation-solving", "equation-solver", 1000, (), 0, ("soft",), ("lr",)
     ),
 )
-OTHER_VICTIM_MODES = ("hard",)
+OTHER_VICTIM_MODES = MODES
 CAVEATS = [
     "Read with care:",
     "- `rendered-digits` (and `active`, which draws from it) had its rendering defaults tuned "
@@ -287,8 +287,8 @@ def main() -> None:
         f"Fidelity (agreement with the victim on the 540 test digits), mean ± std over "
         f"{args.seeds} seeds, undefended in-process victims; each run spends 1,000 queries and "
         f"is evaluated after 100, 300 and 1,000. Attacks with real digits use victims trained "
-        f"without the 200 attacker-public digits. Every label mode against the default RF "
-        f"victim; hard labels against the other families. {len(results)} of {len(todo)} runs, "
+        f"without the 200 attacker-public digits. Every label mode against every "
+        f"victim family. {len(results)} of {len(todo)} runs, "
         f"{sum(r['seconds'] for r in results) / 60:.1f} min of run time summed over runs. "
         "(n/m) = runs that produced a model.",
         "",
