@@ -4,7 +4,6 @@ A TOML file holds ``[[stages]]`` tables, each with a ``type`` (a registered stag
 that stage's parameters. Unknown types and unknown parameters are errors, never ignored.
 """
 
-import inspect
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,7 @@ from modeltheft.defenses.output import (
 )
 from modeltheft.defenses.ratelimit import ProbabilisticRateLimit
 from modeltheft.errors import ConfigError
+from modeltheft.registry import build
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
@@ -48,17 +48,7 @@ def build_stage(spec: dict[str, Any]) -> Stage:
         raise ConfigError(f"each stage needs a 'type'; got {spec!r}")
     params = dict(spec)
     kind = params.pop("type")
-    if kind not in STAGES:
-        raise ConfigError(f"unknown defense stage {kind!r}; known: {', '.join(sorted(STAGES))}")
-    cls = STAGES[kind]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed)) or "none"
-        raise ConfigError(
-            f"stage {kind!r} has no parameter {', '.join(unknown)} (it takes: {known})"
-        )
-    return cls(**params)
+    return build(STAGES, kind, params, "defense stage")
 
 
 def pipeline_from_dict(config: dict[str, Any], name: str = "custom") -> Pipeline:

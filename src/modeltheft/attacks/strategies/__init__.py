@@ -1,6 +1,5 @@
 """Query strategies, registered by name; each proposes the next queries of an attack."""
 
-import inspect
 from typing import Any
 
 from modeltheft.attacks.strategies.active import ActiveSelection
@@ -11,7 +10,7 @@ from modeltheft.attacks.strategies.natural_patches import NaturalPatches
 from modeltheft.attacks.strategies.owasp_synthetic import OwaspSynthetic
 from modeltheft.attacks.strategies.rendered_digits import RenderedDigits
 from modeltheft.attacks.strategies.uniform import UniformNoise
-from modeltheft.errors import ConfigError
+from modeltheft.registry import build
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -29,19 +28,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def make_strategy(name: str, **params: Any) -> Strategy:
     """A strategy by its registered name, with keyword parameters checked against its signature."""
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}"
-        )
-    cls = STRATEGIES[name]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed)) or "none"
-        raise ConfigError(
-            f"strategy {name!r} has no parameter {', '.join(unknown)} (it takes: {known})"
-        )
-    return cls(**params)
+    return build(STRATEGIES, name, params, "strategy")
 
 
 __all__ = ["STRATEGIES", "QueryHistory", "Strategy", "make_strategy"]
