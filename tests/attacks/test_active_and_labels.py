@@ -120,3 +120,14 @@ def test_spec_helpers() -> None:
     assert default_checkpoints(300)[-1] == 300 and len(default_checkpoints(300)) == 10
     with pytest.raises(ConfigError, match="label mode"):
         AttackSpec(label_mode="x").validate()
+
+
+def test_a_refused_batch_does_not_hide_other_batches_probabilities() -> None:
+    history = QueryHistory()
+    P = np.full((2, 10), 0.1)
+    history.add(np.zeros((2, 64)), np.array([1, 2]), P)
+    history.add(np.ones((3, 64)), np.array([-1, -1, -1]), None)
+    history.add(np.ones((1, 64)), np.array([3]), np.full((1, 10), 0.1))
+    X, labels, probabilities = history.answered()
+    assert X.shape == (3, 64) and labels.tolist() == [1, 2, 3]
+    assert probabilities is not None and probabilities.shape == (3, 10)

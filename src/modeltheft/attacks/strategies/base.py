@@ -40,9 +40,12 @@ class QueryHistory:
             return np.empty((0, N_FEATURES)), np.empty(0, dtype=int), None
         X, labels = np.concatenate(self.X), np.concatenate(self.labels)
         keep = labels >= 0
+        # A wholly refused batch carries no probabilities; it must not hide the others'.
+        answered = [(p, y >= 0) for p, y in zip(self.probabilities, self.labels, strict=True)]
+        answered = [(p, mask) for p, mask in answered if mask.any()]
         probabilities = None
-        if all(p is not None for p in self.probabilities):
-            probabilities = np.concatenate(self.probabilities)[keep]  # type: ignore[arg-type]
+        if answered and all(p is not None for p, _ in answered):
+            probabilities = np.concatenate([p[mask] for p, mask in answered])  # type: ignore[index]
         return X[keep], labels[keep], probabilities
 
 
