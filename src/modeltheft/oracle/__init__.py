@@ -1,5 +1,7 @@
 """Oracles: what an attack queries. They own the budget and the query log."""
 
+from typing import Unpack
+
 from modeltheft.errors import ConfigError
 from modeltheft.oracle.base import Oracle, OracleAnswers
 from modeltheft.oracle.http import HttpOptions, HttpOracle, HttpOracleBase
@@ -17,30 +19,17 @@ def make_oracle(
     *,
     budget: int,
     model_name: str | None = None,
-    api_key: str | None = None,
-    log: QueryLog | None = None,
-    timeout: float = 10.0,
-    retries: int = 3,
-    on_rate_limit: str = "count",
-    max_waits: int = 5,
     datatype: str = "FP64",
+    **options: Unpack[HttpOptions],
 ) -> HttpOracleBase:
     """An HTTP oracle for ``protocol``: ``modeltheft`` (needs ``api_key``), ``oip-v2`` or
     ``kserve-v1`` (both need ``model_name``; ``api_key`` optional). ``datatype`` is OIP's."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    options: HttpOptions = {
-        "api_key": api_key,
-        "log": log,
-        "timeout": timeout,
-        "retries": retries,
-        "on_rate_limit": on_rate_limit,
-        "max_waits": max_waits,
-    }
     if protocol == "modeltheft":
+        api_key = options.pop("api_key", None)
         if not api_key:
             raise ConfigError("protocol 'modeltheft' needs an API key")
-        options.pop("api_key")
         return HttpOracle(url, api_key, budget, **options)
     if not model_name:
         raise ConfigError(f"protocol {protocol!r} needs a model name")
