@@ -28,9 +28,16 @@ class PayloadTooLarge(InputError):
 class RateLimited(ModelTheftError):
     """A client is refused by a rate limit; retry after ``retry_after`` seconds."""
 
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+    def __init__(
+        self, message: str, retry_after: float = 1.0, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
+
+
+class Blocked(ModelTheftError):
+    """A client was blocked by a detector; its requests are refused (HTTP 403)."""
 
 
 class BudgetExhausted(ModelTheftError):

@@ -1,60 +1,109 @@
 """Defense stages and the pipeline that runs them for each request.
 
-Two kinds of stage: an *admission* stage decides, before the model is called, whether a
-client's queries are answered at all (it may raise :class:`RateLimited`); an *output* stage
-rewrites the ``(n, k)`` probability array that the victim produced.
+Every stage may act at two points of a request: ``admit`` runs before the model is called and
+may refuse the client's queries (raise :class:`RateLimited`); ``transform`` runs after it and
+rewrites the ``(n, k)`` answers. Stateful stages keep their state in the request's
+:class:`~modeltheft.state.base.StateStore`, so that it survives restarts and is shared by
+worker processes.
 """
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from modeltheft.state.base import StateStore
+from modeltheft.state.memory import MemoryStore
+
+
+@dataclass(frozen=True)
+class StageEnv:
+    """What a stage may need once, when the service starts: the store and the model's shape."""
+
+    store: StateStore
+    n_classes: int
+    n_features: int
 
 
 @dataclass(frozen=True)
 class DefenseContext:
-    """What a stateful stage knows of a request: who asks, with which rng, where state lives."""
+    """One request as the stages see it.
+
+    ``inputs`` is the batch (read-only) when the stage runs after admission; ``headers`` is
+    filled by stages that advertise something to the client (rate-limit headers).
+    """
 
     client_id: str
     rng: np.random.Generator
     store: StateStore
+    inputs: np.ndarray | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def local(
+        cls, rng: np.random.Generator, inputs: np.ndarray | None = None, client_id: str = "local"
+    ) -> "DefenseContext":
+        """A context with fresh in-memory state: for experiments and tests."""
+        return cls(client_id=client_id, rng=rng, store=MemoryStore(), inputs=inputs)
 
 
 @dataclass(frozen=True)
 class Answers:
-    """The answers to one batch as they pass through the output stages.
+    """The answers to one batch as they pass through the stages.
 
     ``original`` is the victim's own probability array and never changes; ``probabilities`` is
     the current, defended one. ``expose_probabilities`` is False once a stage decides that only
-    labels may leave the service.
+    labels may leave the service. ``suspicious`` marks the rows that detection stages consider
+    part of an extraction attempt (misinformation and watermarking act on those rows only).
     """
 
     original: np.ndarray
     probabilities: np.ndarray
     expose_probabilities: bool = True
+    suspicious: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
         """Column index of each row's top probability (first one on ties)."""
         return np.argmax(self.probabilities, axis=1)
 
+    @property
+    def flagged(self) -> np.ndarray:
+        """Boolean mask of suspicious rows (all False if no stage marked any)."""
+        if self.suspicious is None:
+            return np.zeros(len(self.original), dtype=bool)
+        return self.suspicious
+
     def with_probabilities(self, probabilities: np.ndarray) -> "Answers":
         """A copy with new probabilities."""
         return replace(self, probabilities=probabilities)
 
+    def mark(self, rows: np.ndarray) -> "Answers":
+        """A copy with ``rows`` (a boolean mask) added to the suspicious rows."""
+        return replace(self, suspicious=self.flagged | np.asarray(rows, dtype=bool))
 
-class Stage(ABC):  # noqa: B024 - abstract through its two subclasses
-    """Common manners of all stages: a registered name and claims the contract tests check."""
+
+class Stage:
+    """Common manners of all stages: a registered name, hooks, claims the contract tests check."""
 
     name: str = "stage"
     paper: str = ""
+    honest_cost: str = ""
+    """What the stage costs an honest client, in one line (shown in docs and ``describe``)."""
     keeps_argmax: bool = False
     """The stage never changes a row's top class."""
     keeps_simplex: bool = False
     """Given rows that sum to 1, the stage returns rows that sum to 1."""
+
+    def setup(self, env: StageEnv) -> None:
+        """Called once before the first request (load reference data, secrets, …)."""
+
+    def admit(self, n_rows: int, ctx: DefenseContext) -> None:
+        """Count ``n_rows`` queries for ``ctx.client_id``; raise ``RateLimited`` to refuse them."""
+
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
+        """Return the defended answers; must keep the array's shape."""
+        return answers
 
     def describe(self) -> dict[str, object]:
         """Public description (name only: parameters may be secret)."""
@@ -62,26 +111,18 @@ class Stage(ABC):  # noqa: B024 - abstract through its two subclasses
 
 
 class AdmissionStage(Stage):
-    """A stage that may refuse a client's queries before the model runs."""
+    """A stage that acts only before the model runs (rate limits)."""
 
     keeps_argmax = True
     keeps_simplex = True
-
-    @abstractmethod
-    def admit(self, n_rows: int, ctx: DefenseContext) -> None:
-        """Count ``n_rows`` queries for ``ctx.client_id``; raise ``RateLimited`` to refuse them."""
 
 
 class OutputStage(Stage):
     """A stage that rewrites the probabilities returned to the client."""
 
-    @abstractmethod
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
-        """Return the defended answers; must keep the array's shape."""
-
 
 class Pipeline:
-    """An ordered list of stages: admission stages run first, then output stages, in order."""
+    """An ordered list of stages: every ``admit`` runs first, then every ``transform``, in order."""
 
     def __init__(self, stages: Sequence[Stage] = (), name: str = "custom") -> None:
         self.stages = list(stages)
@@ -92,18 +133,30 @@ class Pipeline:
         """Names of the stages, in order."""
         return [stage.name for stage in self.stages]
 
-    def admit(self, n_rows: int, ctx: DefenseContext) -> None:
-        """Run every admission stage; the first refusal raises."""
+    def setup(self, env: StageEnv) -> None:
+        """Prepare every stage (once, before serving)."""
         for stage in self.stages:
-            if isinstance(stage, AdmissionStage):
-                stage.admit(n_rows, ctx)
+            stage.setup(env)
 
-    def transform(self, probabilities: np.ndarray, rng: np.random.Generator) -> Answers:
-        """Run every output stage over the victim's ``(n, k)`` probabilities."""
+    def admit(self, n_rows: int, ctx: DefenseContext) -> None:
+        """Run every stage's admission; the first refusal raises."""
+        for stage in self.stages:
+            stage.admit(n_rows, ctx)
+
+    def transform(
+        self,
+        probabilities: np.ndarray,
+        ctx: DefenseContext,
+        suspicious: np.ndarray | None = None,
+    ) -> Answers:
+        """Run every stage over the victim's ``(n, k)`` probabilities.
+
+        ``suspicious`` marks rows known to be suspicious before any stage runs (every row of a
+        client already under the strict policy).
+        """
         original = np.array(probabilities, dtype=float)
         original.flags.writeable = False
-        answers = Answers(original=original, probabilities=original.copy())
+        answers = Answers(original, original.copy(), suspicious=suspicious)
         for stage in self.stages:
-            if isinstance(stage, OutputStage):
-                answers = stage.transform(answers, rng)
+            answers = stage.transform(answers, ctx)
         return answers

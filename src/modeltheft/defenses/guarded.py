@@ -2,17 +2,29 @@
 
 import hashlib
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import ClassifierMixin
 
-from modeltheft.defenses.base import Answers, DefenseContext, Pipeline
+from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status
+from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
+from modeltheft.errors import Blocked
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A batch's answer: labels as class values, the defended answers, headers for the client."""
+
+    labels: np.ndarray
+    answers: Answers
+    headers: dict[str, str]
+
+
 class GuardedModel:
-    """Answer a client's batch: admission stages, then the model, then output stages.
+    """Answer a client's batch: its status, admission, then the model, then the other stages.
 
     Each client draws from its own random stream, derived from ``seed`` and the client's name,
     so one client's answers do not depend on what other clients asked. Without a seed the
@@ -25,12 +37,15 @@ class GuardedModel:
         pipeline: Pipeline,
         store: StateStore | None = None,
         seed: int | None = None,
+        n_features: int | None = None,
     ) -> None:
         self.model = model
         self.pipeline = pipeline
         self.store = store if store is not None else MemoryStore()
         self.seed = seed
         self.classes = np.asarray(model.classes_)
+        features = n_features if n_features is not None else getattr(model, "n_features_in_", 64)
+        pipeline.setup(StageEnv(self.store, len(self.classes), int(features)))
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
 
@@ -43,12 +58,17 @@ class GuardedModel:
                 self._rngs[client_id] = np.random.default_rng([self.seed, tag])
         return self._rngs[client_id]
 
-    def answer(self, client_id: str, X: np.ndarray) -> tuple[np.ndarray, Answers]:
-        """Labels (as class values) and defended answers for ``X``; may raise RateLimited."""
+    def answer(self, client_id: str, X: np.ndarray) -> Reply:
+        """Answer ``X`` for ``client_id``; may raise RateLimited or Blocked."""
+        inputs = np.array(X, dtype=float)
+        inputs.flags.writeable = False
         with self._lock:
-            rng = self._rng(client_id)
-            ctx = DefenseContext(client_id=client_id, rng=rng, store=self.store)
-            self.pipeline.admit(len(X), ctx)
-            probabilities = self.model.predict_proba(X)
-            answers = self.pipeline.transform(probabilities, rng)
-        return self.classes[answers.labels], answers
+            status = client_status(self.store, client_id)
+            if status >= BLOCKED:
+                raise Blocked("this API key is blocked: its queries look like model extraction")
+            ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
+            self.pipeline.admit(len(inputs), ctx)
+            probabilities = self.model.predict_proba(inputs)
+            strict = np.full(len(inputs), status >= STRICT)
+            answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)
+        return Reply(self.classes[answers.labels], answers, dict(ctx.headers))

@@ -1,8 +1,10 @@
-"""Stateless output stages: each maps an (n, k) probability array (plus an rng) to another."""
+"""Stateless output stages: each maps an (n, k) probability array to another."""
+
+from dataclasses import replace
 
 import numpy as np
 
-from modeltheft.defenses.base import Answers, OutputStage
+from modeltheft.defenses.base import Answers, DefenseContext, OutputStage
 from modeltheft.errors import ConfigError
 
 
@@ -27,8 +29,8 @@ class GaussianNoise(OutputStage):
         if self.clip_min > self.clip_max:
             raise ConfigError(f"clip_min ({clip_min}) must be <= clip_max ({clip_max})")
 
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
-        noise = rng.normal(0.0, self.sigma, size=answers.probabilities.shape)
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
+        noise = ctx.rng.normal(0.0, self.sigma, size=answers.probabilities.shape)
         noisy = np.clip(answers.probabilities + noise, self.clip_min, self.clip_max)
         return answers.with_probabilities(noisy)
 
@@ -46,7 +48,7 @@ class Rounding(OutputStage):
             raise ConfigError(f"decimals must be an integer >= 0, got {decimals!r}")
         self.decimals = decimals
 
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         return answers.with_probabilities(np.round(answers.probabilities, self.decimals))
 
 
@@ -60,9 +62,9 @@ class RandomHardLabel(OutputStage):
     def __init__(self, probability: float = 0.4) -> None:
         self.probability = _check_probability("probability", probability)
 
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         n, k = answers.probabilities.shape
-        chosen = rng.random(n) < self.probability
+        chosen = ctx.rng.random(n) < self.probability
         one_hot = np.eye(k)[np.argmax(answers.original, axis=1)]
         probabilities = np.where(chosen[:, None], one_hot, answers.probabilities)
         return answers.with_probabilities(probabilities)
@@ -78,10 +80,10 @@ class HardLabel(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         k = answers.probabilities.shape[1]
         one_hot = np.eye(k)[answers.labels]
-        return Answers(answers.original, one_hot, expose_probabilities=False)
+        return replace(answers, probabilities=one_hot, expose_probabilities=False)
 
 
 class Normalize(OutputStage):
@@ -92,7 +94,7 @@ class Normalize(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
-    def transform(self, answers: Answers, rng: np.random.Generator) -> Answers:
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         probabilities = answers.probabilities
         totals = probabilities.sum(axis=1, keepdims=True)
         k = probabilities.shape[1]

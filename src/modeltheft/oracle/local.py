@@ -3,7 +3,7 @@
 import numpy as np
 
 from modeltheft.defenses.guarded import GuardedModel
-from modeltheft.errors import RateLimited
+from modeltheft.errors import Blocked, RateLimited
 from modeltheft.oracle.base import Oracle, OracleAnswers
 from modeltheft.oracle.log import QueryLog
 
@@ -26,8 +26,11 @@ class LocalOracle(Oracle):
     def _send(self, X: np.ndarray) -> OracleAnswers:
         n = len(X)
         try:
-            labels, answers = self.guarded.answer(self.client_id, X)
-        except RateLimited:
+            reply = self.guarded.answer(self.client_id, X)
+        except (RateLimited, Blocked):
             return OracleAnswers(np.full(n, -1), None, np.ones(n, dtype=bool))
+        answers = reply.answers
         probabilities = answers.probabilities if answers.expose_probabilities else None
-        return OracleAnswers(np.asarray(labels, dtype=int), probabilities, np.zeros(n, dtype=bool))
+        return OracleAnswers(
+            np.asarray(reply.labels, dtype=int), probabilities, np.zeros(n, dtype=bool)
+        )

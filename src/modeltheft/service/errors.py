@@ -8,12 +8,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modeltheft.errors import AuthError, InputError, ModelTheftError, PayloadTooLarge, RateLimited
+from modeltheft.errors import (
+    AuthError,
+    Blocked,
+    InputError,
+    ModelTheftError,
+    PayloadTooLarge,
+    RateLimited,
+)
 
 log = logging.getLogger("modeltheft.service")
 
 STATUS: list[tuple[type[ModelTheftError], int]] = [
     (AuthError, 401),
+    (Blocked, 403),
     (PayloadTooLarge, 413),
     (InputError, 422),
     (RateLimited, 429),
@@ -29,7 +37,8 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, cls):
             headers = None
             if isinstance(exc, RateLimited):
-                headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+                retry = exc.retry_after if math.isfinite(exc.retry_after) else 3600.0
+                headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(retry)))}
             elif isinstance(exc, AuthError):
                 headers = {"WWW-Authenticate": "Bearer"}
             return _error(status, str(exc), headers)

@@ -1,10 +1,30 @@
-"""The interface every state store offers to stateful defenses."""
+"""The interface every state store offers to stateful defenses.
 
+Three backends implement it: :class:`~modeltheft.state.memory.MemoryStore` (one process, lost
+on exit), :class:`~modeltheft.state.sqlite.SqliteStore` (embedded, WAL mode, shared by the
+worker processes of one machine, survives restarts) and
+:class:`~modeltheft.state.redis.RedisStore` (shared by replicas). Every operation is atomic,
+so ``serve --workers N`` counts a client's queries exactly once.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class BucketState:
+    """Outcome of one token-bucket withdrawal."""
+
+    allowed: bool
+    remaining: float
+    """Tokens left after the withdrawal (or before it, if refused)."""
+    retry_after: float
+    """Seconds until ``cost`` tokens are available (0 if allowed; inf if cost > capacity)."""
+
+
 class StateStore(Protocol):
-    """Named integer counters, updated atomically."""
+    """Counters, append-only lists, sets, secrets and token buckets, all updated atomically."""
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to counter ``key`` and return the new value."""
@@ -13,3 +33,51 @@ class StateStore(Protocol):
     def get(self, key: str) -> int:
         """Current value of counter ``key`` (0 if never set)."""
         ...
+
+    def raise_to(self, key: str, value: int) -> int:
+        """Set counter ``key`` to ``max(current, value)`` and return the result."""
+        ...
+
+    def append(self, key: str, items: Sequence[bytes]) -> int:
+        """Append ``items`` to list ``key`` in order; return the list's new length."""
+        ...
+
+    def items(self, key: str, start: int = 0) -> list[bytes]:
+        """Items of list ``key`` from index ``start`` on (empty if none)."""
+        ...
+
+    def add_member(self, key: str, member: str) -> None:
+        """Add ``member`` to set ``key``."""
+        ...
+
+    def members(self, key: str) -> set[str]:
+        """Members of set ``key``."""
+        ...
+
+    def secret(self, name: str, nbytes: int = 32) -> bytes:
+        """A random secret created on first use and the same for every later caller."""
+        ...
+
+    def take_tokens(
+        self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
+    ) -> BucketState:
+        """Withdraw ``cost`` tokens from bucket ``key`` (full at first, refilled continuously)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def refill(tokens: float, last: float, capacity: float, rate: float, now: float) -> float:
+    """Tokens at ``now`` in a bucket that held ``tokens`` at ``last`` (no refill backwards)."""
+    return min(capacity, tokens + max(0.0, now - last) * rate)
+
+
+def withdraw(tokens: float, cost: float, capacity: float, rate: float) -> BucketState:
+    """The decision of a withdrawal from a bucket holding ``tokens`` (after refill)."""
+    if cost <= tokens:
+        return BucketState(True, tokens - cost, 0.0)
+    if cost > capacity or rate <= 0:
+        return BucketState(False, tokens, float("inf"))
+    return BucketState(False, tokens, (cost - tokens) / rate)

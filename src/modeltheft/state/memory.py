@@ -1,13 +1,21 @@
-"""In-process state: fine for one worker; lost on restart."""
+"""In-process state: fine for one worker and for experiments; lost on exit."""
 
+import secrets
 import threading
+from collections.abc import Sequence
+
+from modeltheft.state.base import BucketState, refill, withdraw
 
 
 class MemoryStore:
-    """Thread-safe counters held in a dict."""
+    """Thread-safe state held in dicts."""
 
     def __init__(self) -> None:
         self._counters: dict[str, int] = {}
+        self._lists: dict[str, list[bytes]] = {}
+        self._sets: dict[str, set[str]] = {}
+        self._secrets: dict[str, bytes] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -21,3 +29,51 @@ class MemoryStore:
         """Current value of counter ``key`` (0 if never set)."""
         with self._lock:
             return self._counters.get(key, 0)
+
+    def raise_to(self, key: str, value: int) -> int:
+        """Set counter ``key`` to ``max(current, value)`` and return the result."""
+        with self._lock:
+            new = max(self._counters.get(key, 0), value)
+            self._counters[key] = new
+            return new
+
+    def append(self, key: str, items: Sequence[bytes]) -> int:
+        """Append ``items`` to list ``key``; return its new length."""
+        with self._lock:
+            target = self._lists.setdefault(key, [])
+            target.extend(bytes(item) for item in items)
+            return len(target)
+
+    def items(self, key: str, start: int = 0) -> list[bytes]:
+        """Items of list ``key`` from index ``start`` on."""
+        with self._lock:
+            return list(self._lists.get(key, [])[start:])
+
+    def add_member(self, key: str, member: str) -> None:
+        """Add ``member`` to set ``key``."""
+        with self._lock:
+            self._sets.setdefault(key, set()).add(member)
+
+    def members(self, key: str) -> set[str]:
+        """Members of set ``key``."""
+        with self._lock:
+            return set(self._sets.get(key, set()))
+
+    def secret(self, name: str, nbytes: int = 32) -> bytes:
+        """A random secret created on first use."""
+        with self._lock:
+            return self._secrets.setdefault(name, secrets.token_bytes(nbytes))
+
+    def take_tokens(
+        self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
+    ) -> BucketState:
+        """Withdraw ``cost`` tokens from bucket ``key``."""
+        with self._lock:
+            tokens, last = self._buckets.get(key, (capacity, now))
+            tokens = refill(tokens, last, capacity, refill_per_second, now)
+            state = withdraw(tokens, cost, capacity, refill_per_second)
+            self._buckets[key] = (state.remaining, max(last, now))
+            return state
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -14,7 +14,8 @@ ERRORS = {
         401: "missing or unknown API key",
         413: "body or batch too large",
         422: "malformed input; the message names the problem",
-        429: "refused by the rate limit; see Retry-After",
+        403: "this API key was blocked by an extraction detector",
+        429: "refused by the rate limit; see Retry-After and the RateLimit headers",
     }.items()
 }
 
@@ -27,10 +28,11 @@ ERRORS = {
 )
 def predict(client: Client, X: Inputs, guarded: Guarded) -> JSONResponse:
     """Answer each row in input order; every row counts as one query of the client."""
-    labels, answers = guarded.answer(client, X)
+    reply = guarded.answer(client, X)
+    labels, answers = reply.labels, reply.answers
     probabilities = answers.probabilities.tolist() if answers.expose_probabilities else None
     predictions = [
         {"label": int(label), "probabilities": probabilities[i] if probabilities else None}
         for i, label in enumerate(labels)
     ]
-    return JSONResponse({"predictions": predictions})
+    return JSONResponse({"predictions": predictions}, headers=reply.headers)

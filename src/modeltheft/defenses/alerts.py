@@ -1,0 +1,66 @@
+"""Detections: log them, count them, and move the client to a stricter policy if asked.
+
+A client's *status* only ever rises: ``NORMAL`` → ``STRICT`` (every later answer is treated
+as suspicious: misinformed and watermarked if those stages run) → ``BLOCKED`` (403).
+"""
+
+import json
+import logging
+import time
+from typing import Literal
+
+from modeltheft.defenses.base import DefenseContext
+from modeltheft.errors import ConfigError
+from modeltheft.state.base import StateStore
+
+log = logging.getLogger("modeltheft.alerts")
+
+NORMAL, STRICT, BLOCKED = 0, 1, 2
+Action = Literal["log", "strict", "block"]
+ACTIONS: dict[str, int] = {"log": NORMAL, "strict": STRICT, "block": BLOCKED}
+
+
+def check_action(action: str) -> str:
+    """Validate a detector's ``on_alert`` setting."""
+    if action not in ACTIONS:
+        raise ConfigError(f"on_alert must be one of {', '.join(ACTIONS)}, got {action!r}")
+    return action
+
+
+def status_key(client_id: str) -> str:
+    """Store key of a client's status."""
+    return f"status:{client_id}"
+
+
+def client_status(store: StateStore, client_id: str) -> int:
+    """``NORMAL``, ``STRICT`` or ``BLOCKED``."""
+    return store.get(status_key(client_id))
+
+
+def raise_alert(ctx: DefenseContext, detector: str, reason: str, action: str) -> bool:
+    """Record a detection of ``ctx.client_id``; True if it is this detector's first for the client.
+
+    The alert is logged (client name only, never a key), counted under ``alerts:<detector>``,
+    kept in the ``alerts`` list, and the client's status is raised as ``action`` says.
+    """
+    first = ctx.store.incr(f"alerted:{detector}:{ctx.client_id}") == 1
+    if first:
+        ctx.store.incr(f"alerts:{detector}")
+        record = {"time": time.time(), "client": ctx.client_id, "detector": detector}
+        record |= {"reason": reason, "action": action}
+        ctx.store.append("alerts", [json.dumps(record).encode()])
+        ctx.store.add_member("alerted_clients", ctx.client_id)
+        log.warning(
+            "extraction alert: client=%s detector=%s action=%s: %s",
+            ctx.client_id,
+            detector,
+            action,
+            reason,
+        )
+    ctx.store.raise_to(status_key(ctx.client_id), ACTIONS[action])
+    return first
+
+
+def alerts(store: StateStore) -> list[dict[str, object]]:
+    """Every alert recorded so far, oldest first."""
+    return [json.loads(item) for item in store.items("alerts")]
