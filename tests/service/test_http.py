@@ -52,6 +52,8 @@ def test_modeltheft_serve_process(victim_path: Path, tmp_path: Path) -> None:
         str(victim_path),
         "--defense",
         "lab",
+        "--state",
+        "memory://",
         "--port",
         str(port),
         "--seed",

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modeltheft import __version__
+from modeltheft.cli.watermark import watermark_app
 from modeltheft.errors import ConfigError, ModelTheftError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ keys_app = typer.Typer(
     help="Manage API keys (only salted hashes are stored).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(watermark_app, name="watermark")
 console = Console()
 
 
@@ -62,23 +64,66 @@ def serve(
     seed: Annotated[
         int | None, typer.Option(help="Seed the defenses' randomness (testing only).")
     ] = None,
+    state: Annotated[
+        str,
+        typer.Option(
+            help="Where the defenses keep per-client state: memory:// (this process only, lost "
+            "on exit), sqlite:///file.db or sqlite:////abs/file.db (shared by this machine's "
+            "workers, kept across restarts) or redis://[user:password@]host:port/db (shared "
+            "by replicas)."
+        ),
+    ] = "sqlite:///modeltheft-state.db",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes (more than 1 needs sqlite or redis).")
+    ] = 1,
 ) -> None:
     """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz."""
+    import os
+
     import uvicorn
 
     from modeltheft.service import Settings, create_app
+    from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing
+    from modeltheft.state import redact_url
 
+    if workers > 1 and state.strip().lower().startswith("memory:"):
+        raise ConfigError("memory state is per process; use sqlite or redis with --workers")
     keys = KeyRing.from_sources(keys_file)
+    if workers > 1 and Path(defense).is_file():
+        defense = str(Path(defense).resolve())  # the workers must find the same file
     settings = Settings(
-        keys=keys, model_path=model, defense=defense, max_batch=max_batch, seed=seed
+        keys=keys, model_path=model, defense=defense, max_batch=max_batch, seed=seed, state=state
     )
+    # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)
     console.print(
         f"serving {application.state.model_name} with defense {defense!r} on http://{host}:{port} "
-        f"for {len(keys)} client(s)"
+        f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level="info")
+        return
+    application.state.store.close()
+    previous = os.environ.get(SETTINGS_ENV)
+    os.environ[SETTINGS_ENV] = settings_env(settings, keys_file)
+    try:
+        uvicorn.run(
+            "modeltheft.service.app:app_from_env",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(SETTINGS_ENV, None)
+        else:
+            os.environ[SETTINGS_ENV] = previous
 
 
 @app.command()

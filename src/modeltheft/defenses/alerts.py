@@ -32,6 +32,11 @@ def status_key(client_id: str) -> str:
     return f"status:{client_id}"
 
 
+def served_key(client_id: str) -> str:
+    """Store key of the number of a client's queries that passed admission."""
+    return f"served:{client_id}"
+
+
 def client_status(store: StateStore, client_id: str) -> int:
     """``NORMAL``, ``STRICT`` or ``BLOCKED``."""
     return store.get(status_key(client_id))
@@ -48,6 +53,7 @@ def raise_alert(ctx: DefenseContext, detector: str, reason: str, action: str) ->
         ctx.store.incr(f"alerts:{detector}")
         record = {"time": time.time(), "client": ctx.client_id, "detector": detector}
         record |= {"reason": reason, "action": action}
+        record["after_queries"] = ctx.store.get(served_key(ctx.client_id))
         ctx.store.append("alerts", [json.dumps(record).encode()])
         ctx.store.add_member("alerted_clients", ctx.client_id)
         log.warning(

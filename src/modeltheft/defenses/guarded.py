@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.base import ClassifierMixin
 
-from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status
+from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_key
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
 from modeltheft.errors import Blocked
 from modeltheft.state.base import StateStore
@@ -68,6 +68,7 @@ class GuardedModel:
                 raise Blocked("this API key is blocked: its queries look like model extraction")
             ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
             self.pipeline.admit(len(inputs), ctx)
+            self.store.incr(served_key(client_id), len(inputs))
             probabilities = self.model.predict_proba(inputs)
             strict = np.full(len(inputs), status >= STRICT)
             answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from modeltheft.defenses.base import Pipeline, Stage
+from modeltheft.defenses.detection import OodRateMonitor, Prada
+from modeltheft.defenses.misinformation import AdaptiveMisinformation
 from modeltheft.defenses.output import (
     GaussianNoise,
     HardLabel,
@@ -17,7 +19,9 @@ from modeltheft.defenses.output import (
     RandomHardLabel,
     Rounding,
 )
-from modeltheft.defenses.ratelimit import ProbabilisticRateLimit
+from modeltheft.defenses.perturb import ArgmaxPreservingNoise, ReverseSigmoid, TopK
+from modeltheft.defenses.ratelimit import ProbabilisticRateLimit, TokenBucketRateLimit
+from modeltheft.defenses.watermark import Watermark
 from modeltheft.errors import ConfigError
 from modeltheft.registry import build
 
@@ -25,11 +29,19 @@ STAGES: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (
         ProbabilisticRateLimit,
+        TokenBucketRateLimit,
         GaussianNoise,
         Rounding,
         RandomHardLabel,
         HardLabel,
         Normalize,
+        OodRateMonitor,
+        Prada,
+        AdaptiveMisinformation,
+        Watermark,
+        ReverseSigmoid,
+        TopK,
+        ArgmaxPreservingNoise,
     )
 }
 

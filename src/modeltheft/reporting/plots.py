@@ -125,3 +125,45 @@ def budget_curve_plot(rows: list[dict[str, float | int | None]], path: Path, tit
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pareto_plot(points: list[dict[str, object]], path: Path, title: str) -> Path:
+    """Honest accuracy (x) against thief fidelity (y): one point per defense × attack.
+
+    ``points`` hold ``defense``, ``attack``, ``honest_accuracy`` and ``fidelity``. Up and to
+    the right is bad for the owner (the thief copies well); the goal is down and to the right.
+    """
+    defenses = list(dict.fromkeys(str(p["defense"]) for p in points))
+    attacks = list(dict.fromkeys(str(p["attack"]) for p in points))
+    markers = "os^vD<>Pp*hX"
+    palette = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    for p in points:
+        ax.scatter(
+            float(p["honest_accuracy"]),  # type: ignore[arg-type]
+            float(p["fidelity"]),  # type: ignore[arg-type]
+            color=palette(defenses.index(str(p["defense"])) % 10),
+            marker=markers[attacks.index(str(p["attack"])) % len(markers)],
+            s=46,
+            alpha=0.85,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+    handles = [
+        plt.Line2D([], [], color=palette(i % 10), marker="o", linestyle="", label=name)
+        for i, name in enumerate(defenses)
+    ]
+    handles += [
+        plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], linestyle="", label=a)
+        for i, a in enumerate(attacks)
+    ]
+    ax.legend(handles=handles, fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("honest client's accuracy through the API (540 test digits)")
+    ax.set_ylabel("thief's fidelity (agreement with the victim)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

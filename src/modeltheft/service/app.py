@@ -1,32 +1,103 @@
-"""``create_app(settings)``: the prediction service, built from explicit settings."""
+"""``create_app(settings)``: the prediction service, built from explicit settings.
+
+``app_from_env`` rebuilds the same app inside each worker process of ``serve --workers N``
+from the settings the serve command leaves in ``MODELTHEFT_SERVE_SETTINGS`` (no key material:
+keys come from ``--keys-file`` or the inherited ``MODELTHEFT_API_KEYS``).
+"""
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from modeltheft import __version__
 from modeltheft.defenses.guarded import GuardedModel
 from modeltheft.defenses.presets import load_pipeline
+from modeltheft.errors import ConfigError
+from modeltheft.service.auth import KeyRing
 from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, predict
 from modeltheft.service.schemas import request_model
 from modeltheft.service.settings import Settings
+from modeltheft.state import open_store
 from modeltheft.victim import load_victim, train_victim
+
+SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """A FastAPI app serving the configured victim behind the configured defenses."""
+    """A FastAPI app serving the configured victim behind the configured defenses.
+
+    The state store named by ``settings.state`` is opened here and closed when the app
+    shuts down (its lifespan).
+    """
     pipeline = load_pipeline(settings.defense)
     if settings.model_path is None:
         model, name = train_victim().model, "rf (trained at start-up)"
     else:
         loaded = load_victim(settings.model_path)
         model, name = loaded.model, str(loaded.metadata.get("family", settings.model_path.name))
-    app = FastAPI(title="modeltheft prediction service", version=__version__)
+    store = open_store(settings.state)
+    try:
+        guarded = GuardedModel(model, pipeline, store=store, seed=settings.seed)
+    except BaseException:
+        store.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(title="modeltheft prediction service", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.keys = settings.keys
     app.state.model_name = name
-    app.state.guarded = GuardedModel(model, pipeline, seed=settings.seed)
+    app.state.store = store
+    app.state.guarded = guarded
     app.state.request_model = request_model(settings.max_batch)
     install_error_handlers(app)
     app.include_router(meta.router)
     app.include_router(predict.router)
     return app
+
+
+def settings_env(settings: Settings, keys_file: Path | None) -> str:
+    """The JSON that :func:`app_from_env` reads: every setting but the keys themselves."""
+    return json.dumps(
+        {
+            "model_path": str(settings.model_path.resolve()) if settings.model_path else None,
+            "defense": settings.defense,
+            "state": settings.state,
+            "max_batch": settings.max_batch,
+            "max_body_bytes": settings.max_body_bytes,
+            "seed": settings.seed,
+            "keys_file": str(keys_file.resolve()) if keys_file else None,
+        }
+    )
+
+
+def app_from_env() -> FastAPI:
+    """The app described by ``MODELTHEFT_SERVE_SETTINGS`` (a uvicorn factory for workers)."""
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise ConfigError(f"{SETTINGS_ENV} is not set: start workers with 'modeltheft serve'")
+    try:
+        data = json.loads(raw)
+        keys_file = Path(data["keys_file"]) if data.get("keys_file") else None
+        model_path = Path(data["model_path"]) if data.get("model_path") else None
+        settings = Settings(
+            keys=KeyRing.from_sources(keys_file),
+            model_path=model_path,
+            defense=str(data["defense"]),
+            max_batch=int(data["max_batch"]),
+            max_body_bytes=int(data["max_body_bytes"]),
+            seed=None if data.get("seed") is None else int(data["seed"]),
+            state=str(data["state"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None
+    return create_app(settings)

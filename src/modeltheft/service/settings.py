@@ -15,7 +15,10 @@ class Settings:
 
     ``model_path`` None means: train the default victim on the fly. ``defense`` is a preset
     name or a TOML path. ``seed`` makes the defenses' randomness reproducible (tests, demo);
-    leave it None in production.
+    leave it None in production. ``state`` is the URL of the store that keeps the stateful
+    defenses' per-client state (see :func:`modeltheft.state.open_store`): ``memory://`` for
+    one process, ``sqlite:///path.db`` for the worker processes of one machine, ``redis://…``
+    for replicas.
     """
 
     keys: KeyRing
@@ -24,6 +27,7 @@ class Settings:
     max_batch: int = MAX_BATCH
     max_body_bytes: int = 2_000_000
     seed: int | None = None
+    state: str = "memory://"
 
     def __post_init__(self) -> None:
         if len(self.keys) == 0:
@@ -35,3 +39,5 @@ class Settings:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not isinstance(self.state, str) or not self.state.strip():
+            raise ConfigError("state must be a store URL such as memory:// or sqlite:///x.db")

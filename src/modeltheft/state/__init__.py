@@ -1,6 +1,55 @@
-"""Per-client state kept by stateful defenses."""
+"""Per-client state kept by stateful defenses, and :func:`open_store` to pick a backend."""
 
-from modeltheft.state.base import StateStore
+from modeltheft.errors import ConfigError
+from modeltheft.state.base import BucketState, StateStore
 from modeltheft.state.memory import MemoryStore
+from modeltheft.state.redis import RedisStore, redact_url
+from modeltheft.state.sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "StateStore"]
+__all__ = [
+    "BucketState",
+    "MemoryStore",
+    "RedisStore",
+    "SqliteStore",
+    "StateStore",
+    "open_store",
+    "redact_url",
+]
+
+ACCEPTED = (
+    "memory:// (one process, lost on exit), "
+    "sqlite:///relative/path.db or sqlite:////absolute/path.db or a plain file path "
+    "(shared by the processes of one machine, kept across restarts), "
+    "redis://[user:password@]host:port/db or rediss://… (shared by replicas)"
+)
+
+
+def open_store(url: str) -> StateStore:
+    """The state store a URL names: ``memory://``, ``sqlite:///path.db``, a path, ``redis://…``.
+
+    ``sqlite:///state.db`` is relative to the working folder and ``sqlite:////var/x.db``
+    absolute, as in SQLAlchemy. Anything else is a :class:`~modeltheft.errors.ConfigError`.
+    """
+    text = url.strip()
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if not text:
+        raise ConfigError(f"empty state URL; accepted forms: {ACCEPTED}")
+    if scheme == "memory":
+        if text.lower() != "memory://":
+            raise ConfigError(f"memory state takes no path: use exactly memory://, not {text!r}")
+        return MemoryStore()
+    if scheme == "sqlite":
+        if not text.lower().startswith("sqlite:///") or len(text) == len("sqlite:///"):
+            raise ConfigError(
+                f"bad SQLite state URL {text!r}: use sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        return SqliteStore(text[len("sqlite:///") :])
+    if scheme in ("redis", "rediss"):
+        return RedisStore(text)
+    if scheme:
+        raise ConfigError(
+            f"unknown state URL scheme {scheme + '://'!r} in {redact_url(text)}; "
+            f"accepted forms: {ACCEPTED}"
+        )
+    return SqliteStore(text)

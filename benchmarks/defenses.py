@@ -1,0 +1,536 @@
+"""Defenses against the attack suite: honest utility, theft, detection, watermarks.
+
+Every defense (the `none` and `lab` presets are the baselines, in the same run) is measured
+on four things, in-process through the same `GuardedModel` the service runs:
+
+- honest utility: an honest client sends the 540 test digits in its own random order, in
+  batches of 1–20; its accuracy over all 540 (refused digits count as not answered) and the
+  fraction refused; for the stateful presets, 50 such clients sending 1,000 queries each;
+- theft: fidelity of every attack of the suite, hard and soft labels, at 300 and 1,000;
+- detection: queries until the thief is flagged; false alarms over the 50 honest clients;
+- watermarks: the verification p-value of each stolen copy, and of models trained
+  independently on real digits.
+
+    python benchmarks/defenses.py [--seeds 3] [--workers 2] [--quick]
+"""
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import DOC, write_section
+from attacks import ATTACKS, Attack, one_thread, victim
+
+from modeltheft.attacks import extract, make_strategy, make_substitute
+from modeltheft.data import attacker_digits, lab_split
+from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
+from modeltheft.defenses.alerts import alerts
+from modeltheft.defenses.presets import pipeline_from_dict
+from modeltheft.defenses.watermark import load_records, verify
+from modeltheft.errors import AttackFailed, Blocked, RateLimited
+from modeltheft.evaluation.metrics import fidelity
+from modeltheft.oracle import LocalOracle, OracleAnswers
+from modeltheft.reporting.plots import pareto_plot
+from modeltheft.state.memory import MemoryStore
+
+BUDGETS = (300, 1000)
+MODES = ("hard", "soft")
+THEFT_ATTACKS = tuple(a for a in ATTACKS if a.strategy != "equation-solving")
+DEFENSES: dict[str, str | dict[str, Any]] = {
+    "none": "none",
+    "lab": "lab",
+    "reverse-sigmoid": {"stages": [{"type": "reverse_sigmoid"}]},
+    "top-1": {"stages": [{"type": "top_k", "k": 1}]},
+    "argmax-noise": {"stages": [{"type": "argmax_noise"}]},
+    "misinformation": {"stages": [{"type": "adaptive_misinformation"}]},
+    "recommended": "recommended",
+}
+STATEFUL = ("none", "lab", "recommended")
+N_HONEST = 50
+HONEST_QUERIES = 1000
+
+
+def pipeline(defense: str) -> Pipeline:
+    """The pipeline a defense name stands for."""
+    spec = DEFENSES[defense]
+    return load_pipeline(spec) if isinstance(spec, str) else pipeline_from_dict(spec, defense)
+
+
+@lru_cache(maxsize=1)
+def independent_models() -> dict[str, Any]:
+    """Models trained on real digits without ever seeing our answers."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    split = lab_split()
+    X, y = split.X_train, split.y_train
+    return {
+        "lr (training digits)": LogisticRegression(max_iter=1000).fit(X, y),
+        "rf seed 7 (training digits)": RandomForestClassifier(50, random_state=7).fit(X, y),
+        "mlp (training digits)": MLPClassifier((64,), max_iter=600, random_state=0).fit(X, y),
+        "knn-5 (training digits)": KNeighborsClassifier(5).fit(X, y),
+        "svc (training digits)": SVC().fit(X, y),
+        "lr (test digits)": LogisticRegression(max_iter=1000).fit(split.X_test, split.y_test),
+    }
+
+
+def theft(task: tuple[str, Attack, str, np.random.SeedSequence]) -> dict[str, Any]:
+    """One attack against one defense: fidelity, watermark p-values, detection."""
+    defense, attack, mode, seed = task
+    split = lab_split()
+    model = victim("rf", "holdout" if attack.real_digits else "lab")
+    truth = model.predict(split.X_test)
+    server_seed, attack_seed = seed.spawn(2)
+    store = MemoryStore()
+    guarded = GuardedModel(
+        model, pipeline(defense), store=store, seed=int(server_seed.generate_state(1)[0])
+    )
+    oracle = LocalOracle(guarded, budget=max(BUDGETS), client_id="thief")
+
+    def evaluate(stolen: Any) -> dict[str, float]:
+        records = load_records(store, "thief")
+        out = {"fidelity": fidelity(stolen.predict(split.X_test), truth)}
+        if len(records.labels):
+            out["p_value"] = verify(records, stolen.predict(records.X), 10).p_value
+            out["watermarks"] = len(records.labels)
+        return out
+
+    start = time.perf_counter()
+    result: dict[str, Any] = {"defense": defense, "attack": attack.label, "mode": mode}
+    try:
+        run = extract(
+            oracle,
+            make_strategy(attack.strategy, **dict(attack.params)),
+            make_substitute(attack.substitute, seed=int(attack_seed.generate_state(1)[0]) % 2**31),
+            max(BUDGETS),
+            np.random.default_rng(attack_seed),
+            batch_size=attack.batch_size,
+            label_mode=mode,
+            checkpoints=BUDGETS,
+            evaluate=evaluate,
+            min_answers=51,
+        )
+        result["curve"] = {p.spent: p.metrics for p in run.curve if p.metrics}
+        result["error"] = None
+    except AttackFailed as exc:
+        result["curve"], result["error"] = {}, str(exc)
+    flagged = [a["after_queries"] for a in alerts(store)]
+    result["flagged_after"] = min(flagged) if flagged else None
+    result["detectors"] = sorted({a["detector"] for a in alerts(store)})
+    records = load_records(store, "thief")
+    if len(records.labels):
+        result["independent_p"] = {
+            name: verify(records, m.predict(records.X), 10).p_value
+            for name, m in independent_models().items()
+        }
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def honest(task: tuple[str, int, int, int]) -> dict[str, Any]:
+    """``n_clients`` honest clients: test digits in their own random order, batches of 1–20."""
+    defense, first_client, n_clients, queries = task
+    split = lab_split()
+    model = victim("rf", "lab")
+    store = MemoryStore()
+    guarded = GuardedModel(model, pipeline(defense), store=store, seed=first_client)
+    out = []
+    for c in range(first_client, first_client + n_clients):
+        rng = np.random.default_rng([7, c])
+        passes = -(-queries // len(split.y_test))
+        order = np.concatenate([rng.permutation(len(split.y_test)) for _ in range(passes)])
+        order = order[:queries]
+        correct = refused = refused_first = 0
+        sent = 0
+        while sent < queries:
+            idx = order[sent : sent + int(rng.integers(1, 21))]
+            first_pass = max(0, min(len(idx), len(split.y_test) - sent))
+            try:
+                labels = guarded.answer(f"honest-{c}", split.X_test[idx]).labels
+                correct += int((labels[:first_pass] == split.y_test[idx][:first_pass]).sum())
+            except (RateLimited, Blocked):
+                refused += len(idx)
+                refused_first += first_pass
+            sent += len(idx)
+        out.append(
+            {
+                "client": c,
+                "accuracy": correct / len(split.y_test),
+                "refused_first_pass": refused_first / len(split.y_test),
+                "refused": refused,
+            }
+        )
+    flagged = {a["client"] for a in alerts(store)}
+    return {"defense": defense, "clients": out, "false_alarms": sorted(flagged)}
+
+
+def lab_attack_detection(seeds: int) -> list[int | None]:
+    """The lab's attack as the lab runs it (one query per request) against `recommended`."""
+    strategy = make_strategy("owasp-synthetic")
+    out = []
+    for s in range(seeds):
+        store = MemoryStore()
+        guarded = GuardedModel(victim("rf", "lab"), pipeline("recommended"), store=store, seed=s)
+        from modeltheft.attacks.strategies import QueryHistory
+
+        X = strategy.propose(300, np.random.default_rng(s), QueryHistory())
+        for row in X:
+            guarded.answer("lab-thief", row[None, :])
+            if alerts(store):
+                break
+        out.append(alerts(store)[0]["after_queries"] if alerts(store) else None)
+    return out
+
+
+class RotatingOracle(LocalOracle):
+    """A thief that knows the detectors: a fresh API key every ``every`` queries (Sybil)."""
+
+    def __init__(self, guarded: GuardedModel, budget: int, every: int) -> None:
+        super().__init__(guarded, budget, client_id="sybil-0")
+        self.every = every
+
+    def _send(self, X: np.ndarray) -> OracleAnswers:
+        self.client_id = f"sybil-{self.spent // self.every}"
+        return super()._send(X)
+
+
+def adaptive(task: tuple[str, int]) -> dict[str, Any]:
+    """What a thief that knows `recommended` can still get."""
+    kind, seed = task
+    split = lab_split()
+    if kind == "real digits":
+        model = victim("rf", "holdout")
+        truth = model.predict(split.X_test)
+        out: dict[str, Any] = {"kind": kind}
+        for defense in ("none", "recommended"):
+            guarded = GuardedModel(model, pipeline(defense), store=MemoryStore(), seed=seed)
+            X, _ = attacker_digits(200, np.random.default_rng(seed))
+            labels = np.concatenate(
+                [guarded.answer("collector", X[i : i + 20]).labels for i in range(0, 200, 20)]
+            )
+            copy = make_substitute("lr", seed=seed).fit(X, labels)
+            out[defense] = fidelity(copy.predict(split.X_test), truth)
+        return out
+    model = victim("rf", "lab")
+    truth = model.predict(split.X_test)
+    guarded = GuardedModel(model, pipeline("recommended"), store=MemoryStore(), seed=seed)
+    oracle = RotatingOracle(guarded, max(BUDGETS), every=9)
+    run = extract(
+        oracle,
+        make_strategy("rendered-digits"),
+        make_substitute("lr", seed=seed),
+        max(BUDGETS),
+        np.random.default_rng(seed),
+        batch_size=9,
+        label_mode="hard",
+        checkpoints=BUDGETS,
+        evaluate=lambda m: {"fidelity": fidelity(m.predict(split.X_test), truth)},
+        min_answers=51,
+    )
+    return {"kind": kind, "curve": {p.spent: p.metrics["fidelity"] for p in run.curve}}
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {std:.3f}"
+
+
+def fid(results: list[dict], defense: str, attack: str, mode: str, budget: int) -> list[float]:
+    return [
+        r["curve"][budget]["fidelity"]
+        for r in results
+        if (r["defense"], r["attack"], r["mode"]) == (defense, attack, mode)
+        and budget in r["curve"]
+    ]
+
+
+def render(
+    thefts: list[dict], honests: list[dict], detection: list, adaptives: list[dict], args: Any
+) -> list[str]:
+    """The section's markdown."""
+    defenses = [d for d in DEFENSES if any(r["defense"] == d for r in thefts)]
+    attacks = [a.label for a in THEFT_ATTACKS if any(r["attack"] == a.label for r in thefts)]
+    utility: dict[str, dict[str, float]] = {}
+    for defense in defenses:
+        clients = [c for h in honests if h["defense"] == defense for c in h["clients"]]
+        alarms = {c for h in honests if h["defense"] == defense for c in h["false_alarms"]}
+        utility[defense] = {
+            "accuracy": float(np.mean([c["accuracy"] for c in clients])),
+            "worst": float(np.min([c["accuracy"] for c in clients])),
+            "refused": float(np.mean([c["refused_first_pass"] for c in clients])),
+            "clients": len(clients),
+            "refused_clients": sum(c["refused"] > 0 for c in clients),
+            "alarms": len(alarms),
+        }
+    victim_accuracy = float(
+        np.mean(victim("rf", "lab").predict(lab_split().X_test) == lab_split().y_test)
+    )
+    lines = [
+        "## Defenses (`benchmarks/defenses.py`)",
+        "",
+        f"RF victim (test accuracy {victim_accuracy:.3f}); attacks with real digits use the "
+        f"victim trained without the 200 attacker-public digits. {len(thefts)} theft runs "
+        f"({args.n_seeds} seed(s)), {sum(r['seconds'] for r in thefts) / 60:.1f} min of run time. "
+        "In-process, through the `GuardedModel` the service runs; `none` and `lab` are the "
+        "baselines of the same run.",
+        "",
+        "### Honest clients",
+        "",
+        "Each honest client sends the 540 test digits in its own random order (batches of "
+        f"1–20); the stateful presets get {args.n_honest} clients of {HONEST_QUERIES:,} queries "
+        "(the digits again, reshuffled, after the first 540). Accuracy counts refused digits "
+        "as not answered.",
+        "",
+        "| defense | honest accuracy (mean / worst) | refused (first 540) | clients | clients "
+        "refused at least once | false alarms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in defenses:
+        u = utility[d]
+        lines.append(
+            f"| {d} | {u['accuracy']:.4f} / {u['worst']:.4f} | {u['refused']:.1%} | "
+            f"{u['clients']} | {u['refused_clients']} | {u['alarms']} |"
+        )
+    for budget in BUDGETS:
+        lines += [
+            "",
+            f"### Thief's fidelity at {budget:,} queries (mean ± std over seeds)",
+            "",
+            "| attack | labels | " + " | ".join(defenses) + " |",
+            "|---|---|" + "---|" * len(defenses),
+        ]
+        for attack in attacks:
+            for mode in MODES:
+                cells = [fmt(fid(thefts, d, attack, mode, budget)) for d in defenses]
+                lines.append(f"| {attack} | {mode} | " + " | ".join(cells) + " |")
+    rec = [r for r in thefts if r["defense"] == "recommended"]
+    lines += [
+        "",
+        "### Detection and watermarks against `recommended`",
+        "",
+        "Queries until the first alert (attacks send batches of 50–100, so this is rounded up "
+        "to a batch), detectors that fired, and the watermark p-value of the stolen copy "
+        "(worst over seeds; smaller is stronger evidence).",
+        "",
+        "| attack | labels | flagged after (worst) | detectors | p at 300 | p at 1,000 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for attack in attacks:
+        for mode in MODES:
+            group = [r for r in rec if (r["attack"], r["mode"]) == (attack, mode)]
+            if not group:
+                continue
+            after = [r["flagged_after"] for r in group]
+            worst = "never" if None in after else str(max(after))
+            detectors = ", ".join(sorted({d for r in group for d in r["detectors"]})) or "—"
+            ps = [
+                max((r["curve"].get(b, {}).get("p_value", 1.0) for r in group), default=1.0)
+                for b in BUDGETS
+            ]
+            lines.append(
+                f"| {attack} | {mode} | {worst} | {detectors} | {ps[0]:.1e} | {ps[1]:.1e} |"
+            )
+    independent = [p for r in rec for p in r.get("independent_p", {}).values()]
+    by_model: dict[str, float] = {}
+    for r in rec:
+        for name, p in r.get("independent_p", {}).items():
+            by_model[name] = min(by_model.get(name, 1.0), p)
+    lab_after = [a for a in detection if a is not None]
+    lines += [
+        "",
+        f"- The lab's attack as the lab sends it (one query per request), {len(detection)} "
+        f"seeds: flagged after {min(lab_after) if lab_after else '—'}–"
+        f"{max(lab_after) if lab_after else '—'} queries"
+        + (f" ({detection.count(None)} never)" if None in detection else "")
+        + ".",
+        f"- Independently trained models tested against every thief's watermarks "
+        f"({len(independent)} tests): smallest p = {min(independent):.3f}; "
+        f"{np.mean(np.array(independent) < 0.01):.1%} below 0.01. Per model (smallest p): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in by_model.items())
+        + "."
+        if independent
+        else "- No watermark records.",
+    ]
+    sybil = [a for a in adaptives if a["kind"] == "sybil"]
+    real = [a for a in adaptives if a["kind"] == "real digits"]
+    lines += ["", "### What a thief that knows the defense can still get", ""]
+    if sybil:
+        lines.append(
+            "- A new API key every 9 queries (below every detector's minimum), rendered digits, "
+            "hard labels: fidelity "
+            + ", ".join(f"{fmt([s['curve'][b] for s in sybil])} at {b:,}" for b in BUDGETS)
+            + ". The per-query gate still misinforms the out-of-distribution renderings; "
+            "the in-distribution ones are answered truthfully, as they would be for anyone."
+        )
+    if real:
+        lines.append(
+            "- A thief who owns 200 real digits and sends only those looks exactly like an "
+            f"honest client: its LR copy reaches {fmt([r['recommended'] for r in real])} "
+            f"fidelity through `recommended` ({fmt([r['none'] for r in real])} without "
+            "defenses). No output defense that keeps honest answers right can prevent this; "
+            "only the query budget (the `token_bucket` stage) bounds it."
+        )
+    return lines
+
+
+def targets(thefts: list[dict], honests: list[dict], detection: list) -> list[str]:
+    rec = [r for r in thefts if r["defense"] == "recommended"]
+    clients = [c for h in honests if h["defense"] == "recommended" for c in h["clients"]]
+    base = [c for h in honests if h["defense"] == "none" for c in h["clients"]]
+    loss = (np.mean([c["accuracy"] for c in base]) - min(c["accuracy"] for c in clients)) * 100
+    refused = sum(c["refused"] > 0 for c in clients)
+    alarms = {c for h in honests if h["defense"] == "recommended" for c in h["false_alarms"]}
+    lab = fid(thefts, "recommended", "lab (owasp-synthetic)", "hard", 300)
+    hard300 = {a.label: fid(thefts, "recommended", a.label, "hard", 300) for a in THEFT_ATTACKS}
+    worst_attack = max(hard300, key=lambda k: np.mean(hard300[k]) if hard300[k] else -1)
+    p_copies = [
+        r["curve"][b]["p_value"] for r in rec for b in BUDGETS if "p_value" in r["curve"].get(b, {})
+    ]
+    p_indep = [p for r in rec for p in r.get("independent_p", {}).values()]
+    lab_after = [a if a is not None else 10**9 for a in detection]
+    rows = [
+        (
+            "honest accuracy lost (worst of the honest clients)",
+            "≤ 0.5 points",
+            f"{loss:.2f} points",
+            loss <= 0.5,
+        ),
+        ("honest clients refused (up to 1,000 queries)", "0", str(refused), refused == 0),
+        (
+            "lab's attack, fidelity",
+            "≤ 0.12",
+            f"{np.mean(lab):.3f} (max {max(lab):.3f})",
+            max(lab) <= 0.12,
+        ),
+        (
+            "every attack, hard labels, 300 queries",
+            "≤ 0.30",
+            f"{np.mean(hard300[worst_attack]):.3f} ({worst_attack})",
+            all(np.mean(v) <= 0.30 for v in hard300.values() if v),
+        ),
+        (
+            "lab's attack detected",
+            "≤ 100 queries",
+            f"after {max(lab_after)}",
+            max(lab_after) <= 100,
+        ),
+        (f"false alarms over {len(clients)} honest clients", "0", str(len(alarms)), not alarms),
+        (
+            "watermark, copies stolen with ≥ 300 queries",
+            "p < 1e-6",
+            f"worst p = {max(p_copies):.1e}",
+            max(p_copies) < 1e-6,
+        ),
+        (
+            "watermark, independently trained models",
+            "p > 0.01",
+            f"smallest p = {min(p_indep):.3f}",
+            min(p_indep) > 0.01,
+        ),
+    ]
+    lines = [
+        "### Targets (`recommended`)",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {g} | {m} | {'yes' if ok else '**no**'} |" for n, g, m, ok in rows]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 attacks, few clients")
+    parser.add_argument("--records", default="runs/bench-defenses.json")
+    parser.add_argument("--from-records", action="store_true", help="only re-render")
+    args = parser.parse_args()
+    records = Path(args.records)
+    if args.from_records:
+        saved = json.loads(records.read_text())
+    else:
+        children = np.random.SeedSequence(20261128).spawn(1 if args.quick else args.seeds)
+        attacks = THEFT_ATTACKS[:3] if args.quick else THEFT_ATTACKS
+        theft_tasks = [
+            (d, a, m, s) for d in DEFENSES for a in attacks for m in MODES for s in children
+        ]
+        n_honest = 4 if args.quick else N_HONEST
+        honest_tasks = [
+            (d, first, min(5, n_honest - first), HONEST_QUERIES)
+            for d in STATEFUL
+            for first in range(0, n_honest, 5)
+        ] + [(d, 0, 1, 540) for d in DEFENSES if d not in STATEFUL]
+        adaptive_tasks = [("sybil", s) for s in range(len(children))]
+        adaptive_tasks += [("real digits", s) for s in range(len(children))]
+        saved = {"thefts": [], "honests": [], "adaptives": []}
+        start = time.perf_counter()
+        with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
+            futures = {pool.submit(honest, t): "honests" for t in honest_tasks}
+            futures |= {pool.submit(adaptive, t): "adaptives" for t in adaptive_tasks}
+            futures |= {pool.submit(theft, t): "thefts" for t in theft_tasks}
+            for i, future in enumerate(as_completed(futures), 1):
+                result = future.result()
+                saved[futures[future]].append(result)
+                summary = {
+                    k: v
+                    for k, v in result.items()
+                    if k in ("defense", "attack", "mode", "kind", "seconds")
+                }
+                print(
+                    f"[{i}/{len(futures)}] {futures[future]} {summary} "
+                    f"{time.perf_counter() - start:.0f}s",
+                    flush=True,
+                )
+        saved["detection"] = lab_attack_detection(5 if args.quick else 20)
+        saved["args"] = vars(args) | {"n_seeds": len(children), "n_honest": n_honest}
+        records.parent.mkdir(parents=True, exist_ok=True)
+        records.write_text(json.dumps(saved))
+    for r in saved["thefts"]:
+        r["curve"] = {int(k): v for k, v in r["curve"].items()}
+    for a in saved["adaptives"]:
+        if "curve" in a:
+            a["curve"] = {int(k): v for k, v in a["curve"].items()}
+    ns = argparse.Namespace(**saved["args"])
+    points = []
+    for r_def in DEFENSES:
+        honest_acc = [
+            c["accuracy"] for h in saved["honests"] if h["defense"] == r_def for c in h["clients"]
+        ]
+        for attack in THEFT_ATTACKS:
+            values = fid(saved["thefts"], r_def, attack.label, "hard", 300)
+            if values and honest_acc:
+                points.append(
+                    {
+                        "defense": r_def,
+                        "attack": attack.label,
+                        "honest_accuracy": float(np.mean(honest_acc)),
+                        "fidelity": float(np.mean(values)),
+                    }
+                )
+    plot = pareto_plot(
+        points,
+        DOC.parent / "img" / "defenses_pareto.png",
+        "Defenses: honest accuracy vs. thief fidelity (300 queries, hard labels)",
+    )
+    lines = render(saved["thefts"], saved["honests"], saved["detection"], saved["adaptives"], ns)
+    lines += ["", *targets(saved["thefts"], saved["honests"], saved["detection"])]
+    lines += ["", f"![Pareto plot]({plot.relative_to(DOC.parent).as_posix()})"]
+    print(write_section("defenses", "\n".join(lines)))
+
+
+if __name__ == "__main__":
+    main()

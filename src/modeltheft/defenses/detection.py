@@ -1,0 +1,212 @@
+"""Per-client extraction detectors: PRADA and an out-of-distribution-rate monitor.
+
+Both keep their state in the store (shared by workers, kept across restarts), raise an alert
+when a client's queries stop looking like an honest client's, and can then move the client
+to the strict policy (every later answer misinformed) or block it.
+"""
+
+import struct
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from modeltheft.defenses.alerts import ACTIONS, check_action, client_status, raise_alert
+from modeltheft.defenses.base import Answers, DefenseContext, OutputStage
+from modeltheft.defenses.ood import check_rate, knn_scorer
+from modeltheft.errors import ConfigError
+from modeltheft.state.base import StateStore
+
+
+def _check_int(name: str, value: int, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _acted(ctx: DefenseContext, detector: str, action: str) -> bool:
+    """This detector already flagged the client and its action is in force: nothing to test."""
+    if not ctx.store.get(f"alerted:{detector}:{ctx.client_id}"):
+        return False
+    return client_status(ctx.store, ctx.client_id) >= ACTIONS[action]
+
+
+def _escalate(answers: Answers, action: str) -> Answers:
+    """After an alert that puts the client under the strict policy, this batch is suspicious too."""
+    if ACTIONS[action] > 0:
+        return answers.mark(np.ones(len(answers.original), dtype=bool))
+    return answers
+
+
+class OodRateMonitor(OutputStage):
+    """Alert when a client's share of out-of-distribution queries is implausible for an honest one.
+
+    Each query is out of distribution if its k-NN distance to the training digits exceeds the
+    quantile ``1 - fpr`` of their leave-one-out distances. Honest clients send such queries at
+    about ``honest_rate``; the client is flagged once ``P(Binomial(n, honest_rate) >= hits)``
+    falls below ``alpha`` after at least ``min_queries`` queries.
+    """
+
+    name = "ood_monitor"
+    paper = (
+        "Kariyappa & Qureshi, CVPR 2020 (out-of-distribution queries); per-client monitoring "
+        "as in Juuti et al., PRADA, EuroS&P 2019"
+    )
+    honest_cost = "none unless an honest client's digits are mostly unlike the training digits"
+    keeps_argmax = True
+    keeps_simplex = True
+
+    def __init__(
+        self,
+        reference: str = "lab",
+        k: int = 5,
+        fpr: float = 0.01,
+        honest_rate: float = 0.02,
+        alpha: float = 1e-6,
+        min_queries: int = 10,
+        on_alert: str = "strict",
+    ) -> None:
+        self.reference = reference
+        self.k = _check_int("k", k, 1)
+        self.fpr = check_rate("fpr", fpr, high=0.5)
+        self.honest_rate = check_rate("honest_rate", honest_rate, high=0.5)
+        self.alpha = check_rate("alpha", alpha, high=0.5)
+        self.min_queries = _check_int("min_queries", min_queries, 1)
+        self.on_alert = check_action(on_alert)
+        self.threshold: float | None = None
+
+    def out_of_distribution(self, X: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows counted as out of distribution."""
+        scorer = knn_scorer(self.reference, self.k)
+        if self.threshold is None:
+            self.threshold = scorer.threshold(self.fpr)
+        return scorer.score(X) > self.threshold
+
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
+        if ctx.inputs is None or len(ctx.inputs) == 0:
+            return answers
+        hits_now = int(self.out_of_distribution(ctx.inputs).sum())
+        n = ctx.store.incr(f"ood:n:{ctx.client_id}", len(ctx.inputs))
+        hits = ctx.store.incr(f"ood:hits:{ctx.client_id}", hits_now)
+        if n < self.min_queries or _acted(ctx, self.name, self.on_alert):
+            return answers
+        p_value = float(stats.binom.sf(hits - 1, n, self.honest_rate))
+        if p_value >= self.alpha:
+            return answers
+        reason = f"{hits} of {n} queries out of distribution (p = {p_value:.2g})"
+        raise_alert(ctx, self.name, reason, self.on_alert)
+        return _escalate(answers, self.on_alert)
+
+
+_RECORD = struct.Struct(">BBd")  # class, added-to-growing-set flag, distance
+
+
+@dataclass
+class _PradaClient:
+    """A worker's copy of one client's PRADA state, synced from the store."""
+
+    growing: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    growing_distances: dict[int, list[float]] = field(default_factory=dict)
+    thresholds: dict[int, float] = field(default_factory=dict)
+    distances: list[float] = field(default_factory=list)
+    n_rows: int = 0
+    n_records: int = 0
+
+
+class Prada(OutputStage):
+    """PRADA: Shapiro–Wilk normality of each client's minimum inter-query distances.
+
+    For every query, the L2 distance to the nearest earlier query of the same predicted class
+    (the class's *growing set*) joins the client's distance set D; the query joins the growing
+    set if that distance exceeds the class threshold ``mean - std`` of the growing set's
+    distances. Once D holds ``min_queries`` distances, a Shapiro–Wilk statistic W < ``delta``
+    raises an alert. Distances of 0 (a repeat of a growing-set query) are left out of D: they
+    tell a thief nothing new, and honest clients do repeat themselves.
+    """
+
+    name = "prada"
+    paper = "Juuti et al., PRADA: Protecting Against DNN Model Stealing Attacks, IEEE EuroS&P 2019"
+    honest_cost = "none unless a false alarm moves an honest client to the strict policy"
+    keeps_argmax = True
+    keeps_simplex = True
+
+    def __init__(
+        self,
+        delta: float = 0.9,
+        min_queries: int = 50,
+        window: int = 5000,
+        on_alert: str = "strict",
+    ) -> None:
+        self.delta = check_rate("delta", delta)
+        self.min_queries = _check_int("min_queries", min_queries, 3)
+        self.window = _check_int("window", window, self.min_queries)
+        self.on_alert = check_action(on_alert)
+        self._clients: dict[str, _PradaClient] = {}
+
+    def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
+        state = self._clients.setdefault(client_id, _PradaClient())
+        for item in store.items(f"prada:{client_id}:rows", state.n_rows):
+            state.growing.setdefault(item[0], []).append(np.frombuffer(item[1:], dtype=np.float64))
+            state.n_rows += 1
+        for item in store.items(f"prada:{client_id}:d", state.n_records):
+            label, added, distance = _RECORD.unpack(item)
+            self._record(state, label, bool(added), distance)
+            state.n_records += 1
+        return state
+
+    @staticmethod
+    def _record(state: _PradaClient, label: int, added: bool, distance: float) -> None:
+        if distance > 0:
+            state.distances.append(distance)
+        if added:
+            dists = state.growing_distances.setdefault(label, [])
+            dists.append(distance)
+            if len(dists) > 1:
+                bound = float(np.mean(dists) - np.std(dists))
+                state.thresholds[label] = max(state.thresholds.get(label, 0.0), bound)
+
+    def statistic(self, client_id: str, store: StateStore) -> float | None:
+        """The client's current Shapiro–Wilk W (None until ``min_queries`` distances)."""
+        distances = self._sync(store, client_id).distances[-self.window :]
+        if len(distances) < self.min_queries:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(stats.shapiro(distances).statistic)
+
+    def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
+        if ctx.inputs is None or len(ctx.inputs) == 0:
+            return answers
+        state = self._sync(ctx.store, ctx.client_id)
+        new_rows: list[bytes] = []
+        records: list[bytes] = []
+        for x, label in zip(ctx.inputs, np.argmax(answers.original, axis=1), strict=True):
+            label = int(label)
+            group = state.growing.get(label)
+            if not group:
+                distance, added = 0.0, True
+            else:
+                distance = float(np.min(np.linalg.norm(np.asarray(group) - x, axis=1)))
+                added = distance > state.thresholds.get(label, 0.0)
+            row = np.asarray(x, dtype=np.float64)
+            if added:
+                state.growing.setdefault(label, []).append(row)
+                new_rows.append(bytes([label]) + row.tobytes())
+            record_distance = distance if group else 0.0
+            self._record(state, label, added and bool(group), record_distance)
+            records.append(_RECORD.pack(label, int(added and bool(group)), record_distance))
+        # Other workers may have appended meanwhile; our cache then re-syncs their items.
+        if new_rows:
+            ctx.store.append(f"prada:{ctx.client_id}:rows", new_rows)
+        ctx.store.append(f"prada:{ctx.client_id}:d", records)
+        state.n_rows += len(new_rows)
+        state.n_records += len(records)
+        if _acted(ctx, self.name, self.on_alert):
+            return answers
+        w = self.statistic(ctx.client_id, ctx.store)
+        if w is None or w >= self.delta:
+            return answers
+        reason = f"Shapiro-Wilk W = {w:.3f} < {self.delta} over {len(state.distances)} distances"
+        raise_alert(ctx, self.name, reason, self.on_alert)
+        return _escalate(answers, self.on_alert)

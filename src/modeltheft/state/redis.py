@@ -1,0 +1,175 @@
+"""State in Redis: shared by every replica of the service, atomic through single commands.
+
+Counters are INCRBY, lists RPUSH/LRANGE, sets SADD/SMEMBERS, secrets SET NX then GET;
+``raise_to`` and ``take_tokens`` are Lua scripts, which Redis runs atomically. Every key is
+prefixed with a namespace and the kind of value (``modeltheft:c:queries:alice``), so several
+services can share one Redis, and a counter and a list with the same name do not collide, as
+in the other backends.
+"""
+
+import secrets
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from modeltheft.errors import ConfigError
+from modeltheft.state.base import BucketState
+
+# Redis turns Lua numbers into integers, so both scripts return numbers as strings.
+RAISE_TO = """
+local current = redis.call('GET', KEYS[1]) or '0'
+if tonumber(ARGV[1]) > tonumber(current) then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return ARGV[1]
+end
+return current
+"""
+
+# The same arithmetic as state.base.refill and state.base.withdraw, on IEEE doubles; '%.17g'
+# round-trips a double exactly (and prints infinity as 'inf', which Python's float() reads).
+TAKE_TOKENS = """
+local cost = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local rate = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(saved[1])
+local last = tonumber(saved[2])
+if tokens == nil or last == nil then
+    tokens = capacity
+    last = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - last) * rate)
+local allowed = 0
+local remaining = tokens
+local retry = 0
+if cost <= tokens then
+    allowed = 1
+    remaining = tokens - cost
+elseif cost > capacity or rate <= 0 then
+    retry = math.huge
+else
+    retry = (cost - tokens) / rate
+end
+local fmt = '%.17g'
+redis.call('HSET', KEYS[1], 'tokens', string.format(fmt, remaining),
+    'last', string.format(fmt, math.max(last, now)))
+return {allowed, string.format(fmt, remaining), string.format(fmt, retry)}
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:6379/0``), for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        scheme = url.split("://", 1)[0]
+        return f"{scheme}://<unparsable URL>"
+
+
+def _one_line(exc: BaseException, password: str | None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(password, "***") if password else text
+
+
+class RedisStore:
+    """State in the Redis at ``url`` (``redis://[user:password@]host:port/db`` or ``rediss://``).
+
+    Connects at once, so a wrong URL, a refused connection or a wrong password is a
+    :class:`~modeltheft.errors.ConfigError` naming the URL without its password.
+    """
+
+    def __init__(
+        self, url: str, namespace: str = "modeltheft:", connect_timeout: float = 5.0
+    ) -> None:
+        self.url = redact_url(url)
+        self.namespace = namespace
+        try:
+            self._password = urlsplit(url).password
+        except ValueError:
+            self._password = None
+        try:
+            self._client = redis.Redis.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=30.0
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise ConfigError(
+                f"invalid Redis URL {self.url}: {_one_line(exc, self._password)}"
+            ) from None
+        self._raise_to = self._client.register_script(RAISE_TO)
+        self._take_tokens = self._client.register_script(TAKE_TOKENS)
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            self._client.close()
+            raise ConfigError(
+                f"cannot use Redis at {self.url}: {_one_line(exc, self._password)}"
+            ) from None
+
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self.namespace}{kind}:{key}"
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to counter ``key`` and return the new value."""
+        return int(self._client.incrby(self._key("c", key), amount))
+
+    def get(self, key: str) -> int:
+        """Current value of counter ``key`` (0 if never set)."""
+        value = self._client.get(self._key("c", key))
+        return int(value) if value is not None else 0
+
+    def raise_to(self, key: str, value: int) -> int:
+        """Set counter ``key`` to ``max(current, value)`` and return the result."""
+        return int(self._raise_to(keys=[self._key("c", key)], args=[int(value)]))
+
+    def append(self, key: str, items: Sequence[bytes]) -> int:
+        """Append ``items`` to list ``key`` in order; return the list's new length."""
+        name = self._key("l", key)
+        if len(items) == 0:
+            return int(self._client.llen(name))
+        return int(self._client.rpush(name, *(bytes(item) for item in items)))
+
+    def items(self, key: str, start: int = 0) -> list[bytes]:
+        """Items of list ``key`` from index ``start`` on (a negative start counts from the end)."""
+        return [bytes(item) for item in self._client.lrange(self._key("l", key), start, -1)]
+
+    def add_member(self, key: str, member: str) -> None:
+        """Add ``member`` to set ``key``."""
+        self._client.sadd(self._key("s", key), member)
+
+    def members(self, key: str) -> set[str]:
+        """Members of set ``key``."""
+        return {
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in self._client.smembers(self._key("s", key))
+        }
+
+    def secret(self, name: str, nbytes: int = 32) -> bytes:
+        """A random secret created on first use and the same for every later caller."""
+        key = self._key("secret", name)
+        self._client.set(key, secrets.token_bytes(nbytes), nx=True)
+        value = self._client.get(key)
+        if value is None:  # only if someone deleted it in between
+            raise ConfigError(f"secret {name!r} vanished from Redis at {self.url}")
+        return bytes(value)
+
+    def take_tokens(
+        self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
+    ) -> BucketState:
+        """Withdraw ``cost`` tokens from bucket ``key`` (full at first, refilled continuously)."""
+        args = [float(cost), float(capacity), float(refill_per_second), float(now)]
+        allowed, remaining, retry = self._take_tokens(keys=[self._key("b", key)], args=args)
+        return BucketState(bool(int(allowed)), float(remaining), float(retry))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

@@ -1,0 +1,210 @@
+"""Detectors, misinformation and watermarks on real digits and real attack queries."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from modeltheft.attacks.strategies import QueryHistory, make_strategy
+from modeltheft.data import lab_split
+from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
+from modeltheft.defenses.alerts import BLOCKED, NORMAL, STRICT, alerts, client_status
+from modeltheft.defenses.detection import OodRateMonitor, Prada
+from modeltheft.defenses.misinformation import AdaptiveMisinformation, relabel
+from modeltheft.defenses.watermark import Watermark, load_records, verify, watermarked_clients
+from modeltheft.errors import Blocked, ConfigError
+from modeltheft.state.memory import MemoryStore
+from modeltheft.victim import LoadedVictim
+
+
+def honest_batches(seed: int, n: int = 540, batch: int = 10) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(len(lab_split().X_test))[:n]
+    X = lab_split().X_test[order]
+    return [X[i : i + batch] for i in range(0, n, batch)]
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 64))
+
+
+def guarded(victim: LoadedVictim, *stages, store: MemoryStore | None = None) -> GuardedModel:
+    return GuardedModel(victim.model, Pipeline(list(stages)), store=store or MemoryStore(), seed=0)
+
+
+def test_ood_monitor_leaves_honest_clients_alone(victim: LoadedVictim) -> None:
+    g = guarded(victim, OodRateMonitor())
+    for X in honest_batches(0):
+        g.answer("honest", X)
+    assert client_status(g.store, "honest") == NORMAL and alerts(g.store) == []
+
+
+def test_ood_monitor_flags_noise_at_min_queries_and_logs_without_keys(
+    victim: LoadedVictim, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = guarded(victim, OodRateMonitor(min_queries=10))
+    with caplog.at_level(logging.WARNING, logger="modeltheft.alerts"):
+        for i in range(10):
+            g.answer("thief", noise(1, i))
+    assert client_status(g.store, "thief") == STRICT
+    [alert] = alerts(g.store)
+    assert alert["detector"] == "ood_monitor" and alert["after_queries"] == 10
+    assert g.store.get("alerts:ood_monitor") == 1
+    assert "client=thief" in caplog.text
+    for _ in range(3):  # one alert per client and detector, however long it goes on
+        g.answer("thief", noise(5, 99))
+    assert len(alerts(g.store)) == 1
+
+
+def test_block_action_refuses_the_client_with_blocked(victim: LoadedVictim) -> None:
+    g = guarded(victim, OodRateMonitor(min_queries=5, on_alert="block"))
+    g.answer("thief", noise(5))
+    assert client_status(g.store, "thief") == BLOCKED
+    with pytest.raises(Blocked):
+        g.answer("thief", lab_split().X_test[:1])
+    g.answer("someone-else", lab_split().X_test[:1])
+
+
+def test_prada_quiet_on_honest_digits_and_flags_jacobian_style_queries(
+    victim: LoadedVictim,
+) -> None:
+    for seed in range(3):
+        g = guarded(victim, Prada(delta=0.8))
+        for X in honest_batches(seed):
+            g.answer("honest", X)
+        assert client_status(g.store, "honest") == NORMAL
+    # Papernot-style synthetic queries: real seeds, then small signed steps around them.
+    rng = np.random.default_rng(1)
+    seeds = lab_split().X_test[:10]
+    g = guarded(victim, Prada(delta=0.8))
+    g.answer("thief", seeds)
+    current = seeds
+    for _ in range(6):
+        current = np.clip(current + 0.1 * np.sign(rng.normal(size=current.shape)), 0, 1)
+        g.answer("thief", current)
+    assert client_status(g.store, "thief") == STRICT
+    assert alerts(g.store)[0]["detector"] == "prada"
+
+
+def test_prada_state_survives_a_new_worker(victim: LoadedVictim) -> None:
+    store = MemoryStore()
+    first = Prada()
+    g = guarded(victim, first, store=store)
+    for X in honest_batches(4, n=200):
+        g.answer("c", X)
+    again = Prada()  # a fresh process: empty cache, same store
+    assert again.statistic("c", store) == pytest.approx(first.statistic("c", store))
+    assert len(again._clients["c"].distances) == len(first._clients["c"].distances)
+
+
+def test_prada_ignores_repeats_of_growing_set_queries(victim: LoadedVictim) -> None:
+    g = guarded(victim, Prada())
+    X = lab_split().X_test[:1]
+    for _ in range(5):  # the first query of its class joins the growing set; repeats are at 0
+        g.answer("c", X)
+    state = g.pipeline.stages[0]._clients["c"]
+    assert state.distances == [] and state.n_records == 5
+
+
+def test_misinformation_answers_real_digits_truthfully_and_noise_misleadingly(
+    victim: LoadedVictim,
+) -> None:
+    g = guarded(victim, AdaptiveMisinformation())
+    split = lab_split()
+    truth = victim.model.predict(split.X_test)
+    answered = g.answer("honest", split.X_test).labels
+    assert np.mean(answered != truth) <= 0.005
+    X = noise(200)
+    reply = g.answer("thief", X)
+    P = victim.model.predict_proba(X)
+    assert reply.answers.flagged.all()
+    # every answer is one of the classes the victim finds least likely, as confident as the truth
+    assert all(P[i, label] == P[i].min() for i, label in enumerate(reply.labels))
+    assert np.allclose(np.sort(reply.answers.probabilities, 1), np.sort(P, 1))
+    again = g.answer("thief", X).labels  # deterministic per query
+    assert np.array_equal(again, reply.labels)
+
+
+def test_relabel_keeps_values_and_puts_label_on_top() -> None:
+    P = np.array([[0.7, 0.2, 0.1, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    out = relabel(P, np.array([True, False]), np.array([3, 0]), [bytes(range(32))] * 2)
+    assert out[0].argmax() == 3 and sorted(out[0]) == sorted(P[0])
+    assert np.array_equal(out[1], P[1])
+
+
+def test_watermark_scope_and_records(victim: LoadedVictim) -> None:
+    store = MemoryStore()
+    g = guarded(victim, AdaptiveMisinformation(), Watermark(rate=0.5), store=store)
+    honest = g.answer("honest", lab_split().X_test[:100])
+    assert not honest.answers.flagged.any() and watermarked_clients(store) == []
+    X = noise(400)
+    reply = g.answer("thief", X)
+    g.answer("thief", X[:50])  # repeats are recorded again but count once
+    records = load_records(store, "thief")
+    assert 150 < len(records.labels) < 250 and watermarked_clients(store) == ["thief"]
+    victim_labels = victim.model.predict(records.X)
+    assert (records.labels != victim_labels).all()
+    index = {row.tobytes(): i for i, row in enumerate(X)}
+    given = np.array([reply.labels[index[row.tobytes()]] for row in records.X])
+    assert np.array_equal(given, records.labels)
+
+
+def test_verify_separates_a_copy_from_an_independent_model() -> None:
+    rng = np.random.default_rng(0)
+    from modeltheft.defenses.watermark import WatermarkRecords
+
+    labels = rng.integers(0, 10, 200)
+    records = WatermarkRecords("thief", rng.random((200, 64)), labels)
+    copy = labels.copy()
+    copy[:120] = (labels[:120] + 1) % 10  # reproduces 80 of 200 watermarks
+    assert verify(records, copy, 10).p_value < 1e-15
+    chance = [verify(records, rng.integers(0, 10, 200), 10).p_value for _ in range(50)]
+    assert min(chance) > 1e-3 and np.mean(np.array(chance) < 0.05) <= 0.1
+    assert verify(records, copy, 10).chance == pytest.approx(1 / 9)
+
+
+def test_recommended_preset_end_to_end(victim: LoadedVictim) -> None:
+    store = MemoryStore()
+    g = GuardedModel(victim.model, load_pipeline("recommended"), store=store, seed=0)
+    split = lab_split()
+    truth = victim.model.predict(split.X_test)
+    labels = np.concatenate(
+        [g.answer("honest", X).labels for X in np.array_split(split.X_test, 27)]
+    )
+    assert np.mean(labels == truth) >= 0.995
+    synthetic = make_strategy("owasp-synthetic").propose(
+        20, np.random.default_rng(0), QueryHistory()
+    )
+    for row in synthetic:
+        g.answer("thief", row[None, :])
+    assert alerts(store)[0]["after_queries"] <= 20
+    assert client_status(store, "honest") == NORMAL
+
+
+@pytest.mark.parametrize(
+    ("cls", "params"),
+    [
+        (OodRateMonitor, {"fpr": 0}),
+        (OodRateMonitor, {"on_alert": "shout"}),
+        (Prada, {"delta": 1.5}),
+        (Prada, {"min_queries": 2}),
+        (AdaptiveMisinformation, {"fpr": 0.9}),
+        (Watermark, {"rate": 0}),
+        (Watermark, {"scope": "everyone"}),
+    ],
+)
+def test_bad_parameters_are_config_errors(cls: type, params: dict) -> None:
+    with pytest.raises(ConfigError):
+        cls(**params)
+
+
+def test_bad_reference_is_a_config_error(tmp_path) -> None:
+    stage = AdaptiveMisinformation(reference=str(tmp_path / "nope.npy"))
+    with pytest.raises(ConfigError, match="reference"):
+        GuardedModel(victim_model(), Pipeline([stage]))
+
+
+def victim_model():
+    from sklearn.linear_model import LogisticRegression
+
+    split = lab_split()
+    return LogisticRegression(max_iter=200).fit(split.X_train[:300], split.y_train[:300])
