@@ -96,6 +96,31 @@ def test_prada_state_survives_a_new_worker(victim: LoadedVictim) -> None:
     assert len(again._clients["c"].distances) == len(first._clients["c"].distances)
 
 
+def test_prada_workers_sharing_a_store_agree(victim: LoadedVictim) -> None:
+    """Worker B appends between worker A's read and A's write: nobody skips B's records."""
+    store = MemoryStore()
+    a, b = guarded(victim, Prada(), store=store), guarded(victim, Prada(), store=store)
+    batches = honest_batches(6, n=300)
+    real_append = store.append
+    interleave = {"pending": [], "busy": False}
+
+    def append(key: str, items: list[bytes]) -> int:
+        if key == "prada:c:d" and interleave["pending"] and not interleave["busy"]:
+            interleave["busy"] = True
+            b.answer("c", interleave["pending"].pop())
+            interleave["busy"] = False
+        return real_append(key, items)
+
+    store.append = append  # type: ignore[method-assign]
+    for i in range(0, len(batches) - 1, 2):
+        interleave["pending"].append(batches[i + 1])
+        a.answer("c", batches[i])
+    expected = Prada()._sync(store, "c").distances
+    assert len(store.items("prada:c:d")) == 300 and len(expected) > 250
+    for worker in (a, b):
+        assert worker.pipeline.stages[0]._sync(store, "c").distances == expected
+
+
 def test_prada_ignores_repeats_of_growing_set_queries(victim: LoadedVictim) -> None:
     g = guarded(victim, Prada())
     X = lab_split().X_test[:1]
@@ -208,3 +233,19 @@ def victim_model():
 
     split = lab_split()
     return LogisticRegression(max_iter=200).fit(split.X_train[:300], split.y_train[:300])
+
+
+def test_seeded_memory_store_makes_keyed_answers_reproducible(victim: LoadedVictim) -> None:
+    """Experiments may draw the secrets from a seeded rng; a service never does."""
+    X = noise(50)
+    runs = [
+        GuardedModel(
+            victim.model,
+            load_pipeline("recommended"),
+            store=MemoryStore(np.random.default_rng(3)),
+            seed=3,
+        ).answer("thief", X)
+        for _ in range(2)
+    ]
+    assert np.array_equal(runs[0].answers.probabilities, runs[1].answers.probabilities)
+    assert MemoryStore().secret("k") != MemoryStore().secret("k")

@@ -48,6 +48,8 @@ def raise_alert(ctx: DefenseContext, detector: str, reason: str, action: str) ->
     The alert is logged (client name only, never a key), counted under ``alerts:<detector>``,
     kept in the ``alerts`` list, and the client's status is raised as ``action`` says.
     """
+    # The policy first: whatever happens next, the client stays under it.
+    ctx.store.raise_to(status_key(ctx.client_id), ACTIONS[action])
     first = ctx.store.incr(f"alerted:{detector}:{ctx.client_id}") == 1
     if first:
         ctx.store.incr(f"alerts:{detector}")
@@ -63,8 +65,12 @@ def raise_alert(ctx: DefenseContext, detector: str, reason: str, action: str) ->
             action,
             reason,
         )
-    ctx.store.raise_to(status_key(ctx.client_id), ACTIONS[action])
     return first
+
+
+def flagged_clients(store: StateStore) -> set[str]:
+    """Clients that any detector has alerted on."""
+    return store.members("alerted_clients")
 
 
 def alerts(store: StateStore) -> list[dict[str, object]]:

@@ -99,19 +99,38 @@ class OodRateMonitor(OutputStage):
         return _escalate(answers, self.on_alert)
 
 
-_RECORD = struct.Struct(">BBd")  # class, added-to-growing-set flag, distance
+_RECORD = struct.Struct(">BBd")  # class, counted-in-growing-set flag, distance
 
 
 @dataclass
 class _PradaClient:
-    """A worker's copy of one client's PRADA state, synced from the store."""
+    """A worker's copy of one client's PRADA state, rebuilt from the store's lists in order."""
 
-    growing: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    growing: dict[int, np.ndarray] = field(default_factory=dict)
     growing_distances: dict[int, list[float]] = field(default_factory=dict)
     thresholds: dict[int, float] = field(default_factory=dict)
     distances: list[float] = field(default_factory=list)
     n_rows: int = 0
     n_records: int = 0
+
+
+def _count(
+    label: int,
+    joined: bool,
+    distance: float,
+    growing_distances: dict[int, list[float]],
+    thresholds: dict[int, float],
+    distances: list[float],
+) -> None:
+    """Fold one record into D and, if the query joined its growing set, into the threshold."""
+    if distance > 0:
+        distances.append(distance)
+    if joined:
+        dists = growing_distances.setdefault(label, [])
+        dists.append(distance)
+        if len(dists) > 1:
+            bound = float(np.mean(dists) - np.std(dists))
+            thresholds[label] = max(thresholds.get(label, 0.0), bound)
 
 
 class Prada(OutputStage):
@@ -145,26 +164,27 @@ class Prada(OutputStage):
         self._clients: dict[str, _PradaClient] = {}
 
     def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
+        """Read what this worker has not seen yet (its own appends included), in store order."""
         state = self._clients.setdefault(client_id, _PradaClient())
+        fresh: dict[int, list[np.ndarray]] = {}
         for item in store.items(f"prada:{client_id}:rows", state.n_rows):
-            state.growing.setdefault(item[0], []).append(np.frombuffer(item[1:], dtype=np.float64))
+            fresh.setdefault(item[0], []).append(np.frombuffer(item[1:], dtype=np.float64))
             state.n_rows += 1
+        for label, rows in fresh.items():
+            old = state.growing.get(label)
+            state.growing[label] = np.vstack(rows if old is None else [old, *rows])
         for item in store.items(f"prada:{client_id}:d", state.n_records):
-            label, added, distance = _RECORD.unpack(item)
-            self._record(state, label, bool(added), distance)
+            label, joined, distance = _RECORD.unpack(item)
+            _count(
+                label,
+                bool(joined),
+                distance,
+                state.growing_distances,
+                state.thresholds,
+                state.distances,
+            )
             state.n_records += 1
         return state
-
-    @staticmethod
-    def _record(state: _PradaClient, label: int, added: bool, distance: float) -> None:
-        if distance > 0:
-            state.distances.append(distance)
-        if added:
-            dists = state.growing_distances.setdefault(label, [])
-            dists.append(distance)
-            if len(dists) > 1:
-                bound = float(np.mean(dists) - np.std(dists))
-                state.thresholds[label] = max(state.thresholds.get(label, 0.0), bound)
 
     def statistic(self, client_id: str, store: StateStore) -> float | None:
         """The client's current Shapiro–Wilk W (None until ``min_queries`` distances)."""
@@ -179,29 +199,32 @@ class Prada(OutputStage):
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
         state = self._sync(ctx.store, ctx.client_id)
+        # Work on copies: the cache itself only ever changes by reading the store, so that
+        # records other workers append between our read and our write are never skipped.
+        growing = dict(state.growing)
+        thresholds = dict(state.thresholds)
+        growing_distances = {c: list(d) for c, d in state.growing_distances.items()}
         new_rows: list[bytes] = []
         records: list[bytes] = []
         for x, label in zip(ctx.inputs, np.argmax(answers.original, axis=1), strict=True):
             label = int(label)
-            group = state.growing.get(label)
-            if not group:
-                distance, added = 0.0, True
-            else:
-                distance = float(np.min(np.linalg.norm(np.asarray(group) - x, axis=1)))
-                added = distance > state.thresholds.get(label, 0.0)
             row = np.asarray(x, dtype=np.float64)
-            if added:
-                state.growing.setdefault(label, []).append(row)
+            group = growing.get(label)
+            if group is None:
+                distance, joins = 0.0, True
+            else:
+                distance = float(np.sqrt(np.min(np.sum((group - row) ** 2, axis=1))))
+                joins = distance > thresholds.get(label, 0.0)
+            if joins:
+                growing[label] = row[None, :] if group is None else np.vstack([group, row])
                 new_rows.append(bytes([label]) + row.tobytes())
-            record_distance = distance if group else 0.0
-            self._record(state, label, added and bool(group), record_distance)
-            records.append(_RECORD.pack(label, int(added and bool(group)), record_distance))
-        # Other workers may have appended meanwhile; our cache then re-syncs their items.
+            counted = joins and group is not None
+            _count(label, counted, distance, growing_distances, thresholds, [])
+            records.append(_RECORD.pack(label, int(counted), distance))
         if new_rows:
             ctx.store.append(f"prada:{ctx.client_id}:rows", new_rows)
         ctx.store.append(f"prada:{ctx.client_id}:d", records)
-        state.n_rows += len(new_rows)
-        state.n_records += len(records)
+        state = self._sync(ctx.store, ctx.client_id)
         if _acted(ctx, self.name, self.on_alert):
             return answers
         w = self.statistic(ctx.client_id, ctx.store)

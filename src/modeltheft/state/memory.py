@@ -4,13 +4,20 @@ import secrets
 import threading
 from collections.abc import Sequence
 
+import numpy as np
+
 from modeltheft.state.base import BucketState, refill, withdraw
 
 
 class MemoryStore:
-    """Thread-safe state held in dicts."""
+    """Thread-safe state held in dicts.
 
-    def __init__(self) -> None:
+    Secrets come from the operating system's entropy; experiments that must be reproducible
+    from a seed may pass ``rng`` to draw them instead (never do that in a service).
+    """
+
+    def __init__(self, rng: np.random.Generator | None = None) -> None:
+        self._rng = rng
         self._counters: dict[str, int] = {}
         self._lists: dict[str, list[bytes]] = {}
         self._sets: dict[str, set[str]] = {}
@@ -62,7 +69,12 @@ class MemoryStore:
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use."""
         with self._lock:
-            return self._secrets.setdefault(name, secrets.token_bytes(nbytes))
+            if name not in self._secrets:
+                fresh = (
+                    secrets.token_bytes(nbytes) if self._rng is None else self._rng.bytes(nbytes)
+                )
+                self._secrets[name] = fresh
+            return self._secrets[name]
 
     def take_tokens(
         self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
