@@ -42,9 +42,9 @@ def test_claims_hold(name: str) -> None:
         assert np.allclose(out.sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("name", OUTPUT_STAGES)
-def test_every_stage_cites_its_paper(name: str) -> None:
-    assert STAGES[name].paper
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_cites_its_paper_and_states_its_honest_cost(name: str) -> None:
+    assert STAGES[name].paper and STAGES[name].honest_cost
 
 
 @pytest.mark.parametrize("preset", preset_names())

@@ -5,17 +5,12 @@ row under the store counter ``queries:<client>``; the tests read that counter st
 the store and compare it with the rows the server answered.
 """
 
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +21,8 @@ from modeltheft.cli.app import main
 from modeltheft.errors import ConfigError
 from modeltheft.service.app import SETTINGS_ENV, app_from_env
 from modeltheft.state import SqliteStore, open_store
-from tests.conftest import KEYS, auth
+from tests.conftest import auth
+from tests.service.processes import Server, serve_processes
 
 ROWS = [[0.5] * 64, [0.25] * 64, [0.75] * 64]
 COUNTING_DEFENSE = """[[stages]]
@@ -36,64 +32,13 @@ refuse_probability = 1.0
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """One ``modeltheft serve`` process group."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: the uvicorn supervisor and its workers, no clean-up."""
-        with suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-
 @pytest.fixture
 def start_server(victim_path: Path, tmp_path: Path) -> Iterator[Callable[[str], Server]]:
     """Start ``modeltheft serve --workers 2`` with the counting defense; killed at teardown."""
     defense = tmp_path / "counting.toml"
     defense.write_text(COUNTING_DEFENSE)
-    env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']},bob:{KEYS['bob']}"}
-    env.pop(SETTINGS_ENV, None)
-    started: list[Server] = []
-
-    def start(state: str) -> Server:
-        port = free_port()
-        log = tmp_path / f"serve-{len(started)}.log"
-        command = [sys.executable, "-m", "modeltheft.cli.app", "serve", "--model"]
-        command += [str(victim_path), "--defense", str(defense), "--state", state]
-        command += ["--workers", "2", "--host", "127.0.0.1", "--port", str(port)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
-        started.append(server)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-            time.sleep(0.1)
-
-    yield start
-    for server in started:
-        server.kill()
-    for server in started:
-        assert KEYS["alice"] not in server.log.read_text()
+    with serve_processes(victim_path, tmp_path, str(defense)) as start:
+        yield start
 
 
 def post_rows(url: str) -> int:

@@ -54,7 +54,9 @@ def train(
 @app.command()
 def serve(
     model: Annotated[Path | None, typer.Option(help="A model saved by 'modeltheft train'.")] = None,
-    defense: Annotated[str, typer.Option(help="Preset (none, lab) or a TOML file.")] = "none",
+    defense: Annotated[
+        str, typer.Option(help="Preset (none, lab, recommended) or a TOML file.")
+    ] = "none",
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
     keys_file: Annotated[

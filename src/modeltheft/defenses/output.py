@@ -18,6 +18,7 @@ class GaussianNoise(OutputStage):
     """Add N(0, sigma) to every probability, then clip (the OWASP lab's output noise)."""
 
     name = "gaussian_noise"
+    honest_cost = "high: noisy probabilities, and sigma 0.2 flips some labels"
     paper = "OWASP ML05:2023 lab; output perturbation as in Tramèr et al., USENIX Security 2016"
 
     def __init__(self, sigma: float = 0.2, clip_min: float = 0.01, clip_max: float = 0.99) -> None:
@@ -39,6 +40,7 @@ class Rounding(OutputStage):
     """Round probabilities to a few decimals (precision reduction; Tramèr et al. 2016)."""
 
     name = "rounding"
+    honest_cost = "low: coarser probabilities; ties can change the label"
     paper = (
         "Tramèr et al., Stealing Machine Learning Models via Prediction APIs, USENIX Security 2016"
     )
@@ -56,6 +58,7 @@ class RandomHardLabel(OutputStage):
     """With probability p per row, answer a one-hot of the victim's own top class (OWASP lab)."""
 
     name = "random_hard_label"
+    honest_cost = "low: some answers lose their probabilities (the label is the victim's)"
     paper = "OWASP ML05:2023 lab; label-only answers as in Tramèr et al. 2016"
     keeps_simplex = True
 
@@ -74,6 +77,7 @@ class HardLabel(OutputStage):
     """Return only the top label, never probabilities (Tramèr et al. 2016, Sec. 7)."""
 
     name = "hard_label"
+    honest_cost = "probabilities are never returned; labels are exact"
     paper = (
         "Tramèr et al., Stealing Machine Learning Models via Prediction APIs, USENIX Security 2016"
     )
@@ -90,6 +94,7 @@ class Normalize(OutputStage):
     """Divide each row by its sum so the answer is a probability vector again (OWASP lab)."""
 
     name = "normalize"
+    honest_cost = "none: rows sum to 1 again"
     paper = "OWASP ML05:2023 lab (response normalization)"
     keeps_argmax = True
     keeps_simplex = True

@@ -16,6 +16,7 @@ class ProbabilisticRateLimit(AdmissionStage):
     """
 
     name = "probabilistic_rate_limit"
+    honest_cost = "high: after 150 queries, 80% of every client's queries are refused"
     paper = "OWASP ML05:2023 lab (query-pattern rate limiting)"
 
     def __init__(

@@ -4,12 +4,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import skops.io as sio
 
 from modeltheft.errors import ModelIntegrityError
 from modeltheft.oracle import make_oracle
 from modeltheft.victim.onnx import onnx_predict
-from modeltheft.victim.store import TRUSTED_TYPES, load_victim, metadata_path
+from modeltheft.victim.store import load_trusted, load_victim, metadata_path
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -18,16 +17,7 @@ def _skops_predictor(path: Path) -> Predictor:
     if metadata_path(path).is_file():
         return load_victim(path, require_proba=False).model.predict
     # A copy found elsewhere has no metadata of ours: load it only if its types are trusted.
-    try:
-        untrusted = set(sio.get_untrusted_types(file=path))
-        unknown = untrusted - TRUSTED_TYPES
-        if unknown:
-            raise ModelIntegrityError(f"{path} holds untrusted types: {sorted(unknown)}")
-        model = sio.load(path, trusted=sorted(untrusted))
-    except ModelIntegrityError:
-        raise
-    except Exception as exc:  # skops raises many types for a corrupt archive
-        raise ModelIntegrityError(f"cannot load {path}: {exc}") from None
+    model = load_trusted(path)
     if not hasattr(model, "predict"):
         raise ModelIntegrityError(f"{path} does not hold a model with predict")
     return model.predict
@@ -39,11 +29,12 @@ def suspect_predictor(
     protocol: str = "modeltheft",
     api_key: str | None = None,
     model_name: str | None = None,
+    batch: int = 100,
 ) -> Predictor:
     """Labels the suspect predicts: ``.skops`` / ``.onnx`` files, or an ``http(s)://`` API.
 
-    Over HTTP every row is one query; rows the API refuses come back as label -1 (never a
-    match).
+    Over HTTP every row is one query, sent ``batch`` rows per request; rows the API refuses
+    come back as label -1 (never a match).
     """
     if suspect.startswith(("http://", "https://")):
 
@@ -53,7 +44,8 @@ def suspect_predictor(
                 protocol, suspect, budget=max(1, len(X)), model_name=model_name, **options
             )
             try:
-                return oracle.query(X).labels
+                chunks = [oracle.query(X[i : i + batch]).labels for i in range(0, len(X), batch)]
+                return np.concatenate(chunks) if chunks else np.empty(0, dtype=int)
             finally:
                 oracle.close()
 

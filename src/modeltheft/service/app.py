@@ -19,7 +19,7 @@ from modeltheft.defenses.presets import load_pipeline
 from modeltheft.errors import ConfigError
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.errors import install_error_handlers
-from modeltheft.service.routes import meta, predict
+from modeltheft.service.routes import meta, metrics, predict
 from modeltheft.service.schemas import request_model
 from modeltheft.service.settings import Settings
 from modeltheft.state import open_store
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(meta.router)
     app.include_router(predict.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import skops.io as sio
 from sklearn.base import ClassifierMixin
@@ -79,6 +80,23 @@ def save_model(model: ClassifierMixin, path: Path, metadata: dict[str, object]) 
 save_victim = save_model
 
 
+def load_trusted(path: Path) -> Any:
+    """Load a skops file, refusing any type outside skops' defaults and ``TRUSTED_TYPES``.
+
+    No hash check: for files that have no metadata of ours (a suspected copy found elsewhere).
+    """
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+        unknown = untrusted - TRUSTED_TYPES
+        if unknown:
+            raise ModelIntegrityError(f"{path} holds untrusted types: {sorted(unknown)}")
+        return sio.load(path, trusted=sorted(untrusted))
+    except ModelIntegrityError:
+        raise
+    except Exception as exc:  # skops raises many types for a corrupt archive
+        raise ModelIntegrityError(f"cannot load {path}: {exc}") from None
+
+
 def load_victim(path: Path, require_proba: bool = True) -> LoadedVictim:
     """Load a model saved by :func:`save_model`, after checking its hash and its types.
 
@@ -102,16 +120,7 @@ def load_victim(path: Path, require_proba: bool = True) -> LoadedVictim:
             f"hash mismatch for {path}: metadata says {metadata['sha256'][:12]}…, "
             f"file is {actual[:12]}…"
         )
-    try:
-        untrusted = set(sio.get_untrusted_types(file=path))
-        unknown = untrusted - TRUSTED_TYPES
-        if unknown:
-            raise ModelIntegrityError(f"{path} holds untrusted types: {sorted(unknown)}")
-        model = sio.load(path, trusted=sorted(untrusted))
-    except ModelIntegrityError:
-        raise
-    except Exception as exc:  # skops raises many types for a corrupt archive
-        raise ModelIntegrityError(f"cannot load {path}: {exc}") from None
+    model = load_trusted(path)
     if not hasattr(model, "predict") or (require_proba and not hasattr(model, "predict_proba")):
         needed = "predict_proba" if require_proba else "predict"
         raise ModelIntegrityError(f"{path} does not hold a classifier with {needed}")

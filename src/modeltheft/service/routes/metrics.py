@@ -1,0 +1,52 @@
+"""``GET /metrics``: Prometheus counters read from the shared state store.
+
+Reading them from the store (not from per-process counters) gives every worker and replica
+the same totals.
+"""
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from modeltheft.defenses.alerts import flagged_clients
+from modeltheft.defenses.detection import OodRateMonitor, Prada
+from modeltheft.defenses.guarded import GuardedModel
+from modeltheft.service.deps import Guarded
+
+router = APIRouter()
+DETECTORS = (OodRateMonitor.name, Prada.name)
+
+
+class StoreCollector:
+    """Collects the alert counters of one guarded model at scrape time."""
+
+    def __init__(self, guarded: GuardedModel) -> None:
+        self.guarded = guarded
+
+    def collect(self) -> Iterator[Metric]:
+        """Alerts by detector, and the number of clients ever flagged."""
+        store = self.guarded.store
+        alerts = CounterMetricFamily(
+            "modeltheft_extraction_alerts",
+            "Extraction alerts raised (one per client and detector).",
+            labels=["detector"],
+        )
+        for detector in DETECTORS:
+            alerts.add_metric([detector], store.get(f"alerts:{detector}"))
+        yield alerts
+        flagged = GaugeMetricFamily(
+            "modeltheft_flagged_clients", "Clients flagged by any extraction detector."
+        )
+        flagged.add_metric([], len(flagged_clients(store)))
+        yield flagged
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(guarded: Guarded) -> Response:
+    """Prometheus text exposition."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(guarded))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,83 @@
+"""``modeltheft serve`` as real process groups on loopback, for the multi-worker tests."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from modeltheft.service.app import SETTINGS_ENV
+from tests.conftest import KEYS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One ``modeltheft serve`` process group."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the uvicorn supervisor and its workers, no clean-up."""
+        with suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def serve_processes(
+    victim_path: Path, tmp_path: Path, defense: str, workers: int = 2
+) -> Iterator[Callable[[str], Server]]:
+    """A starter of ``serve --defense DEFENSE --workers N --state URL``; all killed at exit.
+
+    Keys come from ``MODELTHEFT_API_KEYS``; at exit the logs must not contain any of them.
+    """
+    env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']},bob:{KEYS['bob']}"}
+    env.pop(SETTINGS_ENV, None)
+    started: list[Server] = []
+
+    def start(state: str) -> Server:
+        port = free_port()
+        log = tmp_path / f"serve-{len(started)}.log"
+        command = [sys.executable, "-m", "modeltheft.cli.app", "serve", "--model"]
+        command += [str(victim_path), "--defense", defense, "--state", state]
+        command += ["--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log)
+        started.append(server)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, f"serve exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
+            time.sleep(0.1)
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.kill()
+    for server in started:
+        text = server.log.read_text()
+        assert KEYS["alice"] not in text and KEYS["bob"] not in text
