@@ -145,9 +145,8 @@ def test_bandit_diversity_favours_arms_with_rare_hard_labels() -> None:
     ],
 )
 def test_bad_options_are_config_errors(params: dict, match: str) -> None:
-    strategy = make_strategy("natural-patches", **params)
-    with pytest.raises(ConfigError, match=match):
-        strategy.propose(5, np.random.default_rng(0), QueryHistory())
+    with pytest.raises(ConfigError, match=match):  # at construction, before any query
+        make_strategy("natural-patches", **params)
 
 
 def test_unknown_option_is_a_config_error() -> None:

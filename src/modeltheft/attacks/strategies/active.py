@@ -66,10 +66,16 @@ class ActiveSelection(Strategy):
         self.pool_size = pool_size
         self.shortlist = shortlist
         self.seed_digits = seed_digits
+        self._check()  # a bad parameter fails before any query is paid for
 
     def _check(self) -> None:
+        from modeltheft.attacks.strategies import STRATEGIES
+
         if self.pool == self.name:
             raise ConfigError("the active strategy cannot draw its pool from itself")
+        if self.pool not in STRATEGIES:
+            known = ", ".join(sorted(STRATEGIES))
+            raise ConfigError(f"unknown pool strategy {self.pool!r}; choose one of {known}")
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
             raise ConfigError(f"pool_size must be an integer >= 1, got {self.pool_size!r}")
         if not isinstance(self.shortlist, int | float) or self.shortlist < 1:

@@ -157,6 +157,7 @@ class NaturalPatches(Strategy):
         self._answer_sum = np.zeros(N_CLASSES)
         self._n_answers = 0
         self._model = None  # the substitute current when the last batch was proposed
+        self._validate()  # a bad parameter fails before any query is paid for
 
     def _validate(self) -> None:
         if self.policy not in POLICIES:
