@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modeltheft import __version__
+from modeltheft.cli.experiments import sweep_command
 from modeltheft.cli.watermark import watermark_app
 from modeltheft.errors import ConfigError, ModelTheftError
 
@@ -23,6 +24,7 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(watermark_app, name="watermark")
+app.command("sweep")(sweep_command)
 console = Console()
 
 
