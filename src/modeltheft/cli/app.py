@@ -9,6 +9,7 @@ from rich.console import Console
 
 from modeltheft import __version__
 from modeltheft.cli.experiments import sweep_command
+from modeltheft.cli.report import report_command
 from modeltheft.cli.watermark import watermark_app
 from modeltheft.errors import ConfigError, ModelTheftError
 
@@ -25,6 +26,7 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(watermark_app, name="watermark")
 app.command("sweep")(sweep_command)
+app.command("report")(report_command)
 console = Console()
 
 
@@ -222,11 +224,14 @@ def demo(
     seed: Annotated[int, typer.Option(help="Root seed of the whole run.")] = 42,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
     budget: Annotated[int, typer.Option(min=51, help="Queries per attack.")] = 300,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write the HTML report (OUT/report/).")
+    ] = False,
 ) -> None:
     """The OWASP ML05 lab in one command: victim, real HTTP service, attack, defenses, plots."""
     from modeltheft.cli.demo import run_demo
 
-    run_demo(repeats=repeats, seed=seed, out=out, budget=budget, console=console)
+    run_demo(repeats=repeats, seed=seed, out=out, budget=budget, console=console, report=report)
 
 
 @keys_app.command("new")

@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
+from modeltheft.attacks.extraction import ExtractionResult
+from modeltheft.attacks.spec import default_checkpoints
 from modeltheft.data import lab_split
 from modeltheft.evaluation.metrics import accuracy, defense_effectiveness, fidelity
 from modeltheft.evaluation.results import ScenarioResult, environment, scenario_dict, write_json
@@ -40,6 +42,8 @@ class LabRun:
     budget: int
     first_models: dict[str, ClassifierMixin] = field(default_factory=dict)
     honest: dict[str, dict[str, float]] = field(default_factory=dict)
+    stolen: dict[str, list[ExtractionResult]] = field(default_factory=dict)
+    """Every repeat's extraction per scenario (model and budget curve), for the report."""
 
     def record(self) -> dict[str, Any]:
         """The ``results.json`` document."""
@@ -99,6 +103,15 @@ def run_lab(
 
     results: list[ScenarioResult] = []
     first_models: dict[str, ClassifierMixin] = {}
+    stolen_all: dict[str, list[ExtractionResult]] = {}
+
+    def evaluate(model: ClassifierMixin) -> dict[str, float]:
+        predicted = model.predict(split.X_test)
+        return {
+            "fidelity": fidelity(predicted, victim_test),
+            "accuracy": accuracy(predicted, split.y_test),
+        }
+
     honest: dict[str, dict[str, float]] = {}
     for name, preset in SCENARIOS:
         settings = Settings(keys=ring, model_path=model_path, defense=preset, seed=server_seed)
@@ -113,6 +126,8 @@ def run_lab(
                         make_substitute(SUBSTITUTE),
                         budget,
                         np.random.default_rng(child),
+                        checkpoints=default_checkpoints(budget, 5),
+                        evaluate=evaluate,
                         progress=(lambda s, b, i=i, name=name: progress(name, i, s, b))
                         if progress
                         else None,
@@ -128,6 +143,7 @@ def run_lab(
                     }
                 )
                 first_models.setdefault(name, stolen.model)
+                stolen_all.setdefault(name, []).append(stolen)
             honest[name] = honest_client(server.url, keys["honest"])
         results.append(ScenarioResult.from_runs(name, preset, ATTACK, budget, runs))
 
@@ -141,6 +157,7 @@ def run_lab(
         budget=budget,
         first_models=first_models,
         honest=honest,
+        stolen=stolen_all,
     )
     write_json(out / "results.json", run.record())
     return run
