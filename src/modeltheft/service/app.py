@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI
 
 from modeltheft import __version__
@@ -22,7 +23,7 @@ from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, predict
 from modeltheft.service.schemas import request_model
 from modeltheft.service.settings import Settings
-from modeltheft.state import open_store
+from modeltheft.state import MemoryStore, open_store
 from modeltheft.victim import load_victim, train_victim
 
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
@@ -41,6 +42,10 @@ def create_app(settings: Settings) -> FastAPI:
         loaded = load_victim(settings.model_path)
         model, name = loaded.model, str(loaded.metadata.get("family", settings.model_path.name))
     store = open_store(settings.state)
+    if settings.seed is not None and isinstance(store, MemoryStore):
+        # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
+        # HMAC keys; a real one draws them from the OS and keeps them in its store.
+        store = MemoryStore(np.random.default_rng(settings.seed))
     try:
         guarded = GuardedModel(model, pipeline, store=store, seed=settings.seed)
     except BaseException:
