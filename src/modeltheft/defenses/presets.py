@@ -24,6 +24,7 @@ from modeltheft.defenses.ratelimit import ProbabilisticRateLimit, TokenBucketRat
 from modeltheft.defenses.watermark import Watermark
 from modeltheft.errors import ConfigError
 from modeltheft.registry import build
+from modeltheft.tomlfile import read_toml
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
@@ -85,8 +86,4 @@ def load_pipeline(preset_or_path: str | Path) -> Pipeline:
         raise ConfigError(
             f"defense {text!r} is neither a preset ({', '.join(preset_names())}) nor a TOML file"
         )
-    try:
-        config = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return pipeline_from_dict(config, name=path.stem)
+    return pipeline_from_dict(read_toml(path), name=path.stem)

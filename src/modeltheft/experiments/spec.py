@@ -7,7 +7,6 @@ sweep skip what is already done.
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from modeltheft.attacks.strategies import make_strategy
 from modeltheft.attacks.substitutes import make_substitute
 from modeltheft.defenses.presets import load_pipeline, pipeline_from_dict, preset_names
 from modeltheft.errors import ConfigError
+from modeltheft.tomlfile import read_toml
 from modeltheft.victim.train import FAMILIES
 
 SPEC_KEYS = {"name", "seed", "seeds", "budgets", "victims", "defenses", "attacks", "honest"}
@@ -112,10 +112,7 @@ def _defense(entry: Any, folder: Path) -> DefenseEntry:
         path = (folder / entry).resolve()
         if not path.is_file():
             raise ConfigError(f"defense {entry!r} is neither a preset nor a TOML file")
-        try:
-            config = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        config = read_toml(path)
         pipeline_from_dict(config, path.stem)
         return DefenseEntry(path.stem, config)
     if isinstance(entry, dict) and isinstance(entry.get("name"), str):
@@ -195,8 +192,4 @@ def load_spec(path: Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_spec(data, path.parent)
+    return parse_spec(read_toml(path), path.parent)
