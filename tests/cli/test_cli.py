@@ -28,6 +28,7 @@ def test_train_writes_model_and_metadata(
         (["train"], "--out"),
         (["frobnicate"], "No such command"),
         (["serve", "--defense", "fortress"], "fortress"),
+        (["serve", "--inference", "gpu", "--state", "memory://"], "inference must be"),
         (["attack", "--target", "ftp://x", "--api-key", "k", "--out", "o"], "http"),
         (["demo", "--repeats", "0"], "repeats"),
     ],

@@ -67,6 +67,13 @@ def serve(
         Path | None, typer.Option(help="File of name:sha256$salt$digest lines.")
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Most rows per request.")] = 256,
+    inference: Annotated[
+        str,
+        typer.Option(
+            help="auto: onnxruntime when the model converts and agrees with scikit-learn "
+            "within 1e-6, else scikit-learn; sklearn: always scikit-learn."
+        ),
+    ] = "auto",
     seed: Annotated[
         int | None, typer.Option(help="Seed the defenses' randomness (testing only).")
     ] = None,
@@ -99,13 +106,20 @@ def serve(
     if workers > 1 and Path(defense).is_file():
         defense = str(Path(defense).resolve())  # the workers must find the same file
     settings = Settings(
-        keys=keys, model_path=model, defense=defense, max_batch=max_batch, seed=seed, state=state
+        keys=keys,
+        model_path=model,
+        defense=defense,
+        max_batch=max_batch,
+        seed=seed,
+        state=state,
+        inference=inference,
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)
     console.print(
         f"serving {application.state.model_name} with defense {defense!r} on http://{host}:{port} "
-        f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s)",
+        f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s), "
+        f"{application.state.inference} inference",
         markup=False,
         highlight=False,
         soft_wrap=True,

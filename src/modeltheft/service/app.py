@@ -25,6 +25,7 @@ from modeltheft.service.schemas import request_model
 from modeltheft.service.settings import Settings
 from modeltheft.state import MemoryStore, open_store
 from modeltheft.victim import load_victim, train_victim
+from modeltheft.victim.fast import fast_model
 
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
 
@@ -41,13 +42,14 @@ def create_app(settings: Settings) -> FastAPI:
     else:
         loaded = load_victim(settings.model_path)
         model, name = loaded.model, str(loaded.metadata.get("family", settings.model_path.name))
+    inference = fast_model(model, settings.inference)
     store = open_store(settings.state)
     if settings.seed is not None and isinstance(store, MemoryStore):
         # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
         # HMAC keys; a real one draws them from the OS and keeps them in its store.
         store = MemoryStore(np.random.default_rng(settings.seed))
     try:
-        guarded = GuardedModel(model, pipeline, store=store, seed=settings.seed)
+        guarded = GuardedModel(inference.model, pipeline, store=store, seed=settings.seed)
     except BaseException:
         store.close()
         raise
@@ -61,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.keys = settings.keys
     app.state.model_name = name
+    app.state.inference = inference.engine
     app.state.store = store
     app.state.guarded = guarded
     app.state.request_model = request_model(settings.max_batch)
@@ -81,6 +84,7 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
             "max_batch": settings.max_batch,
             "max_body_bytes": settings.max_body_bytes,
             "seed": settings.seed,
+            "inference": settings.inference,
             "keys_file": str(keys_file.resolve()) if keys_file else None,
         }
     )
@@ -103,6 +107,7 @@ def app_from_env() -> FastAPI:
             max_body_bytes=int(data["max_body_bytes"]),
             seed=None if data.get("seed") is None else int(data["seed"]),
             state=str(data["state"]),
+            inference=str(data.get("inference", "auto")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None

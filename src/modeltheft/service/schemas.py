@@ -43,6 +43,7 @@ class ModelInfo(BaseModel):
     classes: list[int]
     defenses: list[str]
     max_batch: int
+    inference: str
 
 
 class ErrorBody(BaseModel):

@@ -28,8 +28,12 @@ class Settings:
     max_body_bytes: int = 2_000_000
     seed: int | None = None
     state: str = "memory://"
+    inference: str = "auto"
+    """``auto``: onnxruntime when the model converts and agrees with scikit-learn; ``sklearn``."""
 
     def __post_init__(self) -> None:
+        if self.inference not in ("auto", "sklearn"):
+            raise ConfigError(f"inference must be auto or sklearn, got {self.inference!r}")
         if len(self.keys) == 0:
             raise ConfigError(
                 "no API keys configured: set MODELTHEFT_API_KEYS=name:key[,name:key] "

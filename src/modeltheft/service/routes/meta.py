@@ -24,4 +24,5 @@ def model_info(request: Request, guarded: Guarded) -> ModelInfo:
         classes=[int(c) for c in guarded.classes],
         defenses=guarded.pipeline.stage_names,
         max_batch=request.app.state.settings.max_batch,
+        inference=request.app.state.inference,
     )

@@ -1,0 +1,52 @@
+"""The ONNX inference path equals scikit-learn's, or is not used."""
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from modeltheft.data import lab_split
+from modeltheft.victim import train_victim
+from modeltheft.victim.fast import TOLERANCE, OnnxClassifier, fast_model
+from tests.conftest import auth
+
+
+@pytest.mark.parametrize("family", ["rf", "lr", "mlp", "svc"])
+def test_onnx_equals_scikit_learn_on_the_test_digits(family: str) -> None:
+    model = train_victim(family).model
+    fast = fast_model(model)
+    assert fast.engine == "onnx", fast.reason
+    X = lab_split().X_test
+    gap = np.abs(fast.model.predict_proba(X) - model.predict_proba(X)).max()
+    assert gap <= TOLERANCE
+    assert np.array_equal(fast.model.predict(X), model.predict(X))
+    assert np.array_equal(fast.model.classes_, model.classes_)
+
+
+def test_a_model_onnx_cannot_convert_stays_on_scikit_learn() -> None:
+    model = train_victim("gbdt").model  # HistGradientBoosting: no converter at this opset
+    fast = fast_model(model)
+    assert fast.engine == "sklearn" and "conversion failed" in fast.reason
+    assert fast.model is model
+
+
+def test_an_onnx_model_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = train_victim("lr").model
+    honest = OnnxClassifier.predict_proba
+    monkeypatch.setattr(OnnxClassifier, "predict_proba", lambda self, X: honest(self, X) + 1e-4)
+    fast = fast_model(model)
+    assert fast.engine == "sklearn" and "differ" in fast.reason
+
+
+def test_scikit_learn_can_be_asked_for() -> None:
+    model = train_victim("lr").model
+    assert fast_model(model, "sklearn").engine == "sklearn"
+
+
+def test_the_service_answers_through_onnx_exactly(client: TestClient, victim) -> None:
+    assert client.get("/v1/model").json()["inference"] == "onnx"
+    X = lab_split().X_test[:200]
+    body = client.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth()).json()
+    probabilities = np.array([p["probabilities"] for p in body["predictions"]])
+    assert np.abs(probabilities - victim.model.predict_proba(X)).max() <= TOLERANCE
+    labels = [p["label"] for p in body["predictions"]]
+    assert labels == victim.model.predict(X).tolist()
