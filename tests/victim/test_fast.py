@@ -22,6 +22,17 @@ def test_onnx_equals_scikit_learn_on_the_test_digits(family: str) -> None:
     assert np.array_equal(fast.model.classes_, model.classes_)
 
 
+def test_the_forest_gives_the_same_labels_on_thieves_queries_too() -> None:
+    """Noise ties votes often; ONNX must break them as scikit-learn does."""
+    from modeltheft.attacks.strategies import QueryHistory, make_strategy
+
+    model = train_victim("rf").model
+    fast = fast_model(model).model
+    for name in ("owasp-synthetic", "uniform", "rendered-digits"):
+        X = make_strategy(name).propose(2000, np.random.default_rng(0), QueryHistory())
+        assert np.array_equal(fast.predict(X), model.predict(X)), name
+
+
 def test_a_model_onnx_cannot_convert_stays_on_scikit_learn() -> None:
     model = train_victim("gbdt").model  # HistGradientBoosting: no converter at this opset
     fast = fast_model(model)
