@@ -1,5 +1,6 @@
 """Detectors, misinformation and watermarks on real digits and real attack queries."""
 
+import itertools
 import logging
 
 import numpy as np
@@ -121,6 +122,22 @@ def test_prada_workers_sharing_a_store_agree(victim: LoadedVictim) -> None:
         assert worker.pipeline.stages[0]._sync(store, "c").distances == expected
 
 
+def test_prada_tests_once_per_test_every_new_distances(
+    victim: LoadedVictim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modeltheft.defenses import detection
+
+    calls: list[int] = []
+    real = detection.stats.shapiro
+    monkeypatch.setattr(detection.stats, "shapiro", lambda d: calls.append(len(d)) or real(d))
+    g = guarded(victim, Prada(test_every=10))
+    for row in lab_split().X_test[:200]:
+        g.answer("c", row[None, :])  # one query per request
+    distances = len(g.pipeline.stages[0]._clients["c"].distances)
+    assert 0 < len(calls) <= distances // 10 + 1
+    assert all(b - a >= 10 for a, b in itertools.pairwise(calls))
+
+
 def test_prada_ignores_repeats_of_growing_set_queries(victim: LoadedVictim) -> None:
     g = guarded(victim, Prada())
     X = lab_split().X_test[:1]
@@ -212,6 +229,7 @@ def test_recommended_preset_end_to_end(victim: LoadedVictim) -> None:
         (OodRateMonitor, {"on_alert": "shout"}),
         (Prada, {"delta": 1.5}),
         (Prada, {"min_queries": 2}),
+        (Prada, {"test_every": 0}),
         (AdaptiveMisinformation, {"fpr": 0.9}),
         (Watermark, {"rate": 0}),
         (Watermark, {"scope": "everyone"}),
