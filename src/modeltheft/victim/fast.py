@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 
 from modeltheft.data import N_FEATURES, lab_split
+from modeltheft.victim.onnx import single_thread_session
 
 log = logging.getLogger("modeltheft.victim")
 TOLERANCE = 1e-6
@@ -26,19 +27,13 @@ class OnnxClassifier:
     """
 
     def __init__(self, model: ClassifierMixin) -> None:
-        import onnxruntime as ort
         from skl2onnx import to_onnx
 
         self.classes_ = np.asarray(model.classes_)
         self.n_features_in_ = int(getattr(model, "n_features_in_", N_FEATURES))
         sample = np.zeros((1, self.n_features_in_), dtype=np.float64)
         onnx_model = to_onnx(model, sample, options={id(model): {"zipmap": False}}, target_opset=17)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = single_thread_session(onnx_model.SerializeToString())
         self._input = self._session.get_inputs()[0].name
         outputs = [o.name for o in self._session.get_outputs()]
         self._output = "probabilities" if "probabilities" in outputs else outputs[-1]

@@ -1,6 +1,7 @@
 """Export a fitted scikit-learn classifier to ONNX (probabilities as a plain tensor, no ZipMap)."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -25,14 +26,20 @@ def export_onnx(model: ClassifierMixin, path: Path) -> Path:
     return path
 
 
-def onnx_predict(path: Path, X: np.ndarray) -> np.ndarray:
-    """Labels an ONNX classifier file predicts for ``X`` (single-threaded session)."""
+def single_thread_session(source: Path | bytes) -> Any:
+    """An onnxruntime CPU session on one thread (a request is tiny; threads only contend)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(path: Path, X: np.ndarray) -> np.ndarray:
+    """Labels an ONNX classifier file predicts for ``X`` (single-threaded session)."""
+    session = single_thread_session(path)
     name = session.get_inputs()[0].name
     labels = session.run(None, {name: np.asarray(X, dtype=np.float32)})[0]
     return np.asarray(labels).ravel()
