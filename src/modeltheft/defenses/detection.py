@@ -194,7 +194,10 @@ class Prada(OutputStage):
 
     def statistic(self, client_id: str, store: StateStore) -> float | None:
         """The client's current Shapiro–Wilk W (None until ``min_queries`` distances)."""
-        distances = self._sync(store, client_id).distances[-self.window :]
+        return self._w(self._sync(store, client_id))
+
+    def _w(self, state: _PradaClient) -> float | None:
+        distances = state.distances[-self.window :]
         if len(distances) < self.min_queries:
             return None
         with warnings.catch_warnings():
@@ -236,7 +239,7 @@ class Prada(OutputStage):
         if state.tested_at and len(state.distances) - state.tested_at < self.test_every:
             return answers  # the test costs ~150 µs: run it once per test_every new distances
         state.tested_at = len(state.distances)
-        w = self.statistic(ctx.client_id, ctx.store)
+        w = self._w(state)  # just synced: no third read of the store
         if w is None or w >= self.delta:
             return answers
         reason = f"Shapiro-Wilk W = {w:.3f} < {self.delta} over {len(state.distances)} distances"
