@@ -267,3 +267,34 @@ def test_seeded_memory_store_makes_keyed_answers_reproducible(victim: LoadedVict
     ]
     assert np.array_equal(runs[0].answers.probabilities, runs[1].answers.probabilities)
     assert MemoryStore().secret("k") != MemoryStore().secret("k")
+
+
+def test_prada_ignores_exact_repeats_of_any_earlier_query(victim: LoadedVictim) -> None:
+    """A client cycling through a few digits (a page refreshing) is not an extraction attack.
+
+    The repeats of digits that did not join a growing set have a non-zero distance, so before
+    repeats were recognised they filled D with a handful of values and W fell below delta.
+    """
+    g = guarded(victim, Prada())
+    digits = lab_split().X_test[0::48]  # the load benchmark's first key: W was 0.64 after 21
+    for _ in range(20):
+        for row in digits:
+            g.answer("refresher", row[None, :])
+    assert client_status(g.store, "refresher") == NORMAL and alerts(g.store) == []
+    state = g.pipeline.stages[0]._sync(g.store, "refresher")
+    assert len(g.store.items("prada:refresher:d")) == 20 * len(digits)  # all still recorded
+    assert len(state.distances) < len(digits) and len(state.seen) == len(digits)
+
+
+def test_prada_state_grows_in_place_and_matches_a_fresh_reader(victim: LoadedVictim) -> None:
+    """A worker's incremental state equals the state another worker rebuilds from the store."""
+    g = guarded(victim, Prada())
+    rng = np.random.default_rng(3)
+    for X in honest_batches(1, n=300, batch=7):
+        g.answer("c", X)
+        g.answer("c", rng.random((2, 64)))
+    mine = g.pipeline.stages[0]._sync(g.store, "c")
+    fresh = Prada()._sync(g.store, "c")
+    assert mine.distances == fresh.distances and mine.seen == fresh.seen
+    assert {c: r.n for c, r in mine.growing.items()} == {c: r.n for c, r in fresh.growing.items()}
+    assert mine.thresholds == fresh.thresholds

@@ -5,6 +5,8 @@ when a client's queries stop looking like an honest client's, and can then move 
 to the strict policy (every later answer misinformed) or block it.
 """
 
+import hashlib
+import math
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -100,40 +102,81 @@ class OodRateMonitor(OutputStage):
         return _escalate(answers, self.on_alert)
 
 
-_RECORD = struct.Struct(">BBd")  # class, counted-in-growing-set flag, distance
+_RECORD = struct.Struct(">BBd8s")  # class, flags, distance, digest of the row
+_OLD_RECORD = struct.Struct(">BBd")  # before repeats were recognised: no digest
+JOINED, REPEAT = 1, 2
+
+
+def row_digest(row: np.ndarray) -> bytes:
+    """A stable 8-byte digest of a row's float64 bytes (Python's ``hash`` is per process)."""
+    return hashlib.blake2b(np.ascontiguousarray(row, np.float64).tobytes(), digest_size=8).digest()
+
+
+class _Rows:
+    """A class's growing set: rows appended in place (amortised O(1)), read as one array."""
+
+    def __init__(self, width: int) -> None:
+        self._data = np.empty((8, width))
+        self.n = 0
+
+    def add(self, row: np.ndarray) -> None:
+        if self.n == len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self.n] = row
+        self.n += 1
+
+    def nearest(self, row: np.ndarray) -> float:
+        """Squared L2 distance from ``row`` to the nearest row of the set."""
+        diff = self._data[: self.n] - row
+        return float(np.einsum("ij,ij->i", diff, diff).min())
+
+
+@dataclass(frozen=True)
+class _Threshold:
+    """Running mean and variance (Welford) of a growing set's distances, and its threshold."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    value: float = 0.0
+
+    def plus(self, distance: float) -> "_Threshold":
+        n = self.n + 1
+        delta = distance - self.mean
+        mean = self.mean + delta / n
+        m2 = self.m2 + delta * (distance - mean)
+        value = self.value
+        if n > 1:
+            value = max(value, mean - math.sqrt(max(m2 / n, 0.0)))
+        return _Threshold(n, mean, m2, value)
 
 
 @dataclass
 class _PradaClient:
     """A worker's copy of one client's PRADA state, rebuilt from the store's lists in order."""
 
-    growing: dict[int, np.ndarray] = field(default_factory=dict)
-    growing_distances: dict[int, list[float]] = field(default_factory=dict)
-    thresholds: dict[int, float] = field(default_factory=dict)
+    growing: dict[int, _Rows] = field(default_factory=dict)
+    thresholds: dict[int, _Threshold] = field(default_factory=dict)
     distances: list[float] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
     n_rows: int = 0
     n_records: int = 0
     tested_at: int = 0
     """How many distances D held when this worker last ran the test."""
 
-
-def _count(
-    label: int,
-    joined: bool,
-    distance: float,
-    growing_distances: dict[int, list[float]],
-    thresholds: dict[int, float],
-    distances: list[float],
-) -> None:
-    """Fold one record into D and, if the query joined its growing set, into the threshold."""
-    if distance > 0:
-        distances.append(distance)
-    if joined:
-        dists = growing_distances.setdefault(label, [])
-        dists.append(distance)
-        if len(dists) > 1:
-            bound = float(np.mean(dists) - np.std(dists))
-            thresholds[label] = max(thresholds.get(label, 0.0), bound)
+    def fold(self, item: bytes) -> None:
+        """One stored record into D, the thresholds and the set of rows seen."""
+        if len(item) == _OLD_RECORD.size:
+            label, flags, distance = _OLD_RECORD.unpack(item)
+        else:
+            label, flags, distance, digest = _RECORD.unpack(item)
+            self.seen.add(digest)
+        if flags & REPEAT:
+            return
+        if distance > 0:
+            self.distances.append(distance)
+        if flags & JOINED:
+            self.thresholds[label] = self.thresholds.get(label, _Threshold()).plus(distance)
 
 
 class Prada(OutputStage):
@@ -144,8 +187,10 @@ class Prada(OutputStage):
     set if that distance exceeds the class threshold ``mean - std`` of the growing set's
     distances. Once D holds ``min_queries`` distances, a Shapiro–Wilk statistic W < ``delta``
     raises an alert; the test runs again each time ``test_every`` new distances arrived.
-    Distances of 0 (a repeat of a growing-set query) are left out of D: they tell a thief
-    nothing new, and honest clients do repeat themselves.
+    Exact repeats of any earlier query of the client are left out of D (and distances of 0):
+    they tell a thief nothing new, and honest clients do repeat themselves. The per-client
+    state grows in place (no copies per request), so a request costs the distance search
+    over its class's growing set, not the client's whole history.
     """
 
     name = "prada"
@@ -172,23 +217,12 @@ class Prada(OutputStage):
     def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
         """Read what this worker has not seen yet (its own appends included), in store order."""
         state = self._clients.setdefault(client_id, _PradaClient())
-        fresh: dict[int, list[np.ndarray]] = {}
         for item in store.items(f"prada:{client_id}:rows", state.n_rows):
-            fresh.setdefault(item[0], []).append(np.frombuffer(item[1:], dtype=np.float64))
+            row = np.frombuffer(item[1:], dtype=np.float64)
+            state.growing.setdefault(item[0], _Rows(len(row))).add(row)
             state.n_rows += 1
-        for label, rows in fresh.items():
-            old = state.growing.get(label)
-            state.growing[label] = np.vstack(rows if old is None else [old, *rows])
         for item in store.items(f"prada:{client_id}:d", state.n_records):
-            label, joined, distance = _RECORD.unpack(item)
-            _count(
-                label,
-                bool(joined),
-                distance,
-                state.growing_distances,
-                state.thresholds,
-                state.distances,
-            )
+            state.fold(item)
             state.n_records += 1
         return state
 
@@ -208,28 +242,40 @@ class Prada(OutputStage):
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
         state = self._sync(ctx.store, ctx.client_id)
-        # Work on copies: the cache itself only ever changes by reading the store, so that
-        # records other workers append between our read and our write are never skipped.
-        growing = dict(state.growing)
-        thresholds = dict(state.thresholds)
-        growing_distances = {c: list(d) for c, d in state.growing_distances.items()}
+        # The cache itself only ever changes by reading the store, so that records other
+        # workers append between our read and our write are never skipped: this batch's own
+        # effects live in the overlays below until they are read back.
+        pending: dict[int, list[np.ndarray]] = {}
+        thresholds: dict[int, _Threshold] = {}
+        seen: set[bytes] = set()
         new_rows: list[bytes] = []
         records: list[bytes] = []
         for x, label in zip(ctx.inputs, np.argmax(answers.original, axis=1), strict=True):
             label = int(label)
             row = np.asarray(x, dtype=np.float64)
-            group = growing.get(label)
-            if group is None:
-                distance, joins = 0.0, True
+            digest = row_digest(row)
+            if digest in state.seen or digest in seen:
+                # An exact repeat of an earlier query tells a thief nothing new; honest
+                # clients repeat themselves, and counting repeats would skew D.
+                records.append(_RECORD.pack(label, REPEAT, 0.0, digest))
+                continue
+            seen.add(digest)
+            group, extra = state.growing.get(label), pending.get(label, [])
+            if group is None and not extra:
+                distance, joins, counted = 0.0, True, False
             else:
-                distance = float(np.sqrt(np.min(np.sum((group - row) ** 2, axis=1))))
-                joins = distance > thresholds.get(label, 0.0)
+                squared = group.nearest(row) if group is not None else math.inf
+                for other in extra:
+                    squared = min(squared, float(np.dot(other - row, other - row)))
+                distance = math.sqrt(squared)
+                threshold = thresholds.get(label) or state.thresholds.get(label, _Threshold())
+                joins = counted = distance > threshold.value
+                if counted:
+                    thresholds[label] = threshold.plus(distance)
             if joins:
-                growing[label] = row[None, :] if group is None else np.vstack([group, row])
+                pending.setdefault(label, []).append(row)
                 new_rows.append(bytes([label]) + row.tobytes())
-            counted = joins and group is not None
-            _count(label, counted, distance, growing_distances, thresholds, [])
-            records.append(_RECORD.pack(label, int(counted), distance))
+            records.append(_RECORD.pack(label, JOINED if counted else 0, distance, digest))
         if new_rows:
             ctx.store.append(f"prada:{ctx.client_id}:rows", new_rows)
         ctx.store.append(f"prada:{ctx.client_id}:d", records)
