@@ -50,3 +50,15 @@ class OracleError(ModelTheftError):
 
 class AttackFailed(ModelTheftError):
     """An attack could not produce a stolen model (for example, too few answers)."""
+
+
+class StateUnavailable(ModelTheftError):
+    """The state store cannot be used now (database locked, Redis unreachable): HTTP 503.
+
+    Nothing is answered without its state, so the request is refused; retry after
+    ``retry_after`` seconds.
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

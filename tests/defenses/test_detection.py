@@ -298,3 +298,20 @@ def test_prada_state_grows_in_place_and_matches_a_fresh_reader(victim: LoadedVic
     assert mine.distances == fresh.distances and mine.seen == fresh.seen
     assert {c: r.n for c, r in mine.growing.items()} == {c: r.n for c, r in fresh.growing.items()}
     assert mine.thresholds == fresh.thresholds
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_knn_scores_equal_scikit_learn_neighbours(batch: int) -> None:
+    """Scores equal an exact k-NN search, one row at a time (its own path) or in batches."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from modeltheft.defenses.ood import knn_scorer, reference_data
+
+    scorer = knn_scorer("lab", 5)
+    rng = np.random.default_rng(batch)
+    X = np.vstack([lab_split().X_test, rng.random((200, 64)), rng.random((50, 64)) * 0.1])
+    X = np.vstack([X, reference_data("lab")[:20]])  # training digits themselves: a distance 0
+    exact = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(reference_data("lab"))
+    expected = exact.kneighbors(X)[0].mean(axis=1)
+    got = np.concatenate([scorer.score(X[i : i + batch]) for i in range(0, len(X), batch)])
+    assert np.allclose(got, expected, rtol=0, atol=1e-6)  # |x|^2 + |r|^2 - 2x.r rounding

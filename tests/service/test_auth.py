@@ -11,7 +11,8 @@ def test_env_value_pairs_verify_and_only_hashes_are_kept() -> None:
     assert ring.verify("k1") == "alice"
     assert ring.verify("k2") == "bob"
     assert ring.verify("k3") is None
-    assert "k1" not in repr(vars(ring))
+    stored = [v for e in ring._entries for v in vars(e).values()]
+    assert not {"k1", b"k1", "k2", b"k2"} & set(stored)  # names, salts and digests only
 
 
 @pytest.mark.parametrize("value", ["alice", "alice:", ":k", "a:1,a:2"])
@@ -48,3 +49,15 @@ def test_sources_combine_file_and_environment(tmp_path: Path) -> None:
 def test_missing_keys_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read keys file"):
         KeyRing.from_file(tmp_path / "absent")
+
+
+def test_verified_keys_are_remembered_by_digest_and_unknown_keys_never() -> None:
+    ring = KeyRing.from_pairs({f"c{i}": f"key-{i}-" + "x" * 30 for i in range(50)})
+    for _ in range(3):
+        assert ring.verify("key-7-" + "x" * 30) == "c7"
+        assert ring.verify("key-8-" + "x" * 30) == "c8"
+        assert ring.verify("key-9-" + "y" * 30) is None
+    remembered = ring._verified
+    assert sorted(remembered.values()) == ["c7", "c8"]
+    assert all(len(tag) == 32 and b"key-" not in tag for tag in remembered)
+    assert ring.verify("key-7-" + "x" * 29) is None and ring.verify("") is None

@@ -11,6 +11,7 @@ misinformed, and alice still gets the victim's own answers.
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -27,6 +28,7 @@ from modeltheft.defenses.alerts import STRICT, alerts, client_status
 from modeltheft.defenses.keyed import row_digests, unit_interval
 from modeltheft.defenses.watermark import Watermark, load_records, watermarked_clients
 from modeltheft.state import StateStore, open_store
+from modeltheft.state.audit import row_hashes
 from modeltheft.victim import LoadedVictim
 from tests.conftest import auth
 from tests.service.processes import Server, serve_processes
@@ -213,6 +215,19 @@ def test_sigkill_mid_traffic_loses_no_defense_state(
         assert at_kill.lists["watermark:alice"] == 0
         for rows, labels in traffic.answers:
             np.testing.assert_array_equal(labels, truth[rows])
+        # Every acknowledged request has its audit entry, matched by input hashes and labels.
+        acknowledged = Counter(
+            (row_hashes(X[rows]), tuple(labels.tolist())) for rows, labels in traffic.answers
+        )
+        audited = Counter((e.row_hashes, e.labels) for e in store.audit_entries(client="alice"))
+        assert not acknowledged - audited
+        assert len(traffic.answers) <= audited.total() <= served // BATCH
+        bob_log = store.audit_entries(client="bob")
+        assert [e.row_hashes for e in bob_log] == [
+            row_hashes(noise[i : i + NOISE_ROWS]) for i in range(0, len(noise), NOISE_ROWS)
+        ]
+        assert bob_log[0].status_before == "normal" and bob_log[-1].status_before == "strict"
+        assert all(e.altered == NOISE_ROWS for e in bob_log if e.status_before == "strict")
 
         # 3. Restart on the same state: bob is still strict, alice still gets the truth.
         second = start_server(state_url)

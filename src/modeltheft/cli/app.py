@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modeltheft import __version__
+from modeltheft.cli.audit import audit_command
 from modeltheft.cli.experiments import sweep_command
 from modeltheft.cli.report import report_command
 from modeltheft.cli.watermark import watermark_app
@@ -27,6 +28,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(watermark_app, name="watermark")
 app.command("sweep")(sweep_command)
 app.command("report")(report_command)
+app.command("audit")(audit_command)
 console = Console()
 
 
@@ -83,14 +85,41 @@ def serve(
             help="Where the defenses keep per-client state: memory:// (this process only, lost "
             "on exit), sqlite:///file.db or sqlite:////abs/file.db (shared by this machine's "
             "workers, kept across restarts) or redis://[user:password@]host:port/db (shared "
-            "by replicas)."
+            "by replicas). A missing SQLite file is created and logged as a new, empty state; "
+            "a file that is not a SQLite database or cannot be written is an error."
         ),
     ] = "sqlite:///modeltheft-state.db",
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes (more than 1 needs sqlite or redis).")
     ] = 1,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a client has to send a request head, then its body; a slower client "
+            "gets 408 and its connection is closed."
+        ),
+    ] = 10.0,
+    audit_retention: Annotated[
+        str,
+        typer.Option(
+            help="How long the state keeps the audit log of queries, e.g. 7d, 12h, 30m; "
+            "0 disables it. Read it with 'modeltheft audit'."
+        ),
+    ] = "7d",
+    timeout_graceful_shutdown: Annotated[
+        int,
+        typer.Option(min=1, help="Seconds to finish open requests after SIGTERM or Ctrl-C."),
+    ] = 10,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per line (ours and uvicorn's).")
+    ] = "text",
+    access_log: Annotated[
+        bool,
+        typer.Option(help="Log one line per request: method, route, status, client, rows, time."),
+    ] = True,
 ) -> None:
     """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz."""
+    import logging.config
     import os
 
     import uvicorn
@@ -98,10 +127,16 @@ def serve(
     from modeltheft.service import Settings, create_app
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing
+    from modeltheft.service.observability import log_config, multiprocess_metrics
+    from modeltheft.service.timeouts import header_timeout_protocol
     from modeltheft.state import redact_url
+    from modeltheft.state.audit import parse_duration
 
     if workers > 1 and state.strip().lower().startswith("memory:"):
         raise ConfigError("memory state is per process; use sqlite or redis with --workers")
+    logging_config = log_config(log_format)  # uvicorn applies it, in every worker too
+    if log_format == "json":  # from the first line on, every line of the output is JSON
+        logging.config.dictConfig(logging_config)
     keys = KeyRing.from_sources(keys_file)
     if workers > 1 and Path(defense).is_file():
         defense = str(Path(defense).resolve())  # the workers must find the same file
@@ -113,37 +148,72 @@ def serve(
         seed=seed,
         state=state,
         inference=inference,
+        request_timeout=request_timeout,
+        audit_retention=parse_duration(audit_retention, "--audit-retention"),
+        access_log=access_log,
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)
-    console.print(
+    banner = (
         f"serving {application.state.model_name} with defense {defense!r} on http://{host}:{port} "
         f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s), "
-        f"{application.state.inference} inference",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"{application.state.inference} inference"
     )
+    if log_format == "json":
+        logging.getLogger("modeltheft.service").info(banner)
+    else:
+        console.print(banner, markup=False, highlight=False, soft_wrap=True)
+    _exit_zero_on_sigterm()
     if workers == 1:
-        uvicorn.run(application, host=host, port=port, log_level="info")
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=logging_config,
+            access_log=False,  # replaced by modeltheft.access (no query strings, no headers)
+            http=header_timeout_protocol(request_timeout),
+            timeout_graceful_shutdown=timeout_graceful_shutdown,
+        )
         return
     application.state.store.close()
     previous = os.environ.get(SETTINGS_ENV)
     os.environ[SETTINGS_ENV] = settings_env(settings, keys_file)
     try:
-        uvicorn.run(
-            "modeltheft.service.app:app_from_env",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_level="info",
-        )
+        with multiprocess_metrics():  # set before the workers import prometheus_client
+            uvicorn.run(
+                "modeltheft.service.app:app_from_env",
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level="info",
+                log_config=logging_config,
+                access_log=False,
+                http=header_timeout_protocol(request_timeout),
+                timeout_graceful_shutdown=timeout_graceful_shutdown,
+            )
     finally:
         if previous is None:
             os.environ.pop(SETTINGS_ENV, None)
         else:
             os.environ[SETTINGS_ENV] = previous
+
+
+def _exit_zero_on_sigterm() -> None:
+    """Make SIGTERM end ``serve`` with status 0 once uvicorn has drained the open requests.
+
+    uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    found; the default one would kill the process (status -15) after a clean shutdown.
+    """
+    import signal
+    import threading
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,8 @@ from sklearn.base import ClassifierMixin
 
 from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_key
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
-from modeltheft.errors import Blocked
+from modeltheft.errors import Blocked, RateLimited
+from modeltheft.state.audit import AuditEntry, row_hashes, status_name
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
 
@@ -29,6 +31,10 @@ class GuardedModel:
     Each client draws from its own random stream, derived from ``seed`` and the client's name,
     so one client's answers do not depend on what other clients asked. Without a seed the
     streams come from the operating system's entropy.
+
+    With ``audit_retention`` (seconds; None or 0: no audit) every request, answered or
+    refused, leaves one :class:`~modeltheft.state.audit.AuditEntry` in the store before its
+    answer (or refusal) is returned; entries older than the retention are pruned now and then.
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class GuardedModel:
         store: StateStore | None = None,
         seed: int | None = None,
         n_features: int | None = None,
+        audit_retention: float | None = None,
     ) -> None:
         self.model = model
         self.pipeline = pipeline
@@ -48,6 +55,8 @@ class GuardedModel:
         pipeline.setup(StageEnv(self.store, len(self.classes), int(features)))
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
+        self.audit_retention = audit_retention or None
+        self._next_prune = 0.0
 
     def _rng(self, client_id: str) -> np.random.Generator:
         if client_id not in self._rngs:
@@ -59,17 +68,66 @@ class GuardedModel:
         return self._rngs[client_id]
 
     def answer(self, client_id: str, X: np.ndarray) -> Reply:
-        """Answer ``X`` for ``client_id``; may raise RateLimited or Blocked."""
+        """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
         inputs = np.array(X, dtype=float)
         inputs.flags.writeable = False
         with self._lock:
             status = client_status(self.store, client_id)
-            if status >= BLOCKED:
-                raise Blocked("this API key is blocked: its queries look like model extraction")
-            ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
-            self.pipeline.admit(len(inputs), ctx)
+            try:
+                if status >= BLOCKED:
+                    raise Blocked("this API key is blocked: its queries look like model extraction")
+                ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
+                self.pipeline.admit(len(inputs), ctx)
+            except (Blocked, RateLimited) as refused:
+                self._audit(client_id, inputs, status, refused=refused)
+                raise
             self.store.incr(served_key(client_id), len(inputs))
             probabilities = self.model.predict_proba(inputs)
-            strict = np.full(len(inputs), status >= STRICT)
+            strict = (np.ones if status >= STRICT else np.zeros)(len(inputs), dtype=bool)
             answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)
-        return Reply(self.classes[answers.labels], answers, dict(ctx.headers))
+        labels = self.classes[answers.labels]
+        self._audit(client_id, inputs, status, answers=answers, labels=labels)
+        return Reply(labels, answers, dict(ctx.headers))
+
+    def _audit(
+        self,
+        client_id: str,
+        inputs: np.ndarray,
+        status: int,
+        answers: Answers | None = None,
+        labels: np.ndarray | None = None,
+        refused: Exception | None = None,
+    ) -> None:
+        """Record one request in the audit log (if on); prune old entries now and then."""
+        if self.audit_retention is None:
+            return
+        now = time.time()
+        if answers is None or labels is None:
+            blocked = isinstance(refused, Blocked)
+            entry = AuditEntry(
+                now,
+                client_id,
+                "blocked" if blocked else "rate_limited",
+                row_hashes(inputs),
+                status_before=status_name(status),
+                status_after=status_name(status),
+            )
+        else:
+            altered = answers.probabilities.argmax(axis=1) != answers.original.argmax(axis=1)
+            entry = AuditEntry(
+                now,
+                client_id,
+                "answered",
+                row_hashes(inputs),
+                labels=tuple(labels.tolist()),
+                status_before=status_name(status),
+                status_after=status_name(client_status(self.store, client_id)),
+                suspicious=int(np.count_nonzero(answers.flagged)),
+                altered=int(np.count_nonzero(altered)),
+                probabilities=bool(answers.expose_probabilities),
+            )
+        self.store.audit_append([entry])
+        if now >= self._next_prune:
+            # At most once a minute (or a tenth of the retention): a cheap indexed delete.
+            self._next_prune = now + min(60.0, self.audit_retention / 10)
+            self.store.audit_prune(now - self.audit_retention)

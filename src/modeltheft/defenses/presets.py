@@ -61,6 +61,8 @@ def build_stage(spec: dict[str, Any]) -> Stage:
         raise ConfigError(f"each stage needs a 'type'; got {spec!r}")
     params = dict(spec)
     kind = params.pop("type")
+    if not isinstance(kind, str):
+        raise ConfigError(f"a stage 'type' must be a string; got {kind!r}")
     return build(STAGES, kind, params, "defense stage")
 
 

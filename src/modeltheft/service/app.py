@@ -18,12 +18,14 @@ from modeltheft import __version__
 from modeltheft.defenses.guarded import GuardedModel
 from modeltheft.defenses.presets import load_pipeline
 from modeltheft.errors import ConfigError
+from modeltheft.service import observability
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, predict
-from modeltheft.service.schemas import request_model
 from modeltheft.service.settings import Settings
+from modeltheft.service.timeouts import BodyTimeoutMiddleware
 from modeltheft.state import MemoryStore, open_store
+from modeltheft.state.audit import DEFAULT_RETENTION
 from modeltheft.victim import load_victim, train_victim
 from modeltheft.victim.fast import fast_model
 
@@ -49,7 +51,13 @@ def create_app(settings: Settings) -> FastAPI:
         # HMAC keys; a real one draws them from the OS and keeps them in its store.
         store = MemoryStore(np.random.default_rng(settings.seed))
     try:
-        guarded = GuardedModel(inference.model, pipeline, store=store, seed=settings.seed)
+        guarded = GuardedModel(
+            inference.model,
+            pipeline,
+            store=store,
+            seed=settings.seed,
+            audit_retention=settings.audit_retention,
+        )
     except BaseException:
         store.close()
         raise
@@ -66,11 +74,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.inference = inference.engine
     app.state.store = store
     app.state.guarded = guarded
-    app.state.request_model = request_model(settings.max_batch)
     install_error_handlers(app)
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     app.include_router(meta.router)
-    app.include_router(predict.router)
+    predict.install(app, settings.max_batch)
     app.include_router(metrics.router)
+    # Last, so outermost: it sees the status of every answer, the middlewares' refusals too.
+    observability.install(app, access_log=settings.access_log)
     return app
 
 
@@ -85,6 +95,9 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
             "max_body_bytes": settings.max_body_bytes,
             "seed": settings.seed,
             "inference": settings.inference,
+            "audit_retention": settings.audit_retention,
+            "request_timeout": settings.request_timeout,
+            "access_log": settings.access_log,
             "keys_file": str(keys_file.resolve()) if keys_file else None,
         }
     )
@@ -108,6 +121,9 @@ def app_from_env() -> FastAPI:
             seed=None if data.get("seed") is None else int(data["seed"]),
             state=str(data["state"]),
             inference=str(data.get("inference", "auto")),
+            audit_retention=float(data.get("audit_retention", DEFAULT_RETENTION)),
+            request_timeout=float(data.get("request_timeout", 10.0)),
+            access_log=bool(data.get("access_log", True)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None

@@ -15,6 +15,8 @@ from modeltheft.errors import ConfigError
 
 ENV_VAR = "MODELTHEFT_API_KEYS"
 SCHEME = "sha256"
+MAX_REMEMBERED = 4096
+"""Verified key digests kept per process (one per client in practice)."""
 
 
 def hash_key(key: str, salt: bytes | None = None) -> str:
@@ -66,6 +68,11 @@ class KeyRing:
         if duplicates:
             raise ConfigError(f"duplicate API key names: {', '.join(duplicates)}")
         self._entries = entries
+        # Digests of recently verified keys (under a per-process pepper) → client name, so a
+        # returning client costs one hash, not one per configured key. Only keys that matched
+        # are remembered: unknown keys cannot fill it.
+        self._pepper = secrets.token_bytes(32)
+        self._verified: dict[bytes, str] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,8 +87,12 @@ class KeyRing:
         """From plain ``{name: key}``; only the hashes are kept."""
         entries = []
         for name, key in pairs.items():
+            try:
+                raw = key.encode()
+            except UnicodeEncodeError:  # an undecodable byte of the environment (PEP 383)
+                raise ConfigError(f"key {name!r} is not valid UTF-8 text") from None
             salt = secrets.token_bytes(16)
-            entries.append(_Entry(name, salt, hashlib.sha256(salt + key.encode()).digest()))
+            entries.append(_Entry(name, salt, hashlib.sha256(salt + raw).digest()))
         return cls(entries)
 
     @classmethod
@@ -102,6 +113,8 @@ class KeyRing:
             lines = Path(path).read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"cannot read keys file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"keys file {path} is not UTF-8 text") from None
         entries = []
         for line in lines:
             line = line.split("#", 1)[0].strip()
@@ -123,11 +136,24 @@ class KeyRing:
         return cls(entries)
 
     def verify(self, key: str) -> str | None:
-        """The client name whose key is ``key``, or None. Checks every entry, in constant time."""
-        found: str | None = None
+        """The client name whose key is ``key``, or None.
+
+        A key seen before is found by its peppered digest in one dictionary lookup (its
+        timing depends only on that digest, which an attacker can neither choose nor see).
+        Otherwise every entry is checked with a constant-time comparison, whichever matches.
+        """
         raw = key.encode()
+        tag = hmac.digest(self._pepper, raw, "sha256")
+        known = self._verified.get(tag)
+        if known is not None:
+            return known
+        found: str | None = None
         for entry in self._entries:
             candidate = hashlib.sha256(entry.salt + raw).digest()
             if hmac.compare_digest(candidate, entry.digest):
                 found = entry.name
+        if found is not None:
+            if len(self._verified) >= MAX_REMEMBERED:
+                self._verified.clear()
+            self._verified[tag] = found
         return found

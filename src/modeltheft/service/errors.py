@@ -15,6 +15,7 @@ from modeltheft.errors import (
     ModelTheftError,
     PayloadTooLarge,
     RateLimited,
+    StateUnavailable,
 )
 
 log = logging.getLogger("modeltheft.service")
@@ -25,7 +26,10 @@ STATUS: list[tuple[type[ModelTheftError], int]] = [
     (PayloadTooLarge, 413),
     (InputError, 422),
     (RateLimited, 429),
+    (StateUnavailable, 503),
 ]
+
+UNAVAILABLE = "the service cannot record requests right now (state store unavailable); retry later"
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -39,6 +43,11 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
             if isinstance(exc, RateLimited):
                 retry = exc.retry_after if math.isfinite(exc.retry_after) else 3600.0
                 headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(retry)))}
+            elif isinstance(exc, StateUnavailable):
+                # The reason (a path, a host) is for the operator's log, not for clients.
+                log.warning("state store unavailable: %s", exc)
+                after = str(max(1, math.ceil(exc.retry_after)))
+                return _error(status, UNAVAILABLE, {"Retry-After": after})
             elif isinstance(exc, AuthError):
                 headers = {"WWW-Authenticate": "Bearer"}
             return _error(status, str(exc), headers)

@@ -8,15 +8,24 @@ import uvicorn
 from fastapi import FastAPI
 
 from modeltheft.errors import ModelTheftError
+from modeltheft.service.timeouts import header_timeout_protocol
 
 
 class BackgroundServer:
     """``with BackgroundServer(app) as server: httpx.get(server.url + "/healthz")``."""
 
     def __init__(
-        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 20.0
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 20.0,
+        header_timeout: float | None = None,
     ):
+        """``header_timeout`` None: the app's ``settings.request_timeout`` (10 s without one)."""
         self.app = app
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        self.header_timeout = header_timeout or getattr(settings, "request_timeout", None) or 10.0
         self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
@@ -37,6 +46,7 @@ class BackgroundServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http=header_timeout_protocol(self.header_timeout),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

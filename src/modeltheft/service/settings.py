@@ -1,10 +1,12 @@
 """Server configuration, built explicitly (nothing is read at import time)."""
 
 from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 
 from modeltheft.errors import ConfigError
 from modeltheft.service.auth import KeyRing
+from modeltheft.state.audit import DEFAULT_RETENTION
 
 MAX_BATCH = 256
 
@@ -30,6 +32,12 @@ class Settings:
     state: str = "memory://"
     inference: str = "auto"
     """``auto``: onnxruntime when the model converts and agrees with scikit-learn; ``sklearn``."""
+    audit_retention: float = DEFAULT_RETENTION
+    """Seconds the audit log of queries is kept in the state store (7 days); 0: no audit."""
+    request_timeout: float = 10.0
+    """Seconds a client has to send a request head, and then its body; else 408 and close."""
+    access_log: bool = True
+    """One ``modeltheft.access`` log record per request (metrics are kept either way)."""
 
     def __post_init__(self) -> None:
         if self.inference not in ("auto", "sklearn"):
@@ -39,9 +47,15 @@ class Settings:
                 "no API keys configured: set MODELTHEFT_API_KEYS=name:key[,name:key] "
                 "or pass --keys-file"
             )
+        if not (isinstance(self.request_timeout, int | float) and 0 < self.request_timeout < inf):
+            raise ConfigError(f"request_timeout must be > 0 seconds, got {self.request_timeout!r}")
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not (isinstance(self.audit_retention, int | float) and 0 <= self.audit_retention < inf):
+            raise ConfigError(
+                f"audit_retention must be >= 0 seconds (0: no audit), got {self.audit_retention!r}"
+            )
         if not isinstance(self.state, str) or not self.state.strip():
             raise ConfigError("state must be a store URL such as memory:// or sqlite:///x.db")

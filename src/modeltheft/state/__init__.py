@@ -1,12 +1,14 @@
 """Per-client state kept by stateful defenses, and :func:`open_store` to pick a backend."""
 
 from modeltheft.errors import ConfigError
+from modeltheft.state.audit import AuditEntry
 from modeltheft.state.base import BucketState, StateStore
 from modeltheft.state.memory import MemoryStore
 from modeltheft.state.redis import RedisStore, redact_url
 from modeltheft.state.sqlite import SqliteStore
 
 __all__ = [
+    "AuditEntry",
     "BucketState",
     "MemoryStore",
     "RedisStore",
@@ -24,11 +26,13 @@ ACCEPTED = (
 )
 
 
-def open_store(url: str) -> StateStore:
+def open_store(url: str, create: bool = True) -> StateStore:
     """The state store a URL names: ``memory://``, ``sqlite:///path.db``, a path, ``redis://…``.
 
     ``sqlite:///state.db`` is relative to the working folder and ``sqlite:////var/x.db``
     absolute, as in SQLAlchemy. Anything else is a :class:`~modeltheft.errors.ConfigError`.
+    A missing SQLite file is created (and logged at WARNING) unless ``create`` is False, which
+    makes it a ConfigError (tools that only read the state).
     """
     text = url.strip()
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
@@ -44,7 +48,7 @@ def open_store(url: str) -> StateStore:
                 f"bad SQLite state URL {text!r}: use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
-        return SqliteStore(text[len("sqlite:///") :])
+        return SqliteStore(text[len("sqlite:///") :], create=create)
     if scheme in ("redis", "rediss"):
         return RedisStore(text)
     if scheme:
@@ -52,4 +56,4 @@ def open_store(url: str) -> StateStore:
             f"unknown state URL scheme {scheme + '://'!r} in {redact_url(text)}; "
             f"accepted forms: {ACCEPTED}"
         )
-    return SqliteStore(text)
+    return SqliteStore(text, create=create)

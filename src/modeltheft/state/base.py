@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modeltheft.state.audit import AuditEntry
+
 
 @dataclass(frozen=True)
 class BucketState:
@@ -62,6 +64,27 @@ class StateStore(Protocol):
         self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
     ) -> BucketState:
         """Withdraw ``cost`` tokens from bucket ``key`` (full at first, refilled continuously)."""
+        ...
+
+    def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """Add ``entries`` to the audit log, in order."""
+        ...
+
+    def audit_entries(
+        self, client: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Audit entries of ``client`` (all if None) at or after ``since``, oldest first.
+
+        ``limit`` keeps the newest ``limit`` of them.
+        """
+        ...
+
+    def audit_prune(self, before: float) -> int:
+        """Delete the audit entries older than ``before`` (epoch seconds); return how many."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`~modeltheft.errors.StateUnavailable` unless the store can be written."""
         ...
 
     def close(self) -> None:

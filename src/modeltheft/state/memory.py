@@ -2,10 +2,12 @@
 
 import secrets
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 
+from modeltheft.state.audit import AuditEntry, select
 from modeltheft.state.base import BucketState, refill, withdraw
 
 
@@ -23,6 +25,7 @@ class MemoryStore:
         self._sets: dict[str, set[str]] = {}
         self._secrets: dict[str, bytes] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._audit: deque[AuditEntry] = deque()
         self._lock = threading.Lock()
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -86,6 +89,31 @@ class MemoryStore:
             state = withdraw(tokens, cost, capacity, refill_per_second)
             self._buckets[key] = (state.remaining, max(last, now))
             return state
+
+    def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """Add ``entries`` to the audit log (the entries themselves: nothing is encoded)."""
+        with self._lock:
+            self._audit.extend(entries)
+
+    def audit_entries(
+        self, client: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Audit entries of ``client`` at or after ``since``, oldest first, the newest ``limit``."""
+        with self._lock:
+            entries = list(self._audit)
+        return select(entries, client, since, limit)
+
+    def audit_prune(self, before: float) -> int:
+        """Drop the entries older than ``before`` from the front (the log is in time order)."""
+        removed = 0
+        with self._lock:
+            while self._audit and self._audit[0].time < before:
+                self._audit.popleft()
+                removed += 1
+        return removed
+
+    def ping(self) -> None:
+        """Always reachable."""
 
     def close(self) -> None:
         """Nothing to release."""

@@ -4,17 +4,31 @@ Counters are INCRBY, lists RPUSH/LRANGE, sets SADD/SMEMBERS, secrets SET NX then
 ``raise_to`` and ``take_tokens`` are Lua scripts, which Redis runs atomically. Every key is
 prefixed with a namespace and the kind of value (``modeltheft:c:queries:alice``), so several
 services can share one Redis, and a counter and a list with the same name do not collide, as
-in the other backends.
+in the other backends. The audit log is a stream (XADD): its ids are the server's millisecond
+times, so pruning is one XTRIM MINID.
+
+A Redis that stops answering (refused connection, timeout) raises
+:class:`~modeltheft.errors.StateUnavailable` (HTTP 503 in the service), never a silent reset.
 """
 
+import functools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from modeltheft.errors import ConfigError
+from modeltheft.errors import ConfigError, StateUnavailable
+from modeltheft.state.audit import AuditEntry
 from modeltheft.state.base import BucketState
+
+P = ParamSpec("P")
+R = TypeVar("R")
+PAGE = 1000
+"""Stream entries read per XREVRANGE call."""
+SKEW_MS = 60_000
+"""Slack for the clocks of the server (stream ids) and of the services (entry times)."""
 
 # Redis turns Lua numbers into integers, so both scripts return numbers as strings.
 RAISE_TO = """
@@ -81,6 +95,22 @@ def _one_line(exc: BaseException, password: str | None) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _available(
+    method: "Callable[Concatenate[RedisStore, P], R]",
+) -> "Callable[Concatenate[RedisStore, P], R]":
+    """Turn a lost or timed-out connection into :class:`StateUnavailable`."""
+
+    @functools.wraps(method)
+    def wrapper(self: "RedisStore", *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            reason = _one_line(exc, self._password)
+            raise StateUnavailable(f"Redis at {self.url} is unavailable: {reason}") from None
+
+    return wrapper
+
+
 class RedisStore:
     """State in the Redis at ``url`` (``redis://[user:password@]host:port/db`` or ``rediss://``).
 
@@ -89,7 +119,11 @@ class RedisStore:
     """
 
     def __init__(
-        self, url: str, namespace: str = "modeltheft:", connect_timeout: float = 5.0
+        self,
+        url: str,
+        namespace: str = "modeltheft:",
+        connect_timeout: float = 5.0,
+        timeout: float = 5.0,
     ) -> None:
         self.url = redact_url(url)
         self.namespace = namespace
@@ -99,7 +133,7 @@ class RedisStore:
             self._password = None
         try:
             self._client = redis.Redis.from_url(
-                url, socket_connect_timeout=connect_timeout, socket_timeout=30.0
+                url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
             )
         except (ValueError, redis.RedisError) as exc:
             raise ConfigError(
@@ -109,7 +143,7 @@ class RedisStore:
         self._take_tokens = self._client.register_script(TAKE_TOKENS)
         try:
             self._client.ping()
-        except redis.RedisError as exc:
+        except (redis.RedisError, TypeError, ValueError) as exc:  # TypeError: unknown ?option=
             self._client.close()
             raise ConfigError(
                 f"cannot use Redis at {self.url}: {_one_line(exc, self._password)}"
@@ -118,19 +152,23 @@ class RedisStore:
     def _key(self, kind: str, key: str) -> str:
         return f"{self.namespace}{kind}:{key}"
 
+    @_available
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to counter ``key`` and return the new value."""
         return int(self._client.incrby(self._key("c", key), amount))
 
+    @_available
     def get(self, key: str) -> int:
         """Current value of counter ``key`` (0 if never set)."""
         value = self._client.get(self._key("c", key))
         return int(value) if value is not None else 0
 
+    @_available
     def raise_to(self, key: str, value: int) -> int:
         """Set counter ``key`` to ``max(current, value)`` and return the result."""
         return int(self._raise_to(keys=[self._key("c", key)], args=[int(value)]))
 
+    @_available
     def append(self, key: str, items: Sequence[bytes]) -> int:
         """Append ``items`` to list ``key`` in order; return the list's new length."""
         name = self._key("l", key)
@@ -138,14 +176,17 @@ class RedisStore:
             return int(self._client.llen(name))
         return int(self._client.rpush(name, *(bytes(item) for item in items)))
 
+    @_available
     def items(self, key: str, start: int = 0) -> list[bytes]:
         """Items of list ``key`` from index ``start`` on (a negative start counts from the end)."""
         return [bytes(item) for item in self._client.lrange(self._key("l", key), start, -1)]
 
+    @_available
     def add_member(self, key: str, member: str) -> None:
         """Add ``member`` to set ``key``."""
         self._client.sadd(self._key("s", key), member)
 
+    @_available
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         return {
@@ -153,6 +194,7 @@ class RedisStore:
             for m in self._client.smembers(self._key("s", key))
         }
 
+    @_available
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
         key = self._key("secret", name)
@@ -162,6 +204,7 @@ class RedisStore:
             raise ConfigError(f"secret {name!r} vanished from Redis at {self.url}")
         return bytes(value)
 
+    @_available
     def take_tokens(
         self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
     ) -> BucketState:
@@ -169,6 +212,50 @@ class RedisStore:
         args = [float(cost), float(capacity), float(refill_per_second), float(now)]
         allowed, remaining, retry = self._take_tokens(keys=[self._key("b", key)], args=args)
         return BucketState(bool(int(allowed)), float(remaining), float(retry))
+
+    @_available
+    def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """XADD each entry to the audit stream (one round trip)."""
+        name = self._key("audit", "log")
+        with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.xadd(name, {"e": entry.encode()})
+            pipe.execute()
+
+    @_available
+    def audit_entries(
+        self, client: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Audit entries of ``client`` at or after ``since``, oldest first, the newest ``limit``.
+
+        Reads the stream backwards, a page at a time, until ``limit`` entries are found.
+        """
+        name = self._key("audit", "log")
+        low = "-" if since is None else str(max(0, int(since * 1000) - SKEW_MS))
+        high, found = "+", []
+        while limit is None or len(found) < limit:
+            page = self._client.xrevrange(name, max=high, min=low, count=PAGE)
+            for _, fields in page:
+                entry = AuditEntry.decode(fields[b"e"])
+                if (client is None or entry.client == client) and (
+                    since is None or entry.time >= since
+                ):
+                    found.append(entry)
+            if len(page) < PAGE:
+                break
+            high = "(" + page[-1][0].decode()
+        newest = found if limit is None else found[: max(0, limit)]
+        return newest[::-1]
+
+    @_available
+    def audit_prune(self, before: float) -> int:
+        """XTRIM MINID: drop the entries the server added before ``before`` (epoch seconds)."""
+        return int(self._client.xtrim(self._key("audit", "log"), minid=int(before * 1000)))
+
+    @_available
+    def ping(self) -> None:
+        """PING the server."""
+        self._client.ping()
 
     def close(self) -> None:
         """Close the connection pool."""

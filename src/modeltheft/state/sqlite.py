@@ -4,24 +4,35 @@ Every read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, so several 
 processes (each with its own :class:`SqliteStore`) count exactly once; committed writes
 survive a crash of the process (``synchronous=NORMAL`` in WAL mode only risks the last
 transactions on a power loss, never the database's integrity).
+
+A write that cannot get the database's lock within the busy timeout (2 s by default: another
+process holds a long write transaction) or that meets a disk error raises
+:class:`~modeltheft.errors.StateUnavailable` (HTTP 503 in the service): nothing is answered
+without its state, and nothing already stored is touched.
 """
 
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
-from modeltheft.errors import ConfigError
+from modeltheft.errors import ConfigError, ModelTheftError, StateUnavailable
+from modeltheft.state.audit import AuditEntry
 from modeltheft.state.base import BucketState, refill, withdraw
 
 T = TypeVar("T")
+log = logging.getLogger("modeltheft.state")
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT = 2.0
+"""Seconds a write waits for another process's lock before the store gives up (503)."""
+OPEN_TIMEOUT = 10.0
+"""Seconds opening a database may retry the locks that the busy handler does not wait for."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -35,6 +46,10 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (
     key TEXT PRIMARY KEY, tokens REAL NOT NULL, last REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, client TEXT NOT NULL, entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """
 
 # UPSERT ... RETURNING needs SQLite 3.35; older libraries read the value back instead.
@@ -42,20 +57,40 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 class SqliteStore:
-    """State in the SQLite database at ``path`` (created, with its folder, if missing).
+    """State in the SQLite database at ``path``.
+
+    A missing file is created with its folder (``create=False`` refuses instead, for tools
+    that only read) and logged at WARNING with its path, so that starting on a new, empty
+    state is never silent. A folder that cannot be created, a file that is not a SQLite
+    database or one that cannot be written is a :class:`~modeltheft.errors.ConfigError` at
+    once. Writes wait ``busy_timeout`` seconds for another process's lock, then raise
+    :class:`~modeltheft.errors.StateUnavailable`.
 
     One connection per store, guarded by a lock, so a store may be shared by threads. A store
     used after ``fork`` opens its own connection in the child (SQLite connections must not
     cross a fork).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        busy_timeout: float = BUSY_TIMEOUT,
+        create: bool = True,
+    ) -> None:
         self.path = str(path)
+        self.busy_timeout = float(busy_timeout)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
-        if self.path != ":memory:":
+        try:
+            new = self.path != ":memory:" and not Path(self.path).exists()
+        except (OSError, ValueError) as exc:  # a NUL, a lone surrogate, a name too long
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            raise ConfigError(f"invalid state database path {self.path!r}: {reason}") from None
+        if new and not create:
+            raise ConfigError(f"no state database at {self.path}")
+        if new:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -63,22 +98,22 @@ class SqliteStore:
                     f"cannot create the folder of state database {self.path}: {exc.strerror}"
                 ) from None
         with self._lock:
-            self._conn = self._connect()
+            self._conn = self._connect(ConfigError)
+        if new:
+            log.warning("created a new, empty state database at %s", self.path)
 
-    def _connect(self) -> sqlite3.Connection:
-        """Open, configure and migrate a connection; unusable files become ConfigError."""
+    def _connect(self, fault: type[ModelTheftError]) -> sqlite3.Connection:
+        """Open, configure and migrate a connection; an unusable file raises ``fault``."""
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             # Several processes may open a new file at once: switching to WAL and creating
             # the tables can meet a lock that the busy handler does not wait for; retry then.
-            for attempt in range(50):
+            deadline = time.monotonic() + OPEN_TIMEOUT
+            while True:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL").fetchone()
                     conn.execute("PRAGMA synchronous = NORMAL")
@@ -87,13 +122,13 @@ class SqliteStore:
                 except sqlite3.OperationalError as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    if "locked" not in str(exc) or attempt == 49:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
             if conn is not None:
                 conn.close()
-            raise ConfigError(f"cannot use {self.path} as a state database: {exc}") from None
+            raise fault(f"cannot use {self.path} as a state database: {exc}") from None
         return conn
 
     def _connection(self) -> sqlite3.Connection:
@@ -101,13 +136,21 @@ class SqliteStore:
             raise ConfigError(f"state database {self.path} was closed")
         if self._conn is None or self._pid != os.getpid():
             # After a fork the parent's connection belongs to the parent: leave it alone.
-            self._conn, self._pid = self._connect(), os.getpid()
+            self._conn, self._pid = self._connect(StateUnavailable), os.getpid()
         return self._conn
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Turn a locked, busy or failing database into :class:`StateUnavailable`."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise StateUnavailable(f"state database {self.path} is unavailable: {exc}") from None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error), under the store's lock."""
-        with self._lock:
+        with self._lock, self._faults():
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -115,11 +158,12 @@ class SqliteStore:
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
+        with self._lock, self._faults():
             return query(self._connection())
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -225,6 +269,36 @@ class SqliteStore:
                 (key, state.remaining, max(last, now)),
             )
             return state
+
+    def audit_append(self, entries: Sequence[AuditEntry]) -> None:
+        """Add ``entries`` to the audit table, in one transaction."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO audit (time, client, entry) VALUES (?, ?, ?)",
+                [(e.time, e.client, e.encode()) for e in entries],
+            )
+
+    def audit_entries(
+        self, client: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Audit entries of ``client`` at or after ``since``, oldest first, the newest ``limit``."""
+        sql = (
+            "SELECT entry FROM audit WHERE (?1 IS NULL OR client = ?1) "
+            "AND (?2 IS NULL OR time >= ?2) ORDER BY id DESC LIMIT ?3"
+        )
+        args = (client, since, -1 if limit is None else max(0, limit))
+        rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
+        return [AuditEntry.decode(row[0]) for row in reversed(rows)]
+
+    def audit_prune(self, before: float) -> int:
+        """Delete the entries older than ``before`` (through the index on time)."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+
+    def ping(self) -> None:
+        """Take the write lock and release it: StateUnavailable if it cannot be had in time."""
+        with self._transaction():
+            pass
 
     def close(self) -> None:
         """Close this process's connection (idempotent)."""

@@ -10,8 +10,9 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness."""
+def healthz(guarded: Guarded) -> dict[str, str]:
+    """Health: ``{"status": "ok"}``, or 503 if the state store cannot be written now."""
+    guarded.store.ping()
     return {"status": "ok"}
 
 

@@ -1,14 +1,15 @@
-"""``GET /metrics``: Prometheus counters read from the shared state store.
+"""``GET /metrics``: alert counters read from the shared state store, and request metrics.
 
-Reading them from the store (not from per-process counters) gives every worker and replica
-the same totals.
+Reading the alerts from the store (not from per-process counters) gives every worker and
+replica the same totals. The request metrics (:mod:`modeltheft.service.observability`) add
+up the workers of one ``serve`` command.
 """
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from modeltheft.defenses.alerts import flagged_clients
@@ -45,8 +46,7 @@ class StoreCollector:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(guarded: Guarded) -> Response:
+def metrics(request: Request, guarded: Guarded) -> Response:
     """Prometheus text exposition."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(guarded))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = request.app.state.observability.exposition(StoreCollector(guarded))
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

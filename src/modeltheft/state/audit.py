@@ -1,0 +1,122 @@
+"""The audit log of queries: one :class:`AuditEntry` per request, kept by the state store.
+
+An entry names the client (never its key), hashes each input row (the first 16 hex digits of
+the SHA-256 of its float64 bytes, so a row can be matched without being stored), and keeps
+what the service answered and the defense decisions visible from outside the stages.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from modeltheft.errors import ConfigError
+
+Outcome = Literal["answered", "rate_limited", "blocked"]
+OUTCOMES: tuple[str, ...] = ("answered", "rate_limited", "blocked")
+STATUS_NAMES: tuple[str, ...] = ("normal", "strict", "blocked")
+"""Client status names, indexed by the numbers of :mod:`modeltheft.defenses.alerts`."""
+
+DEFAULT_RETENTION = 7 * 86400.0
+"""Seconds an audit entry is kept by default (7 days)."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One request of one client, answered or refused."""
+
+    time: float
+    """Epoch seconds at which the request reached the defenses."""
+    client: str
+    outcome: str
+    """``answered``, ``rate_limited`` or ``blocked``."""
+    row_hashes: tuple[str, ...]
+    """:func:`row_hashes` of the batch, in input order (``rows`` is their number)."""
+    labels: tuple[int | str, ...] | None = None
+    """The labels answered, or None if the request was refused."""
+    status_before: str = "normal"
+    status_after: str = "normal"
+    suspicious: int = 0
+    """Rows the detection stages marked (every row of a client under the strict policy)."""
+    altered: int = 0
+    """Answered labels that differ from the model's own top label (misinformed, watermarked)."""
+    probabilities: bool = False
+    """The answer exposed probabilities (not only labels)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows in the request."""
+        return len(self.row_hashes)
+
+    def encode(self) -> str:
+        """Compact JSON, one line."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> "AuditEntry":
+        """The entry :meth:`encode` wrote."""
+        data = json.loads(text)
+        labels = data.get("labels")
+        return cls(
+            time=float(data["time"]),
+            client=str(data["client"]),
+            outcome=str(data["outcome"]),
+            row_hashes=tuple(data["row_hashes"]),
+            labels=None if labels is None else tuple(labels),
+            status_before=str(data.get("status_before", "normal")),
+            status_after=str(data.get("status_after", "normal")),
+            suspicious=int(data.get("suspicious", 0)),
+            altered=int(data.get("altered", 0)),
+            probabilities=bool(data.get("probabilities", False)),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values, with ``rows`` added (for JSON lines)."""
+        return {**asdict(self), "rows": self.rows}
+
+
+def row_hashes(X: np.ndarray) -> tuple[str, ...]:
+    """First 16 hex digits of the SHA-256 of each row's float64 bytes (C order)."""
+    rows = np.ascontiguousarray(X, dtype=np.float64).reshape(len(X), -1)
+    return tuple(hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows)
+
+
+def status_name(status: int) -> str:
+    """``normal``, ``strict`` or ``blocked`` for a client status number."""
+    return STATUS_NAMES[min(max(int(status), 0), len(STATUS_NAMES) - 1)]
+
+
+def select(
+    entries: list[AuditEntry],
+    client: str | None = None,
+    since: float | None = None,
+    limit: int | None = None,
+) -> list[AuditEntry]:
+    """The entries of ``client`` at or after ``since``, the newest ``limit`` of them, in order."""
+    chosen = [
+        e
+        for e in entries
+        if (client is None or e.client == client) and (since is None or e.time >= since)
+    ]
+    if limit is not None:
+        chosen = chosen[-limit:] if limit > 0 else []
+    return chosen
+
+
+# ASCII only (under IGNORECASE "ſ" would match "s"), and bounded, so the result is finite.
+_DURATION = re.compile(r"[ ]*([0-9]{1,12}(?:[.][0-9]{1,9})?)[ ]*([smhdwSMHDW]?)[ ]*")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in ``7d``, ``12h``, ``30m``, ``45s``, ``2w`` or a plain number (``0``)."""
+    match = _DURATION.fullmatch(str(text))
+    if match is None:
+        raise ConfigError(
+            f"invalid {what} {text!r}: use a number with an optional unit s, m, h, d or w "
+            "(for example 7d, 12h, 30m or 0)"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]

@@ -1,0 +1,89 @@
+"""The fast body parser and the pydantic model agree on every body: same rows or same refusal."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from modeltheft.errors import InputError, PayloadTooLarge
+from modeltheft.service import inputs
+from modeltheft.service.schemas import request_model
+
+MAX_BATCH = 4
+MODEL = request_model(MAX_BATCH)
+
+PIXEL = (
+    st.floats(-0.5, 1.5)
+    | st.floats()
+    | st.integers(-2, 3)
+    | st.integers(-(2**70), 2**70)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=3)
+    | st.lists(st.floats(0, 1), max_size=2)
+)
+VALID_PIXEL = st.floats(0, 1) | st.integers(0, 1)
+ROW = st.lists(PIXEL, min_size=62, max_size=66) | st.lists(VALID_PIXEL, min_size=64, max_size=64)
+BODY = st.fixed_dictionaries({"inputs": st.lists(ROW, max_size=6)}) | st.dictionaries(
+    st.sampled_from(["inputs", "extra", "Inputs"]), st.lists(ROW, max_size=2), max_size=2
+)
+
+
+def outcome(parse, body: bytes) -> object:
+    try:
+        return parse(body).tolist()
+    except PayloadTooLarge:
+        return "413"
+    except InputError:
+        return "422"
+
+
+def slow(body: bytes) -> np.ndarray:
+    return inputs._slow(body, MAX_BATCH, MODEL)
+
+
+def fast(body: bytes) -> np.ndarray:
+    return inputs.parse_inputs(body, MAX_BATCH, MODEL)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(BODY, st.booleans())
+@example({"inputs": [[True] + [0.5] * 63]}, False)
+@example({"inputs": [[1] * 64, [0] * 64]}, False)
+@example({"inputs": [[0.5] * 64] * 5}, False)
+def test_fast_path_agrees_with_pydantic(body: dict, nan_tokens: bool) -> None:
+    try:
+        raw = json.dumps(body, allow_nan=nan_tokens).encode()
+    except ValueError:  # NaN or infinity without the tokens: send it as a huge literal
+        raw = json.dumps(body, allow_nan=True).replace("Infinity", "1e999").encode()
+        raw = raw.replace(b"NaN", b"-1e999")
+    assert outcome(fast, raw) == outcome(slow, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [["0.5"' + b", 0.5" * 63 + b"]]}",
+        b'{"inputs": [[1e400' + b", 0.5" * 63 + b"]]}",
+        b'{"inputs": [[NaN' + b", 0.5" * 63 + b"]]}",
+        b'{"inputs": [[0.5' + b", 0.5" * 63 + b']], "inputs": []}',
+        b'{"inputs": [[0.5' + b", 0.5" * 63 + b"]]",
+        b"[]",
+        b"",
+        b'{"inputs": {"0": 1}}',
+        b'\xef\xbb\xbf{"inputs": [[0.5' + b", 0.5" * 63 + b"]]}",
+    ],
+)
+def test_awkward_bodies_agree(raw: bytes) -> None:
+    assert outcome(fast, raw) == outcome(slow, raw)
+
+
+def test_valid_rows_take_the_fast_path_and_are_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("the slow path was taken")
+
+    monkeypatch.setattr(inputs, "_slow", refuse)
+    rows = inputs.parse_inputs(json.dumps({"inputs": [[0.25] * 64, [1] * 64]}).encode(), 4, MODEL)
+    assert rows.shape == (2, 64) and rows.dtype == np.float64 and not rows.flags.writeable
