@@ -332,9 +332,20 @@ def report(results, flags, targets, conns_list, duration, repeats, n_keys) -> st
         checks.append(("`recommended` ≥ 0.6× trivial endpoint (req/s)", f"{r:.2f}×", r >= 0.6))
     if {"none", "trivial"} <= have:
         ratios.append(f"| `none` / trivial | {med('none') / med('trivial'):.2f}× |")
+    if {"recommended-nolog", "bare"} <= have:
+        r = med("recommended-nolog") / med("bare")
+        ratios.append(f"| `recommended` (no access log) / bare sklearn | {r:.2f}× |")
+        checks.append(
+            (
+                "same, `--no-access-log` (the baselines' logging) ≥ 10× bare",
+                f"{r:.2f}×",
+                r >= 10,
+            )
+        )
     if {"recommended-nolog", "trivial"} <= have:
         r = med("recommended-nolog") / med("trivial")
         ratios.append(f"| `recommended` (no access log) / trivial | {r:.2f}× |")
+        checks.append(("same, `--no-access-log` ≥ 0.6× trivial endpoint", f"{r:.2f}×", r >= 0.6))
     if {"bare", "trivial"} <= have:
         ratios.append(f"| bare sklearn / trivial | {med('bare') / med('trivial'):.2f}× |")
     if "recommended" in have:

@@ -22,9 +22,14 @@ _LITERALS = (b"true", b"false", b"null")
 def parse_inputs(body: bytes, max_batch: int, model: type[BaseModel]) -> np.ndarray:
     """The rows of ``{"inputs": [[64 numbers in [0, 1]], ...]}`` as a read-only float array.
 
-    Raises :class:`PayloadTooLarge` beyond ``max_batch`` rows and :class:`InputError` naming
-    the problem for anything else that ``model`` (the server's pydantic body) rejects.
+    Raises :class:`PayloadTooLarge` beyond ``max_batch`` rows (counted before parsing, as
+    brackets) and :class:`InputError` naming the problem for anything else that ``model`` (the
+    server's pydantic body) rejects.
     """
+    if body.count(b"[") > max_batch + 1:
+        # Checked before parsing: a valid body holds no strings, so every "[" opens the list
+        # of rows or one row, and this many cannot be a batch within the limit.
+        raise PayloadTooLarge(f"batch has more than {max_batch} rows (the limit of this server)")
     rows = _fast(body, max_batch)
     if rows is None:
         rows = _slow(body, max_batch, model)
