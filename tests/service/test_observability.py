@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from modeltheft.service.observability import (
     reap_dead_workers,
     redact,
 )
+from modeltheft.service.runner import BackgroundServer
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
 from tests.service.processes import Server, free_port
@@ -474,3 +476,24 @@ def test_two_workers_are_counted_in_one_scrape_and_log_json_without_keys(
     for secret in (*KEYS.values(), WRONG_KEY):
         assert secret not in text
     assert "api_key" not in text  # the query string is never logged
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_500(
+    live_server: Callable[..., BackgroundServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = live_server("none")
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + KEYS["alice"].encode() + b"\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with caplog.at_level(logging.INFO), socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(head + b'{"inputs": [[0.5')
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = httpx.get(server.url + "/metrics").text
+        if 'status="499"' in text:
+            break
+        time.sleep(0.05)
+    assert 'route="/v1/predict",status="499"} 1.0' in text and 'status="500"' not in text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

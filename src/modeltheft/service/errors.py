@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from modeltheft.errors import (
     AuthError,
@@ -67,6 +68,15 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    """The client went away before sending its whole body: nobody reads this answer.
+
+    499 (nginx's "client closed request") keeps it out of the 5xx counts and the error log.
+    """
+    log.info("client disconnected before its request body was complete")
+    return _error(499, "client closed the request")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, "internal error")
@@ -77,4 +87,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelTheftError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)
