@@ -315,3 +315,16 @@ def test_knn_scores_equal_scikit_learn_neighbours(batch: int) -> None:
     expected = exact.kneighbors(X)[0].mean(axis=1)
     got = np.concatenate([scorer.score(X[i : i + batch]) for i in range(0, len(X), batch)])
     assert np.allclose(got, expected, rtol=0, atol=1e-6)  # |x|^2 + |r|^2 - 2x.r rounding
+
+
+def test_ood_monitor_counts_each_distinct_query_once(victim: LoadedVictim) -> None:
+    """The load benchmark's key 47 repeated one odd test digit among 12: 16 of 174 hits."""
+    g = guarded(victim, OodRateMonitor())
+    digits = lab_split().X_test[47::48]
+    for _ in range(18):
+        for row in digits:
+            g.answer("refresher", row[None, :])
+    assert client_status(g.store, "refresher") == NORMAL and alerts(g.store) == []
+    assert g.store.get("ood:n:refresher") == len(digits)
+    g.answer("refresher", np.vstack([digits[:2], noise(3), noise(1)]))  # 3 new rows, 1 repeat
+    assert g.store.get("ood:n:refresher") == len(digits) + 3

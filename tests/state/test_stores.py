@@ -104,6 +104,15 @@ def test_sets(store: StateStore) -> None:
     assert store.members("t") == set()
 
 
+def test_add_new_members_says_which_were_new_across_stores(open_backend: Opener) -> None:
+    first, second = open_backend(), open_backend()
+    assert first.add_new_members("seen", ["a", "b", "a"]) == [True, True, False]
+    assert second.add_new_members("seen", ["b", "c"]) == [False, True]
+    assert first.add_new_members("seen", []) == []
+    assert first.members("seen") == {"a", "b", "c"}
+    assert second.add_new_members("other", ["a"]) == [True]
+
+
 def test_secret_is_stable_and_shared(open_backend: Opener) -> None:
     first, second = open_backend(), open_backend()
     secret = first.secret("hmac")

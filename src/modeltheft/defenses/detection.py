@@ -47,7 +47,8 @@ class OodRateMonitor(OutputStage):
     Each query is out of distribution if its k-NN distance to the training digits exceeds the
     quantile ``1 - fpr`` of their leave-one-out distances. Honest clients send such queries at
     about ``honest_rate``; the client is flagged once ``P(Binomial(n, honest_rate) >= hits)``
-    falls below ``alpha`` after at least ``min_queries`` queries.
+    falls below ``alpha`` after at least ``min_queries`` queries. ``n`` and ``hits`` count
+    distinct queries: an exact repeat of an earlier query of the client is not counted.
     """
 
     name = "ood_monitor"
@@ -88,8 +89,14 @@ class OodRateMonitor(OutputStage):
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
-        hits_now = int(self.out_of_distribution(ctx.inputs).sum())
-        n = ctx.store.incr(f"ood:n:{ctx.client_id}", len(ctx.inputs))
+        # Only queries the client never sent before count: repeating one odd digit (a page
+        # refreshing) is not evidence of extraction, and teaches a thief nothing new.
+        digests = [row_digest(row).hex() for row in ctx.inputs]
+        new = np.array(ctx.store.add_new_members(f"ood:seen:{ctx.client_id}", digests))
+        if not new.any():
+            return answers
+        hits_now = int(self.out_of_distribution(ctx.inputs)[new].sum())
+        n = ctx.store.incr(f"ood:n:{ctx.client_id}", int(new.sum()))
         hits = ctx.store.incr(f"ood:hits:{ctx.client_id}", hits_now)
         if n < self.min_queries or _acted(ctx, self.name, self.on_alert):
             return answers

@@ -56,6 +56,10 @@ class StateStore(Protocol):
         """Members of set ``key``."""
         ...
 
+    def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """Add ``members`` to set ``key``; for each, whether it was new (a repeat is not)."""
+        ...
+
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
         ...

@@ -64,6 +64,16 @@ class MemoryStore:
         with self._lock:
             self._sets.setdefault(key, set()).add(member)
 
+    def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """Add ``members`` to set ``key``; for each, whether it was new."""
+        with self._lock:
+            present = self._sets.setdefault(key, set())
+            new = []
+            for member in members:
+                new.append(member not in present)
+                present.add(member)
+            return new
+
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         with self._lock:

@@ -40,6 +40,15 @@ end
 return current
 """
 
+# SADD one member at a time: its reply (1 or 0) says whether that member was new.
+ADD_NEW = """
+local new = {}
+for i, member in ipairs(ARGV) do
+    new[i] = redis.call('SADD', KEYS[1], member)
+end
+return new
+"""
+
 # The same arithmetic as state.base.refill and state.base.withdraw, on IEEE doubles; '%.17g'
 # round-trips a double exactly (and prints infinity as 'inf', which Python's float() reads).
 TAKE_TOKENS = """
@@ -141,6 +150,7 @@ class RedisStore:
             ) from None
         self._raise_to = self._client.register_script(RAISE_TO)
         self._take_tokens = self._client.register_script(TAKE_TOKENS)
+        self._add_new = self._client.register_script(ADD_NEW)
         try:
             self._client.ping()
         except (redis.RedisError, TypeError, ValueError) as exc:  # TypeError: unknown ?option=
@@ -185,6 +195,13 @@ class RedisStore:
     def add_member(self, key: str, member: str) -> None:
         """Add ``member`` to set ``key``."""
         self._client.sadd(self._key("s", key), member)
+
+    @_available
+    def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """Add ``members`` to set ``key``; for each, whether it was new (one Lua call)."""
+        if not members:
+            return []
+        return [bool(n) for n in self._add_new(keys=[self._key("s", key)], args=list(members))]
 
     @_available
     def members(self, key: str) -> set[str]:

@@ -237,6 +237,17 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member))
 
+    def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """Add ``members`` to set ``key``; for each, whether it was new (one transaction)."""
+        with self._transaction() as conn:
+            return [
+                conn.execute(
+                    "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member)
+                ).rowcount
+                == 1
+                for member in members
+            ]
+
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         rows = self._read(
