@@ -38,6 +38,32 @@ class Server:
         self.process.wait(timeout=30)
 
 
+def launch(args: list[str], log: Path, env: dict[str, str]) -> Server:
+    """``modeltheft serve ARGS`` on a free loopback port, in its own process group, once healthy.
+
+    stdout and stderr go to ``log``; the caller kills the returned server.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "modeltheft.cli.app", "serve", *args]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"serve did not start: {log.read_text()}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def serve_processes(
     victim_path: Path, tmp_path: Path, defense: str, workers: int = 2
@@ -51,27 +77,11 @@ def serve_processes(
     started: list[Server] = []
 
     def start(state: str) -> Server:
-        port = free_port()
+        args = ["--model", str(victim_path), "--defense", defense, "--state", state]
         log = tmp_path / f"serve-{len(started)}.log"
-        command = [sys.executable, "-m", "modeltheft.cli.app", "serve", "--model"]
-        command += [str(victim_path), "--defense", defense, "--state", state]
-        command += ["--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
+        server = launch([*args, "--workers", str(workers)], log, env)
         started.append(server)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-            time.sleep(0.1)
+        return server
 
     try:
         yield start

@@ -44,7 +44,7 @@ from modeltheft.service.observability import (
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
-from tests.service.processes import Server, free_port
+from tests.service.processes import Server, launch
 
 ROW = [0.5] * 64
 WRONG_KEY = "wrong-key-5555555555"
@@ -374,26 +374,9 @@ def json_server(victim_path: Path, tmp_path: Path) -> Iterator[Server]:
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']},bob:{KEYS['bob']}"}
     env.pop(SETTINGS_ENV, None)
     env.pop(MULTIPROC_ENV, None)
-    port, log = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-m", "modeltheft.cli.app", "serve", "--model", str(victim_path)]
-    command += ["--state", f"sqlite:///{tmp_path / 's.db'}", "--workers", "2", "--port", str(port)]
-    command += ["--host", "127.0.0.1", "--log-format", "json"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    args = ["--model", str(victim_path), "--state", f"sqlite:///{tmp_path / 's.db'}"]
+    server = launch([*args, "--workers", "2", "--log-format", "json"], tmp_path / "serve.log", env)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-            time.sleep(0.1)
         yield server
     finally:
         server.kill()

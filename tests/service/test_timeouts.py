@@ -11,7 +11,6 @@ import pickle
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -29,6 +28,7 @@ from modeltheft.service.auth import KeyRing
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.service.timeouts import HeaderTimeoutProtocol, header_timeout_protocol
 from tests.conftest import KEYS, auth
+from tests.service.processes import launch
 
 TIMEOUT = 0.5
 BOUND = TIMEOUT + 2.5
@@ -227,47 +227,23 @@ def test_protocol_factory_survives_pickling_for_workers() -> None:
     assert restored.http.keywords == {"header_timeout": 3.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def serve_two_workers(victim_path: Path, tmp_path: Path) -> Iterator[str]:
     """``modeltheft serve --workers 2 --request-timeout 0.5`` as a real process group."""
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']}"}
     env.pop(SETTINGS_ENV, None)
-    port = _free_port()
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "modeltheft.cli.app", "serve", "--model", str(victim_path)]
-    command += ["--state", f"sqlite:///{tmp_path / 'state.db'}", "--workers", "2"]
-    command += ["--port", str(port), "--request-timeout", str(TIMEOUT)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+    args = ["--model", str(victim_path), "--state", f"sqlite:///{tmp_path / 'state.db'}"]
+    server = launch([*args, "--workers", "2", "--request-timeout", str(TIMEOUT)], log, env)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-            time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
         with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(server.process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            server.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            server.kill()
     text = log.read_text()
     assert KEYS["alice"] not in text
     assert "Traceback" not in text and "Exception in ASGI" not in text, text
