@@ -58,6 +58,9 @@ N_HONEST = 50
 HONEST_QUERIES = 1000
 
 
+DETECTION_METRICS = ("modeltheft_extraction_alerts", "modeltheft_flagged_clients")
+
+
 def pipeline(defense: str) -> Pipeline:
     """The pipeline a defense name stands for."""
     spec = DEFENSES[defense]
@@ -598,7 +601,9 @@ def http_lines(args: Any) -> list[str]:
             f"{http['renderer_fidelity']:.3f}, flagged after {http['renderer_flagged_after']} "
             f"queries, watermark p = {http['renderer_p_value']:.1e} |",
             "",
-            "`/metrics` afterwards: " + "; ".join(f"`{m}`" for m in http["metrics"]) + ".",
+            "`/metrics` afterwards (detection lines): "
+            + "; ".join(f"`{m}`" for m in http["metrics"] if m.startswith(DETECTION_METRICS))
+            + ".",
         ]
     dawn = getattr(args, "dawn", None)
     if dawn:
