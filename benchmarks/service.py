@@ -316,8 +316,8 @@ def report(results, flags, targets, conns_list, duration, repeats, n_keys) -> st
     if "recommended" in have:
         lines.append(
             "- flagged keys: clients the `recommended` detectors flagged during the run (from "
-            "`/metrics`); the load repeats each key's digits many times, which honest traffic "
-            "would not."
+            "`/metrics`); the load repeats each key's dozen digits many times, and the "
+            "detectors count a repeated query once."
         )
     ratios, checks = [], []
     if {"recommended", "bare"} <= have:
