@@ -9,9 +9,11 @@ worker processes.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
+from modeltheft.state.audit import row_digest
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
 
@@ -38,6 +40,11 @@ class DefenseContext:
     store: StateStore
     inputs: np.ndarray | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def digests(self) -> list[bytes]:
+        """:func:`~modeltheft.state.audit.row_digest` of each input row, computed once."""
+        return [] if self.inputs is None else [row_digest(row) for row in self.inputs]
 
     @classmethod
     def local(

@@ -5,7 +5,6 @@ when a client's queries stop looking like an honest client's, and can then move 
 to the strict policy (every later answer misinformed) or block it.
 """
 
-import hashlib
 import math
 import struct
 import warnings
@@ -91,7 +90,7 @@ class OodRateMonitor(OutputStage):
             return answers
         # Only queries the client never sent before count: repeating one odd digit (a page
         # refreshing) is not evidence of extraction, and teaches a thief nothing new.
-        digests = [row_digest(row).hex() for row in ctx.inputs]
+        digests = [digest.hex() for digest in ctx.digests]
         new = np.array(ctx.store.add_new_members(f"ood:seen:{ctx.client_id}", digests))
         if not new.any():
             return answers
@@ -112,11 +111,6 @@ class OodRateMonitor(OutputStage):
 _RECORD = struct.Struct(">BBd8s")  # class, flags, distance, digest of the row
 _OLD_RECORD = struct.Struct(">BBd")  # before repeats were recognised: no digest
 JOINED, REPEAT = 1, 2
-
-
-def row_digest(row: np.ndarray) -> bytes:
-    """A stable 8-byte digest of a row's float64 bytes (Python's ``hash`` is per process)."""
-    return hashlib.blake2b(np.ascontiguousarray(row, np.float64).tobytes(), digest_size=8).digest()
 
 
 class _Rows:
@@ -257,10 +251,10 @@ class Prada(OutputStage):
         seen: set[bytes] = set()
         new_rows: list[bytes] = []
         records: list[bytes] = []
-        for x, label in zip(ctx.inputs, np.argmax(answers.original, axis=1), strict=True):
+        labels = np.argmax(answers.original, axis=1)
+        for x, label, digest in zip(ctx.inputs, labels, ctx.digests, strict=True):
             label = int(label)
             row = np.asarray(x, dtype=np.float64)
-            digest = row_digest(row)
             if digest in state.seen or digest in seen:
                 # An exact repeat of an earlier query tells a thief nothing new; honest
                 # clients repeat themselves, and counting repeats would skew D.

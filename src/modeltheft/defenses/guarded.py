@@ -11,7 +11,7 @@ from sklearn.base import ClassifierMixin
 from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_key
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
 from modeltheft.errors import Blocked, RateLimited
-from modeltheft.state.audit import AuditEntry, row_hashes, status_name
+from modeltheft.state.audit import AuditEntry, status_name
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
 
@@ -73,26 +73,25 @@ class GuardedModel:
         inputs.flags.writeable = False
         with self._lock:
             status = client_status(self.store, client_id)
+            ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
             try:
                 if status >= BLOCKED:
                     raise Blocked("this API key is blocked: its queries look like model extraction")
-                ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
                 self.pipeline.admit(len(inputs), ctx)
             except (Blocked, RateLimited) as refused:
-                self._audit(client_id, inputs, status, refused=refused)
+                self._audit(ctx, status, refused=refused)
                 raise
             self.store.incr(served_key(client_id), len(inputs))
             probabilities = self.model.predict_proba(inputs)
             strict = (np.ones if status >= STRICT else np.zeros)(len(inputs), dtype=bool)
             answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)
         labels = self.classes[answers.labels]
-        self._audit(client_id, inputs, status, answers=answers, labels=labels)
+        self._audit(ctx, status, answers=answers, labels=labels)
         return Reply(labels, answers, dict(ctx.headers))
 
     def _audit(
         self,
-        client_id: str,
-        inputs: np.ndarray,
+        ctx: DefenseContext,
         status: int,
         answers: Answers | None = None,
         labels: np.ndarray | None = None,
@@ -102,13 +101,15 @@ class GuardedModel:
         if self.audit_retention is None:
             return
         now = time.time()
+        client_id = ctx.client_id
+        hashes = tuple(digest.hex() for digest in ctx.digests)  # = row_hashes(ctx.inputs)
         if answers is None or labels is None:
             blocked = isinstance(refused, Blocked)
             entry = AuditEntry(
                 now,
                 client_id,
                 "blocked" if blocked else "rate_limited",
-                row_hashes(inputs),
+                hashes,
                 status_before=status_name(status),
                 status_after=status_name(status),
             )
@@ -118,7 +119,7 @@ class GuardedModel:
                 now,
                 client_id,
                 "answered",
-                row_hashes(inputs),
+                hashes,
                 labels=tuple(labels.tolist()),
                 status_before=status_name(status),
                 status_after=status_name(client_status(self.store, client_id)),

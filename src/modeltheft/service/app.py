@@ -75,10 +75,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.guarded = guarded
     install_error_handlers(app)
-    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     app.include_router(meta.router)
-    predict.install(app, settings.max_batch)
+    predict.install(app, settings.max_batch)  # first: its fast path is the innermost middleware
     app.include_router(metrics.router)
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     # Last, so outermost: it sees the status of every answer, the middlewares' refusals too.
     observability.install(app, access_log=settings.access_log)
     return app

@@ -2,10 +2,11 @@
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -82,10 +83,24 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error")
 
 
+HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]] = [
+    (ModelTheftError, _domain),
+    (RequestValidationError, _validation),
+    (StarletteHTTPException, _http),
+    (ClientDisconnect, _disconnected),
+    (Exception, _unexpected),
+]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to HTTP answers."""
-    app.add_exception_handler(ModelTheftError, _domain)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(ClientDisconnect, _disconnected)
-    app.add_exception_handler(Exception, _unexpected)
+    for cls, handler in HANDLERS:
+        app.add_exception_handler(cls, handler)
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc`` by the same mapping (for code that runs outside the handlers)."""
+    for cls, handler in HANDLERS:
+        if isinstance(exc, cls):
+            return await handler(request, exc)
+    return await _unexpected(request, exc)  # pragma: no cover - Exception matches all

@@ -1,7 +1,7 @@
 """The audit log of queries: one :class:`AuditEntry` per request, kept by the state store.
 
-An entry names the client (never its key), hashes each input row (the first 16 hex digits of
-the SHA-256 of its float64 bytes, so a row can be matched without being stored), and keeps
+An entry names the client (never its key), hashes each input row (16 hex digits, the 8-byte
+BLAKE2b of its float64 bytes, so a row can be matched without being stored), and keeps
 what the service answered and the defense decisions visible from outside the stages.
 """
 
@@ -78,10 +78,19 @@ class AuditEntry:
         return {**asdict(self), "rows": self.rows}
 
 
+def row_digest(row: np.ndarray) -> bytes:
+    """The 8-byte BLAKE2b digest of a row's float64 bytes: stable across processes and runs.
+
+    The audit log and the detectors' "seen before" checks use it (Python's ``hash`` is salted
+    per process).
+    """
+    return hashlib.blake2b(np.ascontiguousarray(row, np.float64).tobytes(), digest_size=8).digest()
+
+
 def row_hashes(X: np.ndarray) -> tuple[str, ...]:
-    """First 16 hex digits of the SHA-256 of each row's float64 bytes (C order)."""
+    """:func:`row_digest` of each row, as 16 hex digits."""
     rows = np.ascontiguousarray(X, dtype=np.float64).reshape(len(X), -1)
-    return tuple(hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows)
+    return tuple(row_digest(row).hex() for row in rows)
 
 
 def status_name(status: int) -> str:
