@@ -2,7 +2,7 @@
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -163,18 +163,18 @@ def serve(
         logging.getLogger("modeltheft.service").info(banner)
     else:
         console.print(banner, markup=False, highlight=False, soft_wrap=True)
+    server_options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "log_config": logging_config,
+        "access_log": False,  # replaced by modeltheft.access (no query strings, no headers)
+        "http": header_timeout_protocol(request_timeout),
+        "timeout_graceful_shutdown": timeout_graceful_shutdown,
+    }
     _exit_zero_on_sigterm()
     if workers == 1:
-        uvicorn.run(
-            application,
-            host=host,
-            port=port,
-            log_level="info",
-            log_config=logging_config,
-            access_log=False,  # replaced by modeltheft.access (no query strings, no headers)
-            http=header_timeout_protocol(request_timeout),
-            timeout_graceful_shutdown=timeout_graceful_shutdown,
-        )
+        uvicorn.run(application, **server_options)
         return
     application.state.store.close()
     previous = os.environ.get(SETTINGS_ENV)
@@ -185,13 +185,7 @@ def serve(
                 "modeltheft.service.app:app_from_env",
                 factory=True,
                 workers=workers,
-                host=host,
-                port=port,
-                log_level="info",
-                log_config=logging_config,
-                access_log=False,
-                http=header_timeout_protocol(request_timeout),
-                timeout_graceful_shutdown=timeout_graceful_shutdown,
+                **server_options,
             )
     finally:
         if previous is None:
