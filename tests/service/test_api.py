@@ -189,3 +189,24 @@ def test_unknown_routes_and_methods_are_4xx(client: TestClient) -> None:
 def test_openapi_documents_the_predict_body(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
+    post = spec["paths"]["/v1/predict"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    row = body["properties"]["inputs"]["items"]
+    assert (row["minItems"], row["maxItems"]) == (64, 64)
+    assert body["properties"]["inputs"]["maxItems"] == 256
+    assert set(post["responses"]) == {"200", "401", "403", "408", "413", "422", "429", "503"}
+    assert post["security"] == [{"HTTPBearer": []}]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_the_documented_route_answers_like_the_fast_path(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    """Behind a root path (/api/v1/predict) the fast path does not match: FastAPI's route does."""
+    with TestClient(make_app(), root_path="/api") as api:
+        url = "/api/v1/predict"
+        assert api.post(url, json={"inputs": [ROW]}, headers=auth()).status_code == 200
+        bad = api.post(url, json={"inputs": [ROW[:3]]}, headers=auth())
+        assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
+        missing = api.post(url, json={"inputs": [ROW]})
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"

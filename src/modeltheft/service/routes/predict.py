@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,12 +31,16 @@ ERRORS = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         401: "missing or unknown API key",
+        403: "this API key was blocked by an extraction detector",
+        408: "the request head or body did not arrive within the server's request timeout",
         413: "body or batch too large",
         422: "malformed input; the message names the problem",
-        403: "this API key was blocked by an extraction detector",
         429: "refused by the rate limit; see Retry-After and the RateLimit headers",
+        503: "the state store is unavailable; nothing was answered; see Retry-After",
     }.items()
 }
+# Documents the scheme in OpenAPI; the handler itself authenticates (401, never 403).
+BEARER = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
 
 
 def install(app: FastAPI, max_batch: int) -> None:
@@ -83,6 +88,7 @@ def install(app: FastAPI, max_batch: int) -> None:
         methods=["POST"],
         response_model=PredictResponse,
         responses=ERRORS,
+        dependencies=[Depends(BEARER)],
         summary="Predict digit labels (and probabilities, unless the defenses withhold them)",
         openapi_extra={"requestBody": body_schema},
     )
