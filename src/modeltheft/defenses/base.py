@@ -74,6 +74,11 @@ class Answers:
         """Column index of each row's top probability (first one on ties)."""
         return np.argmax(self.probabilities, axis=1)
 
+    @cached_property
+    def altered(self) -> int:
+        """Rows answered with another label than the victim's own (misinformed, watermarked)."""
+        return int(np.count_nonzero(self.labels != np.argmax(self.original, axis=1)))
+
     @property
     def flagged(self) -> np.ndarray:
         """Boolean mask of suspicious rows (all False if no stage marked any)."""

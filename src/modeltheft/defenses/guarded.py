@@ -114,7 +114,6 @@ class GuardedModel:
                 status_after=status_name(status),
             )
         else:
-            altered = answers.probabilities.argmax(axis=1) != answers.original.argmax(axis=1)
             entry = AuditEntry(
                 now,
                 client_id,
@@ -124,7 +123,7 @@ class GuardedModel:
                 status_before=status_name(status),
                 status_after=status_name(client_status(self.store, client_id)),
                 suspicious=int(np.count_nonzero(answers.flagged)),
-                altered=int(np.count_nonzero(altered)),
+                altered=answers.altered,
                 probabilities=bool(answers.expose_probabilities),
             )
         self.store.audit_append([entry])

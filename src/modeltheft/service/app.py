@@ -23,7 +23,7 @@ from modeltheft.service.auth import KeyRing
 from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, predict
 from modeltheft.service.settings import Settings
-from modeltheft.service.timeouts import BodyTimeoutMiddleware
+from modeltheft.service.timeouts import DEFAULT_TIMEOUT, BodyTimeoutMiddleware
 from modeltheft.state import MemoryStore, open_store
 from modeltheft.state.audit import DEFAULT_RETENTION
 from modeltheft.victim import load_victim, train_victim
@@ -122,7 +122,7 @@ def app_from_env() -> FastAPI:
             state=str(data["state"]),
             inference=str(data.get("inference", "auto")),
             audit_retention=float(data.get("audit_retention", DEFAULT_RETENTION)),
-            request_timeout=float(data.get("request_timeout", 10.0)),
+            request_timeout=float(data.get("request_timeout", DEFAULT_TIMEOUT)),
             access_log=bool(data.get("access_log", True)),
         )
     except (ValueError, KeyError, TypeError) as exc:

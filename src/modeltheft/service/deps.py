@@ -7,15 +7,9 @@ from fastapi import Depends, Request
 from modeltheft.defenses.guarded import GuardedModel
 from modeltheft.errors import AuthError, PayloadTooLarge
 from modeltheft.service.auth import KeyRing
-from modeltheft.service.settings import Settings
 
 # Dependencies are async: FastAPI runs a plain ``def`` dependency in its threadpool, and each
 # such hop cost more than the dependency itself (benchmarks/service.py).
-
-
-async def get_settings(request: Request) -> Settings:
-    """The settings the app was built with."""
-    return request.app.state.settings
 
 
 async def get_guarded(request: Request) -> GuardedModel:
@@ -42,11 +36,6 @@ def authenticate(request: Request) -> str:
     return client
 
 
-async def require_client(request: Request) -> str:
-    """:func:`authenticate` as a dependency."""
-    return authenticate(request)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body; 413 as soon as it (or its declared length) passes ``limit``."""
     declared = request.headers.get("content-length", "")
@@ -63,5 +52,4 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-Client = Annotated[str, Depends(require_client)]
 Guarded = Annotated[GuardedModel, Depends(get_guarded)]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from modeltheft.errors import ConfigError
 from modeltheft.service.auth import KeyRing
+from modeltheft.service.timeouts import DEFAULT_TIMEOUT
 from modeltheft.state.audit import DEFAULT_RETENTION
 
 MAX_BATCH = 256
@@ -34,7 +35,7 @@ class Settings:
     """``auto``: onnxruntime when the model converts and agrees with scikit-learn; ``sklearn``."""
     audit_retention: float = DEFAULT_RETENTION
     """Seconds the audit log of queries is kept in the state store (7 days); 0: no audit."""
-    request_timeout: float = 10.0
+    request_timeout: float = DEFAULT_TIMEOUT
     """Seconds a client has to send a request head, and then its body; else 408 and close."""
     access_log: bool = True
     """One ``modeltheft.access`` log record per request (metrics are kept either way)."""

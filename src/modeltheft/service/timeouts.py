@@ -19,20 +19,15 @@ import functools
 import json
 import math
 from asyncio import TimerHandle
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modeltheft.errors import ConfigError
 
 DEFAULT_TIMEOUT = 10.0
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def check_timeout(seconds: float, what: str = "request timeout") -> float:
