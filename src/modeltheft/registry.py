@@ -258,10 +258,13 @@ class Registry(Generic[T]):
         """``entry(**params)``, refusing unknown parameters by name and validating the rest."""
         entry = self.get(name)
         params = dict(params or {})
-        target = entry.__init__ if isinstance(entry, type) else entry
-        signature = inspect.signature(target)
-        has_var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-        allowed = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+        if isinstance(entry, type) and entry.__init__ is object.__init__:
+            has_var_kw, allowed = False, []  # a class that takes no parameters
+        else:
+            target = entry.__init__ if isinstance(entry, type) else entry
+            signature = inspect.signature(target)
+            has_var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+            allowed = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
         unknown = sorted(set(params) - set(allowed))
         if unknown and not has_var_kw:
             known = ", ".join(sorted(allowed)) or "none"

@@ -16,15 +16,26 @@ import numpy as np
 from modeltheft.state.audit import row_digest
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
+from modeltheft.tasks.base import Task
 
 
 @dataclass(frozen=True)
 class StageEnv:
-    """What a stage may need once, when the service starts: the store and the model's shape."""
+    """What a stage may need once, when the service starts: the store and the model's task
+    (its width, classes, bounds and, when the owner has it, its training rows)."""
 
     store: StateStore
-    n_classes: int
-    n_features: int
+    task: Task
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the model answers."""
+        return self.task.n_classes
+
+    @property
+    def n_features(self) -> int:
+        """Input width."""
+        return self.task.n_features
 
 
 @dataclass(frozen=True)

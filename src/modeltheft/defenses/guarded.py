@@ -14,6 +14,7 @@ from modeltheft.errors import Blocked, RateLimited
 from modeltheft.state.audit import AuditEntry, status_name
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
+from modeltheft.tasks import Task, task_from_model
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Reply:
 
 class GuardedModel:
     """Answer a client's batch: its status, admission, then the model, then the other stages.
+
+    ``task`` says what the model answers (its rows, bounds, classes, training data); by
+    default it is read from the model itself (width and classes only).
 
     Each client draws from its own random stream, derived from ``seed`` and the client's name,
     so one client's answers do not depend on what other clients asked. Without a seed the
@@ -43,16 +47,16 @@ class GuardedModel:
         pipeline: Pipeline,
         store: StateStore | None = None,
         seed: int | None = None,
-        n_features: int | None = None,
+        task: Task | None = None,
         audit_retention: float | None = None,
     ) -> None:
         self.model = model
         self.pipeline = pipeline
         self.store = store if store is not None else MemoryStore()
         self.seed = seed
-        self.classes = np.asarray(model.classes_)
-        features = n_features if n_features is not None else getattr(model, "n_features_in_", 64)
-        pipeline.setup(StageEnv(self.store, len(self.classes), int(features)))
+        self.task = task_from_model(model, task)
+        self.classes = np.asarray(self.task.classes)
+        pipeline.setup(StageEnv(self.store, self.task))
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
         self.audit_retention = audit_retention or None

@@ -7,6 +7,7 @@ import numpy as np
 
 from modeltheft.errors import BudgetExhausted, ConfigError
 from modeltheft.oracle.log import QueryLog
+from modeltheft.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,15 @@ def _from_records(records: list[dict], n_classes: int) -> OracleAnswers:
 
 
 class Oracle(ABC):
-    """Budget, query log and bookkeeping around a concrete ``_send``."""
+    """Budget, query log and bookkeeping around a concrete ``_send``.
 
-    n_classes: int = 10
+    ``task`` is what the target answers (width, bounds, classes): given, or found by
+    :meth:`discover` (an API's own description of its model). Labels in answers are indices
+    into ``task.classes``.
+    """
 
-    def __init__(self, budget: int, log: QueryLog | None = None) -> None:
+    def __init__(self, budget: int, log: QueryLog | None = None, task: Task | None = None) -> None:
+        self.task = task
         if not isinstance(budget, int) or budget < 0:
             raise ConfigError(f"budget must be an integer >= 0, got {budget!r}")
         self.budget = budget
@@ -60,6 +65,19 @@ class Oracle(ABC):
         self.spent = 0
         self.refused = 0
         self.reused = 0
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the target answers (from its task)."""
+        return self.discover().n_classes
+
+    def discover(self) -> Task:
+        """The target's task: the one given, or what the target says of itself."""
+        if self.task is None:
+            from modeltheft.tasks import digits_task
+
+            self.task = digits_task().without_data()
+        return self.task
 
     @property
     def remaining(self) -> int:

@@ -18,10 +18,9 @@ class LocalOracle(Oracle):
         client_id: str = "attacker",
         log: QueryLog | None = None,
     ) -> None:
-        super().__init__(budget, log)
+        super().__init__(budget, log, task=guarded.task)
         self.guarded = guarded
         self.client_id = client_id
-        self.n_classes = len(guarded.classes)
 
     def _send(self, X: np.ndarray) -> OracleAnswers:
         n = len(X)
@@ -31,6 +30,7 @@ class LocalOracle(Oracle):
             return OracleAnswers(np.full(n, -1), None, np.ones(n, dtype=bool))
         answers = reply.answers
         probabilities = answers.probabilities if answers.expose_probabilities else None
+        # Indices into the task's classes (the reply's labels are the class values).
         return OracleAnswers(
-            np.asarray(reply.labels, dtype=int), probabilities, np.zeros(n, dtype=bool)
+            np.asarray(answers.labels, dtype=int), probabilities, np.zeros(n, dtype=bool)
         )
