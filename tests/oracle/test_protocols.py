@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi import Body, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
-from sklearn.base import ClassifierMixin
+from fastapi import Response
 
 from modeltheft.cli.app import main
 from modeltheft.errors import BudgetExhausted, ConfigError, OracleError
@@ -22,131 +20,25 @@ from modeltheft.oracle import (
     make_oracle,
 )
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import get_task
 from modeltheft.victim import LoadedVictim
+from tests.oracle.standins import error, kserve_app, oip_app, reset
 
 MODEL = "digits"
 SECRET = "server-key-0123"
+DIGITS = get_task("digits").without_data()
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 64))
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def reset(app: FastAPI, **config: Any) -> None:
-    """Fresh server-side bookkeeping and behaviour; ``config`` overrides the defaults."""
-    app.state.rows = 0  # rows answered
-    app.state.calls = 0  # predict/infer requests, scripted or not
-    app.state.bodies = []  # request bodies answered
-    app.state.script = []  # responses sent, in order, before any real answer
-    app.state.api_key = None  # when set, a Bearer token is required
-    app.state.outputs = ("predict_proba", "predict")  # OIP outputs; the last is the default
-    app.state.metadata = True  # OIP: serve GET /v2/models/{name}
-    app.state.kind = "proba"  # KServe: proba, labels or float-labels
-    for name, value in config.items():
-        setattr(app.state, name, value)
-
-
-def _gate(app: FastAPI, request: Request) -> Response | None:
-    """Count the call, then the next scripted response or an auth failure, if any."""
-    app.state.calls += 1
-    if app.state.script:
-        return app.state.script.pop(0)
-    if app.state.api_key is not None:
-        given = request.headers.get("authorization")
-        if given is None:
-            return error(401, "missing bearer token")
-        if given != f"Bearer {app.state.api_key}":
-            return error(403, "token not allowed for this model")
-    return None
-
-
-def oip_app(model: ClassifierMixin) -> FastAPI:
-    """Open Inference Protocol v2, shaped like MLServer's scikit-learn runtime."""
-    app = FastAPI()
-    reset(app)
-    specs = {
-        "predict": {"name": "predict", "datatype": "INT64", "shape": [-1, 1]},
-        "predict_proba": {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 10]},
-    }
-
-    @app.get("/v2/models/{name}")
-    def model_metadata(name: str) -> Any:
-        if not app.state.metadata or name != MODEL:
-            return error(404, f"Model {name} not found")
-        return {
-            "name": MODEL,
-            "platform": "sklearn",
-            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 64]}],
-            "outputs": [specs[o] for o in app.state.outputs],
-        }
-
-    @app.post("/v2/models/{name}/infer")
-    def infer(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
-        refused = _gate(app, request)
-        if refused is not None:
-            return refused
-        if name != MODEL:
-            return error(404, f"Model {name} not found")
-        app.state.bodies.append(body)
-        outputs = app.state.outputs
-        tensor = body["inputs"][0]
-        if tensor["datatype"] not in ("FP64", "FP32") or len(tensor["shape"]) != 2:
-            return error(400, f"unsupported input {tensor['datatype']} {tensor['shape']}")
-        dtype = np.float32 if tensor["datatype"] == "FP32" else np.float64
-        X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]).astype(float)
-        wanted = [o["name"] for o in body.get("outputs", [])] or [outputs[-1]]
-        answer = []
-        for out in wanted:
-            if out not in outputs:
-                return error(400, f"Output {out} not available")
-            if out == "predict":
-                data = [int(v) for v in model.predict(X)]
-                shape = [len(X)]
-            else:
-                data = model.predict_proba(X).ravel().tolist()
-                shape = [len(X), 10]
-            answer.append({**specs[out], "shape": shape, "data": data})
-        app.state.rows += len(X)
-        return {"model_name": MODEL, "outputs": answer}
-
-    return app
-
-
-def kserve_app(model: ClassifierMixin) -> FastAPI:
-    """KServe v1 / TF-Serving ``:predict``, answering probabilities or labels (``kind``)."""
-    app = FastAPI()
-    reset(app)
-
-    @app.post("/v1/models/{name}:predict")
-    def predict(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
-        refused = _gate(app, request)
-        if refused is not None:
-            return refused
-        if name != MODEL:
-            return error(404, f"Model with name {name} does not exist.")
-        app.state.bodies.append(body)
-        X = np.asarray(body["instances"], dtype=float)
-        if X.ndim != 2 or X.shape[1] != 64:
-            return error(400, f"expected instances of 64 features, got shape {list(X.shape)}")
-        app.state.rows += len(X)
-        if app.state.kind == "proba":
-            return {"predictions": model.predict_proba(X).tolist()}
-        cast = float if app.state.kind == "float-labels" else int
-        return {"predictions": [cast(v) for v in model.predict(X)]}
-
-    return app
-
-
 @pytest.fixture(scope="module")
 def servers(victim: LoadedVictim) -> Iterator[dict[str, BackgroundServer]]:
     """One live server per protocol for the whole module (each start and stop costs ~0.2 s)."""
     running = {
-        "oip-v2": BackgroundServer(oip_app(victim.model)).start(),
-        "kserve-v1": BackgroundServer(kserve_app(victim.model)).start(),
+        "oip-v2": BackgroundServer(oip_app({MODEL: victim.model})).start(),
+        "kserve-v1": BackgroundServer(kserve_app({MODEL: victim.model})).start(),
     }
     yield running
     for server in running.values():
@@ -166,7 +58,14 @@ def serve(servers: dict[str, BackgroundServer]) -> Callable[..., BackgroundServe
 
 
 def connect(protocol: str, server: BackgroundServer, budget: int, **options: Any) -> HttpOracleBase:
-    return make_oracle(protocol, server.url, budget=budget, model_name=MODEL, **options)
+    """An oracle on the digits model; KServe v1 does not describe its model: it gets the task."""
+    task = DIGITS if protocol == "kserve-v1" else None
+    return make_oracle(protocol, server.url, budget=budget, model_name=MODEL, task=task, **options)
+
+
+def predicted(oracle: HttpOracleBase, labels: np.ndarray) -> np.ndarray:
+    """The class values of answered labels (indices into the oracle's task)."""
+    return oracle.discover().classes[labels]
 
 
 BOTH = pytest.mark.parametrize("protocol", ["oip-v2", "kserve-v1"])
@@ -197,15 +96,20 @@ def test_oip_fp32_and_labels_only_fallbacks(
     fp32 = OipV2Oracle(server.url, MODEL, budget=8, datatype="FP32")
     answers = fp32.query(X)
     assert answers.probabilities is None
-    assert np.array_equal(answers.labels, victim.model.predict(X.astype(np.float32)))
+    # Labels only, no task: the classes are learned in the order first seen.
+    expected = victim.model.predict(X.astype(np.float32))
+    assert np.array_equal(predicted(fp32, answers.labels), expected)
+    assert fp32.task.classes.tolist() == list(dict.fromkeys(expected.tolist()))
     body = server.app.state.bodies[0]
     assert body["outputs"] == [{"name": "predict"}] and body["inputs"][0]["datatype"] == "FP32"
-    # No metadata: no outputs named, the server's default (labels) is read.
+    # No metadata: the width must come from a task; no outputs named, the default is read.
     blind = serve("oip-v2", metadata=False)
-    answers = OipV2Oracle(blind.url, MODEL, budget=8).query(X)
+    with pytest.raises(ConfigError, match=r"no model metadata.*give --task"):
+        OipV2Oracle(blind.url, MODEL, budget=8).query(X)
+    answers = OipV2Oracle(blind.url, MODEL, budget=8, task=DIGITS).query(X)
     assert "outputs" not in blind.app.state.bodies[0]
     assert answers.probabilities is None
-    assert np.array_equal(answers.labels, victim.model.predict(X))
+    assert np.array_equal(answers.labels, victim.model.predict(X))  # digits: index == class
     with pytest.raises(ConfigError, match="FP16"):
         OipV2Oracle(server.url, MODEL, budget=1, datatype="FP16")
 
@@ -215,7 +119,7 @@ def test_kserve_answers_equal_the_victims(
     kind: str, victim: LoadedVictim, serve: Callable[..., BackgroundServer]
 ) -> None:
     server = serve("kserve-v1", kind=kind)
-    oracle = KServeV1Oracle(server.url, MODEL, budget=10)
+    oracle = KServeV1Oracle(server.url, MODEL, budget=10, task=DIGITS)
     X = rows(10, seed=2)
     answers = oracle.query(X)
     assert np.array_equal(answers.labels, victim.model.predict(X))
@@ -319,9 +223,9 @@ def test_auth_failures_name_the_status(
     ("protocol", "body", "message"),
     [
         ("kserve-v1", "not json", "not JSON"),
-        ("kserve-v1", {"predictions": [12]}, "outside the classes 0..9"),
-        ("kserve-v1", {"predictions": [2.5]}, "not an integer class index"),
-        ("kserve-v1", {"predictions": ["3"]}, "not an integer class index"),
+        ("kserve-v1", {"predictions": [12]}, r"label 12 of row 0 is not one of the classes \(0, 1"),
+        ("kserve-v1", {"predictions": [2.5]}, "label 2.5 of row 0 is not a class label"),
+        ("kserve-v1", {"predictions": ["3"]}, "label '3' of row 0 is not one of the classes"),
         ("kserve-v1", {"predictions": [[0.5, 0.5]]}, r"shape \[1, 2\], expected \[1, 10\]"),
         ("kserve-v1", {"predictions": [1, 2]}, "asked 1 rows, got 2"),
         ("kserve-v1", {"predicted": [1]}, "no 'predictions'"),
@@ -334,7 +238,7 @@ def test_auth_failures_name_the_status(
         (
             "oip-v2",
             {"outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [-1]}]},
-            "outside the classes",
+            "label -1 of row 0 names none of the 10 probability columns",
         ),
         (
             "oip-v2",
@@ -358,7 +262,8 @@ def test_unusable_answers_are_oracle_errors(
 
 @BOTH
 def test_unreachable_target_is_an_oracle_error(protocol: str) -> None:
-    oracle = make_oracle(protocol, "http://127.0.0.1:9", budget=1, model_name=MODEL, retries=0)
+    url = "http://127.0.0.1:9"
+    oracle = make_oracle(protocol, url, budget=1, model_name=MODEL, task=DIGITS, retries=0)
     with pytest.raises(OracleError, match="cannot reach"):
         oracle.query(rows(1))
 
@@ -389,6 +294,8 @@ def test_cli_attack_speaks_the_protocol(
     server = serve(protocol)
     out = tmp_path / "attack"
     argv = ["attack", "--protocol", protocol, "--model-name", MODEL, "--target", server.url]
+    if protocol == "kserve-v1":
+        argv += ["--task", "digits"]  # KServe v1 does not describe its model
     assert main([*argv, "--budget", "80", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["sent"] == 80 and results["metrics"]["answered"] == 80

@@ -12,17 +12,26 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, TypedDict, Unpack
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import httpx
 import numpy as np
 
 from modeltheft.errors import ConfigError, OracleError
-from modeltheft.oracle.base import Oracle, OracleAnswers
+from modeltheft.oracle.answers import OracleAnswers
+from modeltheft.oracle.base import Oracle, TransientError
+from modeltheft.oracle.classes import class_value
 from modeltheft.oracle.log import QueryLog
+from modeltheft.registry import InstanceOf, Interval, Options, Satisfies, check_params
+from modeltheft.tasks.base import Task, generic_feature_names, unbounded
 
 TRANSIENT = (httpx.TransportError,)
 RATE_LIMIT_MODES = ("count", "wait")
+HTTP_URL = Satisfies(
+    lambda u: isinstance(u, str) and u.startswith(("http://", "https://")),
+    "a URL starting with http:// or https://",
+)
+NON_EMPTY = Satisfies(lambda s: isinstance(s, str) and bool(s.strip()), "a non-empty string")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -54,30 +63,14 @@ def _retry_after(response: httpx.Response, default: float = 1.0) -> float:
     return max(0.0, seconds) if math.isfinite(seconds) else default
 
 
-def _label(value: Any, row: int, n_classes: int) -> int:
-    """A class index from a JSON label (an int, or a float equal to an int)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OracleError(f"label {value!r} of row {row} is not an integer class index")
-    if isinstance(value, float) and not value.is_integer():
-        raise OracleError(f"label {value!r} of row {row} is not an integer class index")
-    label = int(value)
-    if not 0 <= label < n_classes:
-        raise OracleError(f"label {label} of row {row} is outside the classes 0..{n_classes - 1}")
-    return label
-
-
 def checked_answers(
-    n: int,
-    n_classes: int,
-    labels: Sequence[Any] | None,
-    probabilities: Sequence[Any] | None,
-) -> OracleAnswers:
-    """Validated answers for ``n`` rows; labels default to the argmax of the probabilities.
-
-    Labels must be integers in ``0..n_classes-1``; probabilities must be ``n`` finite rows of
-    ``n_classes`` numbers. Raises :class:`OracleError` naming what is wrong.
+    n: int, labels: Sequence[Any] | None, probabilities: Sequence[Any] | None
+) -> list[dict[str, Any]]:
+    """Log records for ``n`` answered rows, checked for shape and numbers (not for classes:
+    :class:`~modeltheft.oracle.classes.ClassBook` maps them). A record's label None means
+    "the top probability". Raises :class:`OracleError` naming what is wrong.
     """
-    probs: np.ndarray | None = None
+    rows: list[list[float] | None] = [None] * n
     if probabilities is not None:
         if len(probabilities) != n:
             raise OracleError(f"asked {n} rows, got {len(probabilities)} probability rows")
@@ -85,21 +78,23 @@ def checked_answers(
             probs = np.array(probabilities, dtype=float)
         except (TypeError, ValueError):
             raise OracleError("probabilities are not rows of numbers") from None
-        if probs.shape != (n, n_classes):
-            raise OracleError(
-                f"probabilities have shape {list(probs.shape)}, expected [{n}, {n_classes}]"
-            )
+        if probs.ndim != 2 or probs.shape[1] < 2:
+            raise OracleError(f"probabilities have shape {list(probs.shape)}, expected [{n}, k]")
         if not np.isfinite(probs).all():
             raise OracleError("probabilities contain NaN or infinite values")
+        rows = [[float(p) for p in row] for row in probs]
     if labels is None:
-        if probs is None:
+        if probabilities is None:
             raise OracleError("the answer holds neither labels nor probabilities")
-        out = np.argmax(probs, axis=1).astype(int)
+        values: list[Any] = [None] * n
     else:
         if len(labels) != n:
             raise OracleError(f"asked {n} rows, got {len(labels)} answers")
-        out = np.array([_label(v, i, n_classes) for i, v in enumerate(labels)], dtype=int)
-    return OracleAnswers(out, probs, np.zeros(n, dtype=bool))
+        values = [class_value(v, i) for i, v in enumerate(labels)]
+    return [
+        {"label": value, "probabilities": row, "refused": False}
+        for value, row in zip(values, rows, strict=True)
+    ]
 
 
 class HttpOptions(TypedDict, total=False):
@@ -107,6 +102,7 @@ class HttpOptions(TypedDict, total=False):
 
     api_key: str | None
     log: QueryLog | None
+    task: Task | None
     timeout: float
     retries: int
     on_rate_limit: str
@@ -120,8 +116,25 @@ class HttpOracleBase(Oracle):
     ``on_rate_limit``: ``"count"`` records a 429'd batch as refused (the rows were paid for);
     ``"wait"`` sleeps for ``Retry-After`` and asks again, at most ``max_waits`` times, then counts.
     Connection errors, timeouts and 5xx answers are retried ``retries`` times with backoff.
-    ``api_key``, when given, is sent as ``Authorization: Bearer``.
+    ``api_key``, when given, is sent as ``Authorization: Bearer``. ``task`` is checked against
+    what the target says of its model (:meth:`~modeltheft.oracle.base.Oracle.discover`).
     """
+
+    name: ClassVar[str] = "http"
+    kind: ClassVar[str] = "protocol"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "url": [HTTP_URL],
+        "budget": [Interval(int, 0, None)],
+        "api_key": [str, None],
+        "log": [InstanceOf(QueryLog), None],
+        "task": [InstanceOf(Task), None],
+        "timeout": [Interval(float, 0, None, closed="neither")],
+        "retries": [Interval(int, 0, None)],
+        "on_rate_limit": [Options(*RATE_LIMIT_MODES)],
+        "max_waits": [Interval(int, 0, None)],
+        "client": [InstanceOf(httpx.Client), None],
+        "model_name": [NON_EMPTY],
+    }
 
     def __init__(
         self,
@@ -130,23 +143,18 @@ class HttpOracleBase(Oracle):
         *,
         api_key: str | None = None,
         log: QueryLog | None = None,
+        task: Task | None = None,
         timeout: float = 10.0,
         retries: int = 3,
         on_rate_limit: str = "count",
         max_waits: int = 5,
         client: httpx.Client | None = None,
     ) -> None:
-        super().__init__(budget, log)
-        if on_rate_limit not in RATE_LIMIT_MODES:
-            raise ConfigError(f"on_rate_limit must be 'count' or 'wait', got {on_rate_limit!r}")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"target URL must start with http:// or https://, got {url!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
-        if not isinstance(max_waits, int) or max_waits < 0:
-            raise ConfigError(f"max_waits must be an integer >= 0, got {max_waits!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        params = {"url": url, "budget": budget, "api_key": api_key, "log": log, "task": task}
+        params |= {"timeout": timeout, "retries": retries, "on_rate_limit": on_rate_limit}
+        params |= {"max_waits": max_waits, "client": client}
+        self.check(params)
+        super().__init__(budget, log, task)
         self.url = url.rstrip("/")
         self.retries = retries
         self.on_rate_limit = on_rate_limit
@@ -155,13 +163,22 @@ class HttpOracleBase(Oracle):
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> None:
+        """A ConfigError for the first parameter that breaks ``_parameter_constraints``."""
+        check_params(params, cls._parameter_constraints, f"protocol {cls.name!r}")
+
+    @property
+    def target(self) -> str:
+        return self.url
+
     @abstractmethod
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
         """The URL to POST and the JSON body asking for answers to the rows of ``X``."""
 
     @abstractmethod
-    def _parse(self, body: Any, n: int) -> OracleAnswers:
-        """Answers for ``n`` rows from a decoded 200 response body (use :func:`checked_answers`)."""
+    def _parse(self, body: Any, n: int) -> list[dict[str, Any]]:
+        """Records for ``n`` rows from a decoded 200 body (use :func:`checked_answers`)."""
 
     def _call(self, method: str, url: str, payload: dict[str, Any] | None = None) -> httpx.Response:
         """One request, retried on transport errors and 5xx; the last 5xx response is returned."""
@@ -187,7 +204,38 @@ class HttpOracleBase(Oracle):
                 f"{response.text[:100]!r}"
             ) from None
 
-    def _send(self, X: np.ndarray) -> OracleAnswers:
+    def _refuse_auth(self, response: httpx.Response) -> None:
+        """An :class:`OracleError` for a 401/403 answer."""
+        status = response.status_code
+        if status not in (401, 403):
+            return
+        if self.has_api_key:
+            raise OracleError(f"the API rejected the key ({status}): {_detail(response)}")
+        raise OracleError(
+            f"the API requires credentials ({status}): {_detail(response)}; pass an API key"
+        )
+
+    def _metadata(self, url: str) -> Any:
+        """The JSON a description endpoint answers, or None when it has none (404, not JSON).
+
+        429, 5xx and connection failures are :class:`TransientError` (asked again next time).
+        """
+        try:
+            response = self._call("GET", url)
+        except OracleError as exc:
+            raise TransientError(str(exc)) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise TransientError(f"{url} answered {status}: {_detail(response)}")
+        self._refuse_auth(response)
+        if status != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _records(self, X: np.ndarray) -> list[dict[str, Any]]:
         n = len(X)
         url, payload = self._request(X)
         waits = 0
@@ -196,19 +244,17 @@ class HttpOracleBase(Oracle):
             if response.status_code != 429:
                 break
             if self.on_rate_limit == "count" or waits >= self.max_waits:
-                return OracleAnswers(np.full(n, -1), None, np.ones(n, dtype=bool))
+                return [{"label": None, "probabilities": None, "refused": True}] * n
             waits += 1
             time.sleep(_retry_after(response))
-        status = response.status_code
-        if status in (401, 403):
-            if self.has_api_key:
-                raise OracleError(f"the API rejected the key ({status}): {_detail(response)}")
-            raise OracleError(
-                f"the API requires credentials ({status}): {_detail(response)}; pass an API key"
-            )
-        if status != 200:
-            raise OracleError(f"the API answered {status}: {_detail(response)}")
+        self._refuse_auth(response)
+        if response.status_code != 200:
+            raise OracleError(f"the API answered {response.status_code}: {_detail(response)}")
         return self._parse(self._json(response), n)
+
+    def _send(self, X: np.ndarray) -> OracleAnswers:
+        self.discover()
+        return self.book.answers(self._records(X))  # type: ignore[union-attr]
 
     def close(self) -> None:
         self._client.close()
@@ -220,22 +266,72 @@ class NamedModelOracle(HttpOracleBase):
     def __init__(
         self, url: str, model_name: str, budget: int, **options: Unpack[HttpOptions]
     ) -> None:
+        self.check({"model_name": model_name})
         super().__init__(url, budget, **options)
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise ConfigError(f"model name must be a non-empty string, got {model_name!r}")
         self.model_name = model_name
+
+    @property
+    def target(self) -> str:
+        return f"model {self.model_name!r} at {self.url}"
+
+
+def described_task(name: str, width: int, classes: Sequence[Any] = ()) -> Task:
+    """A schema-only task for a target that says only its width (and maybe its classes)."""
+    lower, upper = unbounded(width)
+    return Task(
+        name=name,
+        feature_names=generic_feature_names(width),
+        lower=lower,
+        upper=upper,
+        classes=np.asarray(list(classes)),
+    )
+
+
+def _width(shape: Any) -> int | None:
+    """Features per row from an ``input_shape`` such as ``[30]``: None if it is not one."""
+    if not isinstance(shape, list) or not shape:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        return None
+    return math.prod(shape)
 
 
 class HttpOracle(HttpOracleBase):
-    """A client of modeltheft's own ``POST /v1/predict`` API (``{"inputs": rows}``)."""
+    """A client of modeltheft's own API: ``POST /v1/predict`` (``{"inputs": rows}``).
+
+    :meth:`discover` reads ``GET /v1/model``: its ``task`` (a task schema) when the server
+    publishes one, else ``input_shape`` and ``classes`` (a schema-only task, unbounded).
+    """
+
+    name: ClassVar[str] = "modeltheft"
 
     def __init__(self, url: str, api_key: str, budget: int, **options: Unpack[HttpOptions]) -> None:
         super().__init__(url, budget, api_key=api_key, **options)
 
+    def _describe(self) -> Task | None:
+        info = self._metadata(f"{self.url}/v1/model")
+        if not isinstance(info, dict):
+            return None
+        if isinstance(info.get("task"), dict):
+            try:
+                return Task.from_schema(info["task"])
+            except ConfigError as exc:
+                raise OracleError(f"{self.url}/v1/model: {exc}") from None
+        width, classes = _width(info.get("input_shape")), info.get("classes")
+        if width is None or not isinstance(classes, list):
+            raise OracleError(f"{self.url}/v1/model does not say the input shape and classes")
+        try:
+            return described_task(str(info.get("name") or "remote"), width, classes)
+        except ConfigError as exc:
+            raise OracleError(f"{self.url}/v1/model: {exc}") from None
+
+    def _missing(self) -> str:
+        return f"{self.url} has no /v1/model description: give --task"
+
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
         return f"{self.url}/v1/predict", {"inputs": X.tolist()}
 
-    def _parse(self, body: Any, n: int) -> OracleAnswers:
+    def _parse(self, body: Any, n: int) -> list[dict[str, Any]]:
         try:
             predictions = body["predictions"]
             labels = [p["label"] for p in predictions]
@@ -243,4 +339,4 @@ class HttpOracle(HttpOracleBase):
         except (KeyError, TypeError, AttributeError) as exc:
             raise OracleError(f"unexpected answer from {self.url}: {exc!r}") from None
         complete = all(p is not None for p in probs)
-        return checked_answers(n, self.n_classes, labels, probs if complete else None)
+        return checked_answers(n, labels, probs if complete else None)

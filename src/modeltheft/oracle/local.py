@@ -4,7 +4,8 @@ import numpy as np
 
 from modeltheft.defenses.guarded import GuardedModel
 from modeltheft.errors import Blocked, RateLimited
-from modeltheft.oracle.base import Oracle, OracleAnswers
+from modeltheft.oracle.answers import OracleAnswers
+from modeltheft.oracle.base import Oracle
 from modeltheft.oracle.log import QueryLog
 
 

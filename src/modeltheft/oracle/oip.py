@@ -1,19 +1,52 @@
 """A client of the Open Inference Protocol v2 (KServe v2, Seldon MLServer, NVIDIA Triton)."""
 
 import math
-from typing import Any, Unpack
+from dataclasses import replace
+from typing import Any, ClassVar, Unpack
 from urllib.parse import quote
 
 import numpy as np
 
-from modeltheft.errors import ConfigError, OracleError
-from modeltheft.oracle.base import OracleAnswers
-from modeltheft.oracle.http import HttpOptions, NamedModelOracle, checked_answers
+from modeltheft.errors import OracleError
+from modeltheft.oracle.http import (
+    NON_EMPTY,
+    HttpOptions,
+    NamedModelOracle,
+    checked_answers,
+    described_task,
+)
+from modeltheft.registry import Options
+from modeltheft.tasks.base import Task
 
 PROBA_OUTPUT = "predict_proba"  # MLServer's scikit-learn runtime names its outputs like this
 LABEL_OUTPUT = "predict"
-DATATYPES = ("FP64", "FP32")
 DEFAULT_INPUT = "input-0"
+DTYPES: dict[str, Any] = {
+    "FP64": np.float64,
+    "FP32": np.float32,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT64": np.uint64,
+    "UINT32": np.uint32,
+    "UINT16": np.uint16,
+    "UINT8": np.uint8,
+}
+DATATYPES = tuple(DTYPES)
+
+
+def _feature_dims(shape: Any) -> list[int] | None:
+    """The per-row dimensions of a metadata input shape: ``[-1, 30]`` or ``[30]`` → ``[30]``.
+
+    A leading non-positive dimension (-1, 0) is the batch; None if the rest is not all positive.
+    """
+    if not isinstance(shape, list) or not shape:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        return None
+    dims = shape[1:] if shape[0] <= 0 else shape
+    return dims if dims and all(d > 0 for d in dims) else None
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -27,15 +60,25 @@ def _flatten(data: Any) -> list[Any]:
 
 
 class OipV2Oracle(NamedModelOracle):
-    """``POST {url}/v2/models/{model_name}/infer`` with one ``[n, 64]`` tensor per batch.
+    """``POST {url}/v2/models/{model_name}/infer`` with one ``[n, d]`` tensor per batch.
 
-    Before the first batch it reads ``GET {url}/v2/models/{model_name}`` to choose the outputs:
-    ``predict_proba`` (and ``predict``) when listed, else ``predict``, else the first output.
-    Without metadata it names no outputs (the server sends its defaults) and reads
-    ``predict_proba``, then ``predict``, then the first output of the answer. An output of shape
-    ``[n, c]`` holds probabilities; one of shape ``[n]`` or ``[n, 1]`` holds labels.
-    The input tensor is named after the metadata's first input, else ``input_name``.
+    :meth:`discover` reads ``GET {url}/v2/models/{model_name}``: the first input's shape gives
+    the width (``[-1, 30]``: 30 features; ``[-1, 8, 8]``: sent as ``[n, 8, 8]``) and its
+    datatype the tensor's (FP64, FP32, INT64, ...; ``datatype`` given explicitly wins); the
+    outputs say what to ask for: ``predict_proba`` (and ``predict``) when listed, else
+    ``predict``, else the first output. Without metadata it names no outputs (the server sends
+    its defaults) and reads ``predict_proba``, then ``predict``, then the first output of the
+    answer. An output of shape ``[n, k]`` holds probabilities; one of ``[n]`` or ``[n, 1]``
+    labels, integers or strings (BYTES). OIP never names the classes: they come from ``task``
+    or are learned from the answers (a declared ``predict_proba`` of ``[-1, k]`` fixes k).
     """
+
+    name: ClassVar[str] = "oip-v2"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **NamedModelOracle._parameter_constraints,
+        "datatype": [Options(*DATATYPES), None],
+        "input_name": [NON_EMPTY, None],
+    }
 
     def __init__(
         self,
@@ -43,64 +86,78 @@ class OipV2Oracle(NamedModelOracle):
         model_name: str,
         budget: int,
         *,
-        datatype: str = "FP64",
+        datatype: str | None = None,
         input_name: str | None = None,
         **options: Unpack[HttpOptions],
     ) -> None:
+        self.check({"datatype": datatype, "input_name": input_name})
         super().__init__(url, model_name, budget, **options)
-        if datatype not in DATATYPES:
-            raise ConfigError(f"datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
-        self.datatype = datatype
+        self.datatype = datatype or "FP64"
+        self.datatype_given = datatype is not None
         self.input_name = input_name
+        self.input_dims: list[int] | None = None
         self.model_url = f"{self.url}/v2/models/{quote(model_name, safe='')}"
         self.outputs: list[str] | None = None  # what to ask for; None = the server's defaults
-        self._discovered = False
 
-    def _discover(self) -> None:
-        """Read the model metadata once; transient failures (429, 5xx) are retried next batch."""
-        if self._discovered:
-            return
-        response = self._call("GET", self.model_url)
-        status = response.status_code
-        if status in (401, 403, 429) or status >= 500:
-            return  # the infer call reports auth errors; rate limits and outages may pass
-        self._discovered = True
-        try:
-            meta = response.json() if status == 200 else None
-        except ValueError:
-            meta = None
+    def _missing(self) -> str:
+        return (
+            f"protocol oip-v2: {self.target} has no model metadata saying its input shape "
+            "(GET /v2/models/{name}): give --task"
+        )
+
+    def _describe(self) -> Task | None:
+        meta = self._metadata(self.model_url)
         if not isinstance(meta, dict):
-            return
-        outputs = meta.get("outputs")
-        names = [
-            o["name"]
-            for o in (outputs if isinstance(outputs, list) else [])
+            return None
+        specs = {
+            o["name"]: o
+            for o in (meta.get("outputs") if isinstance(meta.get("outputs"), list) else [])
             if isinstance(o, dict) and isinstance(o.get("name"), str)
-        ]
+        }
+        names = list(specs)
         if PROBA_OUTPUT in names:
             self.outputs = [PROBA_OUTPUT] + ([LABEL_OUTPUT] if LABEL_OUTPUT in names else [])
+            columns = _feature_dims(specs[PROBA_OUTPUT].get("shape"))
+            if columns is not None and len(columns) == 1 and columns[0] > 1:
+                self.columns_hint = columns[0]
         elif LABEL_OUTPUT in names:
             self.outputs = [LABEL_OUTPUT]
         elif names:
             self.outputs = [names[0]]
+        label_spec = specs.get(LABEL_OUTPUT, {})
+        self.presume_identity = label_spec.get("datatype") != "BYTES"
         inputs = meta.get("inputs")
-        if (
-            self.input_name is None
-            and isinstance(inputs, list)
-            and inputs
-            and isinstance(inputs[0], dict)
-            and isinstance(inputs[0].get("name"), str)
-        ):
-            self.input_name = inputs[0]["name"]
+        first = inputs[0] if isinstance(inputs, list) and inputs else None
+        if not isinstance(first, dict):
+            return None
+        if self.input_name is None and isinstance(first.get("name"), str):
+            self.input_name = first["name"]
+        datatype = first.get("datatype")
+        if not self.datatype_given and isinstance(datatype, str):
+            if datatype not in DTYPES:
+                raise OracleError(
+                    f"{self.target} takes {datatype} inputs; give a numeric --datatype "
+                    f"({', '.join(DATATYPES)})"
+                )
+            self.datatype = datatype
+        dims = _feature_dims(first.get("shape"))
+        if dims is None:
+            return None
+        self.input_dims = dims
+        task = described_task(self.model_name, math.prod(dims))
+        if len(dims) in (2, 3):
+            task = replace(task, image_shape=tuple(dims))
+        return task
 
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
-        self._discover()
-        values = X.astype(np.float32) if self.datatype == "FP32" else X
+        dtype = DTYPES[self.datatype]
+        values = X.astype(dtype) if self.datatype.startswith("FP") else np.rint(X).astype(dtype)
+        dims = self.input_dims if self.input_dims and len(self.input_dims) > 1 else [X.shape[1]]
         payload: dict[str, Any] = {
             "inputs": [
                 {
                     "name": self.input_name or DEFAULT_INPUT,
-                    "shape": list(X.shape),
+                    "shape": [len(X), *dims],
                     "datatype": self.datatype,
                     "data": values.ravel().tolist(),
                 }
@@ -129,7 +186,7 @@ class OipV2Oracle(NamedModelOracle):
             raise OracleError(f"asked {n} rows, output {name!r} has shape {shape}")
         return name, shape, data
 
-    def _parse(self, body: Any, n: int) -> OracleAnswers:
+    def _parse(self, body: Any, n: int) -> list[dict[str, Any]]:
         outputs = body.get("outputs") if isinstance(body, dict) else None
         if not isinstance(outputs, list) or not outputs:
             raise OracleError(f"unexpected answer from {self.url}: no 'outputs' list")
@@ -149,7 +206,7 @@ class OipV2Oracle(NamedModelOracle):
                 probabilities = self._rows(name, shape, data, n)
             else:
                 labels = self._labels(name, shape, data)
-        return checked_answers(n, self.n_classes, labels, probabilities)
+        return checked_answers(n, labels, probabilities)
 
     @staticmethod
     def _labels(name: str, shape: list[int], data: list[Any]) -> list[Any]:

@@ -101,7 +101,9 @@ class Task:
 
     ``lower``/``upper`` are per-feature bounds (``-inf``/``inf`` where unknown); ``integer``
     marks integer-valued columns; ``categories`` maps a column index to its allowed values.
-    ``classes`` are the labels the model answers with, ints or strings, in the model's order.
+    ``classes`` are the labels the model answers with, ints or strings, in the model's order
+    (empty while unknown: a task discovered from an API that does not name its classes, whose
+    oracle learns them from the answers; see :attr:`classes_known`).
     ``data`` is None for a task discovered from a model or an API (schema only).
     """
 
@@ -140,7 +142,8 @@ class Task:
         if integer.shape != (d,):
             raise ConfigError(f"task {self.name!r}: integer flags must have one per feature")
         classes = np.asarray(self.classes)
-        if classes.ndim != 1 or len(classes) < 2:
+        if classes.ndim != 1 or len(classes) == 1:
+            # Empty classes: not known yet (an API that does not name them; oracles learn them).
             raise ConfigError(f"task {self.name!r} needs at least two classes")
         if classes.dtype.kind not in "iuU":
             if classes.dtype.kind == "f" and np.all(classes == np.round(classes)):
@@ -190,6 +193,11 @@ class Task:
         return len(self.classes)
 
     @property
+    def classes_known(self) -> bool:
+        """Whether the classes are known (an oracle may still be learning them)."""
+        return len(self.classes) > 0
+
+    @property
     def is_image(self) -> bool:
         """Whether rows are images of ``image_shape``."""
         return self.image_shape is not None
@@ -226,6 +234,8 @@ class Task:
     def class_index(self, labels: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Positions of ``labels`` (class values) in ``classes``; -1 for unknown values."""
         values = np.asarray(labels)
+        if not self.classes_known:
+            return np.full(values.shape, -1, dtype=int)
         if self.classes.dtype.kind == "U":
             values = values.astype(str)
         order = np.argsort(self.classes, kind="stable")
