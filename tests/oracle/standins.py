@@ -26,6 +26,7 @@ def reset(app: FastAPI, **config: Any) -> None:
     app.state.input_datatype = "FP64"  # OIP: the input datatype the metadata declares
     app.state.kind = "proba"  # KServe: proba, labels or float-labels
     app.state.publish_task = True  # ours: /v1/model carries the task schema
+    app.state.info_script = []  # ours: responses to GET /v1/model before the real one
     for name, value in config.items():
         setattr(app.state, name, value)
 
@@ -151,6 +152,8 @@ def ours_app(model: ClassifierMixin, task: Task | None = None) -> FastAPI:
 
     @app.get("/v1/model")
     def model_info() -> Any:
+        if app.state.info_script:
+            return app.state.info_script.pop(0)
         info = {
             "name": served.name,
             "input_shape": [served.n_features],
@@ -182,3 +185,27 @@ def ours_app(model: ClassifierMixin, task: Task | None = None) -> FastAPI:
         }
 
     return app
+
+
+IRIS_NAMES = np.array(["setosa", "versicolor", "virginica"])
+
+
+def fitted_models() -> dict[str, ClassifierMixin]:
+    """Small forests: ``bc`` (30 features, 2 classes), ``iris`` (3 int classes) and
+    ``iris-names`` (the same with string classes)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from modeltheft.tasks import get_task
+
+    models: dict[str, ClassifierMixin] = {}
+    for name, task_name, names in [
+        ("bc", "breast-cancer", None),
+        ("iris", "iris", None),
+        ("iris-names", "iris", IRIS_NAMES),
+    ]:
+        data = get_task(task_name).data
+        assert data is not None
+        y = data.y_train if names is None else names[data.y_train]
+        forest = RandomForestClassifier(n_estimators=20, random_state=0)
+        models[name] = forest.fit(data.X_train, y)
+    return models

@@ -8,8 +8,10 @@ from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import BudgetExhausted, ConfigError, OracleError
 from modeltheft.oracle import HttpOracle, LocalOracle, QueryLog
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import get_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS
+from tests.oracle.standins import fitted_models
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
@@ -97,3 +99,26 @@ def test_torn_last_log_line_is_ignored_but_corruption_is_not(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match="corrupt at line 1"):
         QueryLog(path)
+
+
+@pytest.mark.parametrize(("name", "task"), [("bc", "breast-cancer"), ("iris-names", "iris")])
+def test_local_oracle_answers_indices_into_the_models_classes(
+    name: str, task: str, tmp_path: Path
+) -> None:
+    model = fitted_models()[name]
+    data = get_task(task).data
+    assert data is not None
+    X = np.array(data.X_eval[:20])
+    log = QueryLog(tmp_path / "q.jsonl")
+    oracle = LocalOracle(GuardedModel(model, load_pipeline("none")), budget=40, log=log)
+    answers = oracle.query(X)
+    assert oracle.task.classes.tolist() == model.classes_.tolist()
+    assert answers.labels.dtype.kind == "i" and answers.probabilities.shape == (
+        20,
+        len(model.classes_),
+    )
+    assert np.array_equal(oracle.task.classes[answers.labels], model.predict(X))
+    resumed = LocalOracle(
+        GuardedModel(model, load_pipeline("none")), budget=40, log=QueryLog(tmp_path / "q.jsonl")
+    )
+    assert np.array_equal(resumed.query(X).labels, answers.labels) and resumed.reused == 20
