@@ -286,3 +286,17 @@ def test_suspect_api_predictions_are_class_values(
     learned = serve("oip-v2", outputs=("predict",))
     predict = suspect_predictor(learned.url, protocol="oip-v2", model_name="iris-names")
     assert predict(X).tolist() == models["iris-names"].predict(X).tolist()
+
+
+def test_declared_probability_columns_must_match_the_tasks_classes(
+    serve: Callable[..., BackgroundServer],
+) -> None:
+    server = serve("oip-v2")
+    bc = get_task("breast-cancer").without_data()
+    oracle = make_oracle("oip-v2", server.url, budget=1, model_name="iris", task=bc)
+    with pytest.raises(ConfigError, match="task 'breast-cancer' has 30 features but"):
+        oracle.discover()
+    two = IRIS.with_classes([0, 1])
+    oracle = make_oracle("oip-v2", server.url, budget=1, model_name="iris", task=two)
+    with pytest.raises(ConfigError, match=r"has 2 classes but .* declares 3 probability columns"):
+        oracle.discover()

@@ -103,6 +103,11 @@ class Oracle(ABC):
                 raise
             described, settled = None, False
         task = merge_tasks(self.given_task, described, self.target, self._missing())
+        if self.columns_hint and task.classes_known and self.columns_hint != task.n_classes:
+            raise ConfigError(
+                f"task {task.name!r} has {task.n_classes} classes but {self.target} declares "
+                f"{self.columns_hint} probability columns"
+            )
         if self.book is None:
             known = task.classes if task.classes_known else None
             self.book = ClassBook(known, self.columns_hint, self.presume_identity)
