@@ -115,7 +115,7 @@ def records(
     failed = json.loads(json.dumps(out[0]))
     failed["task"]["seed_index"] = 7
     failed |= {"id": failed["id"] + "-failed", "metrics": {}, "status": "failed"}
-    failed["error"] = "=HYPERLINK(\"http://evil\") <i>boom</i>"
+    failed["error"] = '=HYPERLINK("http://evil") <i>boom</i>'
     out.append(failed)
     return out
 
