@@ -35,6 +35,18 @@ def _task(defense: str, attack: str, budget: int, seed: int, **extra: Any) -> di
     }
 
 
+def _info(task: str, classes: list[Any], image_shape: list[int] | None) -> dict[str, Any]:
+    """A record's ``task_info``, as :func:`modeltheft.experiments.results.task_info` writes it."""
+    return {
+        "name": task,
+        "kind": "image" if image_shape else "tabular",
+        "n_features": int(np.prod(image_shape)) if image_shape else 13,
+        "classes": classes,
+        "image_shape": image_shape,
+        "eval_rows": 540 if task == "digits" else 54,
+    }
+
+
 def _metrics(
     rng: np.random.Generator, defense: str, budget: int, classes: list[Any], samples: int
 ) -> dict[str, Any]:
@@ -69,15 +81,18 @@ def _metrics(
 
 
 def records(
-    task: dict[str, Any] | None = None,
+    task: str | None = None,
     classes: list[Any] | None = None,
     tabular: bool = False,
     seed: int = 0,
+    image_shape: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """2 defenses × 2 attacks × 2 budgets × 3 seeds, and one failed run.
 
-    ``task`` is merged into each record's task (the task name and kind); ``tabular`` adds
-    ``per_class`` agreement and a ``confusion`` matrix to the metrics.
+    Without ``task`` the records are as old sweeps wrote them (no task: digits). With it,
+    each names its task and carries ``task_info``; ``tabular`` records have ``per_class``
+    agreement and a ``confusion`` matrix instead of sample labels. The failed run's record
+    names its task but has no ``task_info`` (as when the task itself could not be loaded).
     """
     rng = np.random.default_rng(seed)
     classes = classes or list(range(10))
@@ -86,7 +101,7 @@ def records(
         for attack in ("lab", "noise"):
             for budget in (60, 100):
                 for s in range(3):
-                    spec = _task(defense, attack, budget, s, **(task or {}))
+                    spec = _task(defense, attack, budget, s, **({"task": task} if task else {}))
                     metrics = _metrics(rng, defense, budget, classes, 8 if tabular else 16)
                     if tabular:
                         metrics.pop("samples")
@@ -99,9 +114,10 @@ def records(
                             str(c): round(float(matrix[i, i] / matrix[i].sum()), 4)
                             for i, c in enumerate(classes)
                         }
-                    name = (task or {}).get("task", "digits")
+                    name = task or "digits"
                     out.append(
                         {
+                            **({"task_info": _info(task, classes, image_shape)} if task else {}),
                             "id": f"{name}-{defense}-{attack}-{budget}-{s}",
                             "task": spec,
                             "seed": {"entropy": 3, "spawn_key": [s]},
@@ -115,6 +131,7 @@ def records(
     failed = json.loads(json.dumps(out[0]))
     failed["task"]["seed_index"] = 7
     failed |= {"id": failed["id"] + "-failed", "metrics": {}, "status": "failed"}
+    failed.pop("task_info", None)
     failed["error"] = '=HYPERLINK("http://evil") <i>boom</i>'
     out.append(failed)
     return out

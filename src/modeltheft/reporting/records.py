@@ -1,10 +1,12 @@
 """Run records of a sweep folder as typed objects: the latest record per run, grouped by task.
 
 A record is one line of ``RUN_DIR/results.jsonl`` (see :mod:`modeltheft.experiments.run`).
-Its ``task`` holds the run's grid cell (``defense.name``, ``attack.name``, ``budget``, ...)
-and, in newer records, the problem it is about: a ``task`` name or object (``name``,
-``kind`` ``"image"``/``"tabular"``, ``image_shape``, ``classes``) or ``name``/``kind`` keys
-of its own. Records without any of these are of the lab's ``digits`` task.
+Its ``task`` holds the run's grid cell (``defense.name``, ``attack.name``, ``budget``, ...,
+and ``task``: the name of the problem or the path of its task file); ``task_info`` (newer
+records) describes the problem: ``name``, ``kind`` (``"image"``/``"tabular"``),
+``image_shape``, ``eval_rows``. Records without either are of the lab's ``digits`` task.
+Tabular runs may carry ``metrics.per_class`` ``{label: agreement}`` and
+``metrics.confusion`` ``{"classes": [...], "matrix": [[...]]}``.
 """
 
 import json
@@ -24,6 +26,8 @@ from modeltheft.experiments.results import RESULTS
 class TaskInfo:
     """The problem a run is about, as far as its record says."""
 
+    key: str
+    """What the run names: a built-in task's name or a task file's path."""
     name: str
     kind: str
     """``"image"`` or ``"tabular"``."""
@@ -31,6 +35,8 @@ class TaskInfo:
     eval_rows: int | None = None
     explicit: bool = True
     """False for old records that name no task (they are digits)."""
+    described: bool = False
+    """Whether the record carried ``task_info`` (else the kind is a guess from the name)."""
 
     @property
     def is_image(self) -> bool:
@@ -51,7 +57,7 @@ class TaskInfo:
         return "evaluation images" if self.is_image else "evaluation rows"
 
 
-DIGITS = TaskInfo("digits", "image", (8, 8), 540, explicit=False)
+DIGITS = TaskInfo("digits", "digits", "image", (8, 8), 540, explicit=False)
 """Records written before tasks existed are all of the OWASP lab's digits."""
 
 
@@ -61,27 +67,30 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return None
 
 
-def task_info(spec: Mapping[str, Any]) -> TaskInfo:
-    """The problem named by a record's ``task`` (tolerant: unknown shapes fall back)."""
-    named = spec.get("task")
-    about: Mapping[str, Any] = named if isinstance(named, Mapping) else spec
-    schema = about.get("task_schema") or spec.get("task_schema") or {}
-    if not isinstance(schema, Mapping):
-        schema = {}
-    name = named if isinstance(named, str) else about.get("name") or schema.get("name")
-    if not isinstance(name, str) or not name:
+def task_info(record: Mapping[str, Any]) -> TaskInfo:
+    """The problem a record is about (tolerant: what it does not say is guessed or left out)."""
+    spec = record.get("task")
+    named = spec.get("task") if isinstance(spec, Mapping) else None
+    info = record.get("task_info")
+    if not isinstance(info, Mapping):
+        info = named if isinstance(named, Mapping) else None
+    name = info.get("name") if info is not None else None
+    key = named if isinstance(named, str) and named else name
+    if not isinstance(key, str) or not key:
         return DIGITS
-    shape = _shape(about.get("image_shape")) or _shape(schema.get("image_shape"))
-    if name == "digits" and shape is None:
-        shape = DIGITS.image_shape
+    if not isinstance(name, str) or not name:
+        name = Path(key).stem if key.endswith(".toml") else key
+    about: Mapping[str, Any] = info or {}
+    shape = _shape(about.get("image_shape"))
     kind = about.get("kind")
     if kind not in ("image", "tabular"):
-        kind = "image" if shape is not None else "tabular"
-    rows = about.get("eval_rows", about.get("n_eval"))
+        kind = "image" if shape is not None or name == DIGITS.name else "tabular"
+    rows = about.get("eval_rows")
     rows = rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
-    if name == "digits" and rows is None:
-        rows = DIGITS.eval_rows
-    return TaskInfo(name, str(kind), shape if kind == "image" else None, rows)
+    if name == DIGITS.name:
+        shape, rows = shape or DIGITS.image_shape, rows or DIGITS.eval_rows
+    image = kind == "image"
+    return TaskInfo(key, name, kind, shape if image else None, rows, described=info is not None)
 
 
 @dataclass(frozen=True)
@@ -115,15 +124,15 @@ class Run:
             return None
         return float(value)
 
-    def per_class(self) -> dict[str, float]:
-        """``metrics.per_class``: agreement with the victim per class label (``{}`` if none)."""
+    def per_class(self) -> dict[str, float | None]:
+        """``metrics.per_class``: agreement with the victim per class label (``{}`` if none;
+        None for a class the evaluation rows did not hold)."""
         value = self.metrics.get("per_class")
         if not isinstance(value, Mapping):
             return {}
         return {
-            str(k): float(v)
+            str(k): float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
             for k, v in value.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
         }
 
     def confusion(self) -> tuple[list[str], np.ndarray] | None:
@@ -192,7 +201,7 @@ def parse_run(record: Mapping[str, Any], where: str) -> Run:
             seconds=float(seconds) if isinstance(seconds, int | float) else None,
             metrics=record.get("metrics") or {},
             task=task,
-            problem=task_info(task),
+            problem=task_info(record),
         )
     except (KeyError, TypeError, ValueError):
         raise ConfigError(
@@ -249,18 +258,20 @@ class Sweep:
         self.attacks = ordered((r.attack for r in self.runs), self.order.get("attacks"))
         self.budgets = sorted({r.budget for r in self.runs})
         first: dict[str, TaskInfo] = {}
-        for run in self.runs:
-            first.setdefault(run.problem.name, run.problem)
+        for run in self.runs:  # the first description a record gives (else the first guess)
+            known = first.get(run.problem.key)
+            if known is None or (run.problem.described and not known.described):
+                first[run.problem.key] = run.problem
         self.tasks = list(first.values())
-        """One :class:`TaskInfo` per task name, in order of appearance."""
+        """One :class:`TaskInfo` per task, in order of appearance."""
         names = list(dict.fromkeys(r.sweep for r in self.runs if r.sweep))
         self.name = ", ".join(names) or self.order.get("name", [self.run_dir.name])[0]
 
     def by_task(self) -> list[tuple[TaskInfo, "Sweep"]]:
         """One sub-sweep per task, in order of appearance (the same order of defenses)."""
         order = {**self.order, "defenses": self.defenses, "attacks": self.attacks}
-        runs = {t.name: [r for r in self.runs if r.problem.name == t.name] for t in self.tasks}
-        return [(info, Sweep(self.run_dir, runs[info.name], order)) for info in self.tasks]
+        runs = {t.key: [r for r in self.runs if r.problem.key == t.key] for t in self.tasks}
+        return [(info, Sweep(self.run_dir, runs[info.key], order)) for info in self.tasks]
 
     def cells(self, runs: Sequence[Run] | None = None) -> dict[tuple[str, str], list[Run]]:
         """Successful runs (or ``runs``) per (defense, attack), in the spec's order."""

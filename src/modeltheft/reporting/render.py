@@ -57,9 +57,9 @@ def html(report: Report) -> str:
 
 def md_text(text: object) -> str:
     """A Markdown table cell or heading: no raw HTML, no pipes, no emphasis, no links."""
-    out = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    out = out.replace("|", "&#124;").replace("\n", " ").replace("\r", " ")
-    return re.sub(r"([\\`*_\[\]#!])", r"\\\1", out)
+    out = re.sub(r"([\\`*_\[\]#!])", r"\\\1", str(text))  # before the entities' own "#"
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return out.replace("|", "&#124;").replace("\n", " ").replace("\r", " ")
 
 
 def md_table(table: Table) -> str:

@@ -121,7 +121,7 @@ def _images(run: Run, task: TaskInfo, count: int) -> list[bytes] | None:
     size = int(np.prod(shape))
     rows = run.metrics["samples"].get("rows")
     if not isinstance(rows, list):
-        rows = _eval_rows(task.name)
+        rows = _eval_rows(task.key)
     try:
         pixels = np.asarray(rows[:count] if rows is not None else [], dtype=float)
     except (TypeError, ValueError):
