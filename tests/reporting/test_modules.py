@@ -239,3 +239,25 @@ def test_a_torn_copy_is_reported_without_cutting_it(digits_dir: Path, tmp_path: 
     before = (copy / "results.jsonl").read_text()
     assert "25: 24 ok, 1 failed" in build_report(copy)["html"].read_text()
     assert (copy / "results.jsonl").read_text() == before
+
+
+def test_demo_plots_take_the_task_shape_and_wording(tmp_path: Path) -> None:
+    import numpy as np
+
+    from modeltheft.reporting.plots import budget_curve_plot, predictions_plot
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=12)
+    for shape, width in (((4, 4, 3), 48), (None, 36)):
+        path = predictions_plot(
+            rng.random((12, width)),
+            labels,
+            {"victim": labels},
+            tmp_path / f"p{width}.png",
+            image_shape=shape,
+            what="Evaluation images",
+        )
+        assert Image.open(path).size == (1000, 1100)
+    curve = [{"spent": 10, "fidelity": 0.5, "accuracy": 0.4}]
+    path = budget_curve_plot(curve, tmp_path / "c.png", "t", measured_on="the 54 rows")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
