@@ -2,11 +2,9 @@
 
 import csv
 import json
-import os
 import re
 import shutil
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from modeltheft.experiments.run import run_task
 from modeltheft.experiments.spec import Task
 from modeltheft.experiments.sweep import sweep
 from modeltheft.reporting.report import Stat, build_report, read_records
+from tests.reporting.browser import load, need_chromium
 
 EVIL = "<script>alert(1)</script>"
-CHROMIUM = Path("/usr/bin/chromium")
 SPEC = f"""
 name = "tiny & <b>bold</b>"
 seed = 3
@@ -236,69 +234,15 @@ def test_cli_report_and_exit_codes(
 
 def test_html_loads_in_headless_chromium(report: dict[str, Path], tmp_path: Path) -> None:
     """Debian's chromium (``apt-get install chromium``; .ci/run installs it) renders the page."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
+    need_chromium()
     shot = tmp_path / "report.png"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on(
-                "console",
-                lambda m: (
-                    problems.append(f"{m.type}: {m.text}")
-                    if m.type in ("error", "warning")
-                    else None
-                ),
-            )
-            page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
-            page.on(
-                "request",
-                lambda r: (
-                    None
-                    if r.url.startswith(("file:", "data:"))
-                    else problems.append(f"request: {r.url}")
-                ),
-            )
-            start = time.perf_counter()
-            page.goto(report["html"].resolve().as_uri(), wait_until="load")
-            wall = time.perf_counter() - start
-            timing = page.evaluate(
-                "(() => { const n = performance.getEntriesByType('navigation')[0];"
-                " return {load: n.loadEventEnd - n.startTime}; })()"
-            )
-            headings = page.locator("h2").all_inner_texts()
-            height = page.evaluate("document.body.scrollHeight")
-            broken = page.evaluate(
-                "Array.from(document.images).filter(i => !i.complete || !i.naturalWidth).length"
-            )
-            svgs = page.evaluate(
-                "Array.from(document.querySelectorAll('svg')).map(s => s.getBBox().width)"
-            )
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert problems == []
-    assert headings == HEADINGS
-    assert height > 1500 and broken == 0 and len(svgs) == 2 and min(svgs) > 100
+    page = load(report["html"], shot)
+    assert page["problems"] == [] and page["links"] == 0
+    assert page["headings"] == HEADINGS
+    assert page["height"] > 1500 and page["broken"] == 0
+    assert len(page["svgs"]) == 2 and min(page["svgs"]) > 100
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
-    assert timing["load"] < 1000, f"loaded in {timing['load']:.0f} ms (wall {wall:.2f} s)"
+    assert page["load"] < 1000, f"loaded in {page['load']:.0f} ms (wall {page['wall']:.2f} s)"
 
 
 def test_demo_report_writes_the_lab_run_as_records(

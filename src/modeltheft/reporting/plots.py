@@ -1,5 +1,10 @@
-"""The demo's figures, drawn with matplotlib's Agg backend (no display needed)."""
+"""The demo's figures, drawn with matplotlib's Agg backend (no display needed).
 
+Axis texts name what was measured on (``measured_on``): the defaults are the digits lab's
+wording; other tasks pass their own (``"the 54 evaluation rows"``).
+"""
+
+import math
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +38,12 @@ def _annotate(ax: plt.Axes, bars, fmt: str) -> None:
         )
 
 
-def accuracy_plot(victim_accuracy: float, scenarios: list[ScenarioResult], path: Path) -> Path:
+def accuracy_plot(
+    victim_accuracy: float,
+    scenarios: list[ScenarioResult],
+    path: Path,
+    measured_on: str = "the 540 test digits",
+) -> Path:
     """Bars of victim and stolen accuracies (with ± std over repeats)."""
     names = ["Victim\n(proprietary)"] + [_label(s) for s in scenarios]
     values = [victim_accuracy] + [s.stolen_accuracy for s in scenarios]
@@ -42,7 +52,7 @@ def accuracy_plot(victim_accuracy: float, scenarios: list[ScenarioResult], path:
     bars = ax.bar(names, values, yerr=errors, capsize=6, color=COLORS[: len(values)], alpha=0.85)
     _annotate(ax, bars, "{:.3f}")
     ax.set_ylim(0, 1.08)
-    ax.set_ylabel("Accuracy on the 540 test digits")
+    ax.set_ylabel(f"Accuracy on {measured_on}")
     ax.set_title("Model theft: accuracy of the victim and of its stolen copies")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -74,14 +84,20 @@ def predictions_plot(
     truth: np.ndarray,
     columns: dict[str, np.ndarray],
     path: Path,
+    image_shape: tuple[int, ...] | None = None,
+    what: str = "Test digits",
 ) -> Path:
-    """A 3x4 grid of digits, each titled with the true label and every model's prediction.
+    """A 3x4 grid of images, each titled with the true label and every model's prediction.
+
+    ``image_shape`` is the task's (H, W[, C]); by default a square grayscale image.
 
     A model's label is shown in red where it differs from the true one.
     """
+    side = math.isqrt(images.shape[1])
+    shape = tuple(image_shape) if image_shape else (side, side)
     fig, axes = plt.subplots(3, 4, figsize=(10, 11))
     for k, ax in enumerate(axes.flat):
-        ax.imshow(images[k].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(np.clip(images[k].reshape(shape), 0, 1), cmap="gray_r", vmin=0, vmax=1)
         lines = [(f"true {truth[k]}", "black")] + [
             (f"{name}: {predicted[k]}", "#c62828" if predicted[k] != truth[k] else "#2e7d32")
             for name, predicted in columns.items()
@@ -99,14 +115,19 @@ def predictions_plot(
                 fontweight="bold" if row == 0 else "normal",
             )
         ax.axis("off")
-    fig.suptitle("Test digits: victim, stolen copy, and copy stolen under the lab's defenses")
+    fig.suptitle(f"{what}: victim, stolen copy, and copy stolen under the lab's defenses")
     fig.subplots_adjust(top=0.86, bottom=0.02, left=0.02, right=0.98, hspace=0.55, wspace=0.1)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def budget_curve_plot(rows: list[dict[str, float | int | None]], path: Path, title: str) -> Path:
+def budget_curve_plot(
+    rows: list[dict[str, float | int | None]],
+    path: Path,
+    title: str,
+    measured_on: str = "test digits",
+) -> Path:
     """Fidelity and accuracy of the stolen copy against queries spent."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     spent = [r["spent"] for r in rows]
@@ -117,7 +138,7 @@ def budget_curve_plot(rows: list[dict[str, float | int | None]], path: Path, tit
             ax.plot(*zip(*points, strict=True), marker="o", color=color, label=key)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("queries spent")
-    ax.set_ylabel("agreement with the victim / accuracy on test digits")
+    ax.set_ylabel(f"agreement with the victim / accuracy on {measured_on}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -127,7 +148,12 @@ def budget_curve_plot(rows: list[dict[str, float | int | None]], path: Path, tit
     return path
 
 
-def pareto_plot(points: list[dict[str, object]], path: Path, title: str) -> Path:
+def pareto_plot(
+    points: list[dict[str, object]],
+    path: Path,
+    title: str,
+    measured_on: str = "540 test digits",
+) -> Path:
     """Honest accuracy (x) against thief fidelity (y): one point per defense × attack.
 
     ``points`` hold ``defense``, ``attack``, ``honest_accuracy`` and ``fidelity``. Up and to
@@ -163,7 +189,7 @@ def pareto_plot(points: list[dict[str, object]], path: Path, title: str) -> Path
     ]
     ax.legend(handles=handles, fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel(
-        "honest client's accuracy through the API (540 test digits; equal values spread apart)"
+        f"honest client's accuracy through the API ({measured_on}; equal values spread apart)"
     )
     ax.set_ylabel("thief's fidelity (agreement with the victim)")
     ax.set_ylim(-0.02, 1.02)
