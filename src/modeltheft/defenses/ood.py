@@ -121,6 +121,11 @@ class FeatureSpace:
         self.kind = kind
         self.widths = widths
         self.knots = knots
+        if knots is not None:
+            self._low = np.array([values[0] for values, _ in knots])
+            self._high = np.array([values[-1] for values, _ in knots])
+            spread = self._high - self._low
+            self._slope = np.divide(1.0, spread, out=np.ones_like(spread), where=spread > 0)
 
     @property
     def identity(self) -> bool:
@@ -131,12 +136,10 @@ class FeatureSpace:
         if self.knots is not None:
             out = np.empty(X.shape, dtype=float)
             for j, (values, ranks) in enumerate(self.knots):
-                low, high = values[0], values[-1]
-                slope = 1.0 / (high - low) if high > low else 1.0
-                column = X[:, j]
-                out[:, j] = np.interp(column, values, ranks)
-                out[:, j] += np.minimum(column - low, 0.0) * slope
-                out[:, j] += np.maximum(column - high, 0.0) * slope
+                out[:, j] = np.interp(X[:, j], values, ranks)
+            below = np.minimum(X - self._low, 0.0)
+            above = np.maximum(X - self._high, 0.0)
+            out += (below + above) * self._slope
             return out
         if self.widths is not None:
             return X / self.widths
