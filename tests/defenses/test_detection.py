@@ -15,6 +15,7 @@ from modeltheft.defenses.misinformation import AdaptiveMisinformation, relabel
 from modeltheft.defenses.watermark import Watermark, load_records, verify, watermarked_clients
 from modeltheft.errors import Blocked, ConfigError
 from modeltheft.state.memory import MemoryStore
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 
 
@@ -29,7 +30,13 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
 
 
 def guarded(victim: LoadedVictim, *stages, store: MemoryStore | None = None) -> GuardedModel:
-    return GuardedModel(victim.model, Pipeline(list(stages)), store=store or MemoryStore(), seed=0)
+    return GuardedModel(
+        victim.model,
+        Pipeline(list(stages)),
+        store=store or MemoryStore(),
+        seed=0,
+        task=digits_task(),
+    )
 
 
 def test_ood_monitor_leaves_honest_clients_alone(victim: LoadedVictim) -> None:
@@ -206,7 +213,9 @@ def test_verify_separates_a_copy_from_an_independent_model() -> None:
 
 def test_recommended_preset_end_to_end(victim: LoadedVictim) -> None:
     store = MemoryStore()
-    g = GuardedModel(victim.model, load_pipeline("recommended"), store=store, seed=0)
+    g = GuardedModel(
+        victim.model, load_pipeline("recommended"), store=store, seed=0, task=digits_task()
+    )
     split = lab_split()
     truth = victim.model.predict(split.X_test)
     labels = np.concatenate(
@@ -243,7 +252,7 @@ def test_bad_parameters_are_config_errors(cls: type, params: dict) -> None:
 def test_bad_reference_is_a_config_error(tmp_path) -> None:
     stage = AdaptiveMisinformation(reference=str(tmp_path / "nope.npy"))
     with pytest.raises(ConfigError, match="reference"):
-        GuardedModel(victim_model(), Pipeline([stage]))
+        GuardedModel(victim_model(), Pipeline([stage]), task=digits_task())
 
 
 def victim_model():
@@ -262,6 +271,7 @@ def test_seeded_memory_store_makes_keyed_answers_reproducible(victim: LoadedVict
             load_pipeline("recommended"),
             store=MemoryStore(np.random.default_rng(3)),
             seed=3,
+            task=digits_task(),
         ).answer("thief", X)
         for _ in range(2)
     ]
@@ -305,9 +315,12 @@ def test_knn_scores_equal_scikit_learn_neighbours(batch: int) -> None:
     """Scores equal an exact k-NN search, one row at a time (its own path) or in batches."""
     from sklearn.neighbors import NearestNeighbors
 
-    from modeltheft.defenses.ood import knn_scorer, reference_data
+    from modeltheft.defenses.ood import knn_scorer, reference_rows
 
-    scorer = knn_scorer("lab", 5)
+    def reference_data(name: str) -> np.ndarray:
+        return reference_rows(name, digits_task())
+
+    scorer = knn_scorer("lab", 5, digits_task())
     rng = np.random.default_rng(batch)
     X = np.vstack([lab_split().X_test, rng.random((200, 64)), rng.random((50, 64)) * 0.1])
     X = np.vstack([X, reference_data("lab")[:20]])  # training digits themselves: a distance 0

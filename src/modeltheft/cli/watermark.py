@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from modeltheft.defenses.watermark import (
-    CLASSES_KEY,
+    COIN_NULL,
     load_records,
+    stored_classes,
     verify,
     watermarked_clients,
 )
@@ -42,24 +43,31 @@ def verify_command(
     alpha: Annotated[float, typer.Option(help="Evidence threshold on the p-value.")] = 1e-6,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Query the suspect on each client's watermarked queries; report a binomial p-value."""
+    """Query the suspect on each client's watermarked queries; report a binomial p-value.
+
+    The suspect's answers (class labels, ints or strings) are matched with the served
+    model's classes that the state recorded. With two classes the watermarks are keyed coin
+    flips (DAWN's bound would be vacuous), so chance is exactly 1/2.
+    """
     from modeltheft.evaluation.suspect import suspect_predictor
     from modeltheft.state import open_store
 
     store = open_store(state)
     try:
         clients = client or watermarked_clients(store)
-        n_classes = store.get(CLASSES_KEY)
+        classes = stored_classes(store)
         records = [load_records(store, name) for name in clients]
     finally:
         store.close()
     records = [r for r in records if len(r.labels)]
-    if not records or n_classes < 2:
+    if not records or classes is None:
         who = ", ".join(client) if client else "any client"
         raise ConfigError(f"no watermark records for {who} in {state}")
     predict = suspect_predictor(suspect, protocol=protocol, api_key=api_key, model_name=model_name)
-    verdicts = [verify(r, predict(r.X), n_classes) for r in records]
-    table = Table("client", "watermarks", "reproduced", "chance ≤", "p-value", "evidence")
+    verdicts = [verify(r, predict(r.X), classes) for r in records]
+    binary = len(classes) == 2
+    chance = "chance =" if binary else "chance ≤"
+    table = Table("client", "watermarks", "reproduced", chance, "p-value", "evidence")
     for v in verdicts:
         evidence = "[bold red]copy[/]" if v.p_value < alpha else "none"
         table.add_row(
@@ -71,6 +79,8 @@ def verify_command(
             evidence,
         )
     console.print(table)
+    if binary:
+        console.print(f"note: {COIN_NULL}")
     best = min(verdicts, key=lambda v: v.p_value)
     adjusted = min(1.0, best.p_value * len(verdicts))
     verdict = "is a copy" if adjusted < alpha else "shows no evidence of copying"
@@ -81,5 +91,6 @@ def verify_command(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         report = {"suspect": suspect, "alpha": alpha, "bonferroni_p": adjusted}
+        report["classes"] = classes.tolist()
         report["clients"] = [v.describe() for v in verdicts]
         json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -10,7 +10,6 @@ import time
 from typing import Literal
 
 from modeltheft.defenses.base import DefenseContext
-from modeltheft.errors import ConfigError
 from modeltheft.state.base import StateStore
 
 log = logging.getLogger("modeltheft.alerts")
@@ -18,13 +17,6 @@ log = logging.getLogger("modeltheft.alerts")
 NORMAL, STRICT, BLOCKED = 0, 1, 2
 Action = Literal["log", "strict", "block"]
 ACTIONS: dict[str, int] = {"log": NORMAL, "strict": STRICT, "block": BLOCKED}
-
-
-def check_action(action: str) -> str:
-    """Validate a detector's ``on_alert`` setting."""
-    if action not in ACTIONS:
-        raise ConfigError(f"on_alert must be one of {', '.join(ACTIONS)}, got {action!r}")
-    return action
 
 
 def status_key(client_id: str) -> str:

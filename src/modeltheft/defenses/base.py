@@ -10,9 +10,11 @@ worker processes.
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
+from modeltheft.registry import Plugin, Registry
 from modeltheft.state.audit import row_digest
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
@@ -106,11 +108,17 @@ class Answers:
         return replace(self, suspicious=self.flagged | np.asarray(rows, dtype=bool))
 
 
-class Stage:
-    """Common manners of all stages: a registered name, hooks, claims the contract tests check."""
+class Stage(Plugin):
+    """Common manners of all stages: a registered name, hooks, claims the contract tests check.
 
-    name: str = "stage"
-    paper: str = ""
+    Parameters are declared in ``_parameter_constraints`` (see :mod:`modeltheft.registry`);
+    a constructor stores its arguments and calls :meth:`validate_params`, so a stage built by
+    hand is checked as one built from a TOML file.
+    """
+
+    name: ClassVar[str] = "stage"
+    kind: ClassVar[str] = "defense stage"
+    paper: ClassVar[str] = ""
     honest_cost: str = ""
     """What the stage costs an honest client, in one line (shown in docs and ``describe``)."""
     keeps_argmax: bool = False
@@ -131,6 +139,10 @@ class Stage:
     def describe(self) -> dict[str, object]:
         """Public description (name only: parameters may be secret)."""
         return {"name": self.name}
+
+
+STAGES: Registry[Stage] = Registry("defense stage")
+"""Every stage by its registered name (``type`` in a TOML ``[[stages]]`` table)."""
 
 
 class AdmissionStage(Stage):

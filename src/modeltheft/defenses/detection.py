@@ -9,21 +9,30 @@ import math
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy import special, stats
 
-from modeltheft.defenses.alerts import ACTIONS, check_action, client_status, raise_alert
-from modeltheft.defenses.base import Answers, DefenseContext, OutputStage
-from modeltheft.defenses.ood import check_rate, knn_scorer
+from modeltheft.defenses.alerts import ACTIONS, client_status, raise_alert
+from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.keyed import label_prefix, split_label
+from modeltheft.defenses.ood import (
+    SCALES,
+    FeatureSpace,
+    KnnScorer,
+    auto_scale,
+    feature_space,
+    knn_scorer,
+)
 from modeltheft.errors import ConfigError
+from modeltheft.registry import InstanceOf, Interval, Options
 from modeltheft.state.base import StateStore
 
-
-def _check_int(name: str, value: int, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
+RATE = Interval(float, 0, 0.5, closed="right")
+"""A small probability: in (0, 0.5]."""
+ON_ALERT = Options(*ACTIONS)
+REFERENCE = InstanceOf(str, "'task', 'lab', 'holdout' or the path of a .npy file")
 
 
 def _acted(ctx: DefenseContext, detector: str, action: str) -> bool:
@@ -40,11 +49,14 @@ def _escalate(answers: Answers, action: str) -> Answers:
     return answers
 
 
+@STAGES.register
 class OodRateMonitor(OutputStage):
     """Alert when a client's share of out-of-distribution queries is implausible for an honest one.
 
-    Each query is out of distribution if its k-NN distance to the training digits exceeds the
-    quantile ``1 - fpr`` of their leave-one-out distances. Honest clients send such queries at
+    Each query is out of distribution if its k-NN distance to the reference rows (by default
+    the task's training rows; distances in the standardised space of
+    :mod:`~modeltheft.defenses.ood`) exceeds the quantile ``1 - fpr`` of their leave-one-out
+    distances. Honest clients send such queries at
     about ``honest_rate``; the client is flagged once ``P(Binomial(n, honest_rate) >= hits)``
     falls below ``alpha`` after at least ``min_queries`` queries. ``n`` and ``hits`` count
     distinct queries: an exact repeat of an earlier query of the client is not counted.
@@ -55,35 +67,52 @@ class OodRateMonitor(OutputStage):
         "Kariyappa & Qureshi, CVPR 2020 (out-of-distribution queries); per-client monitoring "
         "as in Juuti et al., PRADA, EuroS&P 2019"
     )
-    honest_cost = "none unless an honest client's digits are mostly unlike the training digits"
+    honest_cost = "none unless an honest client's rows are mostly unlike the training rows"
     keeps_argmax = True
     keeps_simplex = True
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "reference": [REFERENCE],
+        "scale": [Options(*SCALES)],
+        "k": [Interval(int, 1, None)],
+        "fpr": [RATE],
+        "honest_rate": [RATE],
+        "alpha": [RATE],
+        "min_queries": [Interval(int, 1, None)],
+        "on_alert": [ON_ALERT],
+    }
 
     def __init__(
         self,
-        reference: str = "lab",
+        reference: str = "task",
         k: int = 5,
         fpr: float = 0.01,
         honest_rate: float = 0.02,
         alpha: float = 1e-6,
         min_queries: int = 10,
         on_alert: str = "strict",
+        scale: str = "auto",
     ) -> None:
         self.reference = reference
-        self.k = _check_int("k", k, 1)
-        self.fpr = check_rate("fpr", fpr, high=0.5)
-        self.honest_rate = check_rate("honest_rate", honest_rate, high=0.5)
-        self.alpha = check_rate("alpha", alpha, high=0.5)
-        self.min_queries = _check_int("min_queries", min_queries, 1)
-        self.on_alert = check_action(on_alert)
+        self.k = k
+        self.fpr = fpr
+        self.honest_rate = honest_rate
+        self.alpha = alpha
+        self.min_queries = min_queries
+        self.on_alert = on_alert
+        self.scale = scale
+        self.validate_params()
+        self._scorer: KnnScorer | None = None
         self.threshold: float | None = None
+
+    def setup(self, env: StageEnv) -> None:
+        self._scorer = knn_scorer(self.reference, self.k, env.task, self.scale)
+        self.threshold = self._scorer.threshold(self.fpr)
 
     def out_of_distribution(self, X: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows counted as out of distribution."""
-        scorer = knn_scorer(self.reference, self.k)
-        if self.threshold is None:
-            self.threshold = scorer.threshold(self.fpr)
-        return scorer.score(X) > self.threshold
+        if self._scorer is None or self.threshold is None:
+            raise ConfigError(f"stage {self.name!r} was used before setup")
+        return self._scorer.score(X) > self.threshold
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
@@ -109,7 +138,14 @@ class OodRateMonitor(OutputStage):
 
 
 _RECORD = struct.Struct(">BBd8s")  # class, flags, distance, digest of the row
+_WIDE_RECORD = struct.Struct(">IBd8s")  # the same for a class index of 256 or more
 _OLD_RECORD = struct.Struct(">BBd")  # before repeats were recognised: no digest
+
+
+def _record(label: int, flags: int, distance: float, digest: bytes) -> bytes:
+    return (_RECORD if label < 256 else _WIDE_RECORD).pack(label, flags, distance, digest)
+
+
 JOINED, REPEAT = 1, 2
 
 
@@ -170,7 +206,8 @@ class _PradaClient:
         if len(item) == _OLD_RECORD.size:
             label, flags, distance = _OLD_RECORD.unpack(item)
         else:
-            label, flags, distance, digest = _RECORD.unpack(item)
+            form = _WIDE_RECORD if len(item) == _WIDE_RECORD.size else _RECORD
+            label, flags, distance, digest = form.unpack(item)
             self.seen.add(digest)
         if flags & REPEAT:
             return
@@ -180,8 +217,16 @@ class _PradaClient:
             self.thresholds[label] = self.thresholds.get(label, _Threshold()).plus(distance)
 
 
+@STAGES.register
 class Prada(OutputStage):
     """PRADA: Shapiro–Wilk normality of each client's minimum inter-query distances.
+
+    Distances are L2 in a standardised space (``scale``, as the OOD scorer's in
+    :mod:`~modeltheft.defenses.ood`): ``"auto"`` keeps digits' pixels as they are (one shared
+    [0, 1] range) and divides a table's columns by their standard deviation over the task's
+    training rows, so a column in thousands does not drown the others. A task without
+    training rows falls back to the declared ranges when every feature has finite bounds,
+    and to raw distances otherwise (PRADA itself needs no reference rows).
 
     For every query, the L2 distance to the nearest earlier query of the same predicted class
     (the class's *growing set*) joins the client's distance set D; the query joins the growing
@@ -200,6 +245,15 @@ class Prada(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "delta": [Interval(float, 0, 1, closed="right")],
+        "min_queries": [Interval(int, 3, None)],
+        "window": [Interval(int, 3, None)],
+        "on_alert": [ON_ALERT],
+        "test_every": [Interval(int, 1, None)],
+        "scale": [Options(*SCALES)],
+    }
+
     def __init__(
         self,
         delta: float = 0.75,
@@ -207,20 +261,39 @@ class Prada(OutputStage):
         window: int = 5000,
         on_alert: str = "strict",
         test_every: int = 10,
+        scale: str = "auto",
     ) -> None:
-        self.delta = check_rate("delta", delta)
-        self.min_queries = _check_int("min_queries", min_queries, 3)
-        self.window = _check_int("window", window, self.min_queries)
-        self.on_alert = check_action(on_alert)
-        self.test_every = _check_int("test_every", test_every, 1)
+        self.delta = delta
+        self.min_queries = min_queries
+        self.window = window
+        self.on_alert = on_alert
+        self.test_every = test_every
+        self.scale = scale
+        self.validate_params()
+        if window < min_queries:
+            raise ConfigError(
+                f"defense stage 'prada': window must be >= min_queries ({min_queries}), "
+                f"got {window!r}"
+            )
         self._clients: dict[str, _PradaClient] = {}
+        self._space: FeatureSpace | None = None
+
+    def setup(self, env: StageEnv) -> None:
+        task = env.task
+        scale = self.scale
+        if task.data is None and scale == "auto" and auto_scale(task) != "range":
+            scale = "range" if task.bounded else "none"  # nothing to fit a scale on
+        rows = None if task.data is None else np.asarray(task.data.X_train)
+        space = feature_space(scale, task, rows)
+        self._space = None if space.identity else space
 
     def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
         """Read what this worker has not seen yet (its own appends included), in store order."""
         state = self._clients.setdefault(client_id, _PradaClient())
         for item in store.items(f"prada:{client_id}:rows", state.n_rows):
-            row = np.frombuffer(item[1:], dtype=np.float64)
-            state.growing.setdefault(item[0], _Rows(len(row))).add(row)
+            label, payload = split_label(item)
+            row = np.frombuffer(payload, dtype=np.float64)
+            state.growing.setdefault(label, _Rows(len(row))).add(row)
             state.n_rows += 1
         for item in store.items(f"prada:{client_id}:d", state.n_records):
             state.fold(item)
@@ -252,13 +325,14 @@ class Prada(OutputStage):
         new_rows: list[bytes] = []
         records: list[bytes] = []
         labels = np.argmax(answers.original, axis=1)
-        for x, label, digest in zip(ctx.inputs, labels, ctx.digests, strict=True):
+        inputs = ctx.inputs if self._space is None else self._space(ctx.inputs)
+        for x, label, digest in zip(inputs, labels, ctx.digests, strict=True):
             label = int(label)
             row = np.asarray(x, dtype=np.float64)
             if digest in state.seen or digest in seen:
                 # An exact repeat of an earlier query tells a thief nothing new; honest
                 # clients repeat themselves, and counting repeats would skew D.
-                records.append(_RECORD.pack(label, REPEAT, 0.0, digest))
+                records.append(_record(label, REPEAT, 0.0, digest))
                 continue
             seen.add(digest)
             group, extra = state.growing.get(label), pending.get(label, [])
@@ -275,8 +349,8 @@ class Prada(OutputStage):
                     thresholds[label] = threshold.plus(distance)
             if joins:
                 pending.setdefault(label, []).append(row)
-                new_rows.append(bytes([label]) + row.tobytes())
-            records.append(_RECORD.pack(label, JOINED if counted else 0, distance, digest))
+                new_rows.append(label_prefix(label) + row.tobytes())
+            records.append(_record(label, JOINED if counted else 0, distance, digest))
         if new_rows:
             ctx.store.append(f"prada:{ctx.client_id}:rows", new_rows)
         ctx.store.append(f"prada:{ctx.client_id}:d", records)

@@ -22,3 +22,19 @@ def unit_interval(digests: list[bytes], offset: int = 0) -> np.ndarray:
 def choose(digest: bytes, n: int, offset: int = 8) -> int:
     """An index in ``range(n)`` drawn from 8 bytes of ``digest``."""
     return int.from_bytes(digest[offset : offset + 8], "big") % n
+
+
+def label_prefix(label: int) -> bytes:
+    """A class index before a row's float64 bytes: one byte below 256, else four.
+
+    The two widths are told apart by the record's length (1 or 4 more than a multiple of 8),
+    so records written before wide labels existed read as they always did.
+    """
+    return bytes([label]) if 0 <= label < 256 else int(label).to_bytes(4, "big")
+
+
+def split_label(item: bytes) -> tuple[int, bytes]:
+    """The class index and the row bytes of a record made with :func:`label_prefix`."""
+    if len(item) % 8 == 4:
+        return int.from_bytes(item[:4], "big"), item[4:]
+    return item[0], item[1:]

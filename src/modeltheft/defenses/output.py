@@ -1,19 +1,18 @@
 """Stateless output stages: each maps an (n, k) probability array to another."""
 
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 
-from modeltheft.defenses.base import Answers, DefenseContext, OutputStage
+from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage
 from modeltheft.errors import ConfigError
+from modeltheft.registry import Interval
+
+PROBABILITY = Interval(float, 0, 1)
 
 
-def _check_probability(name: str, value: float) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
+@STAGES.register
 class GaussianNoise(OutputStage):
     """Add N(0, sigma) to every probability, then clip (the OWASP lab's output noise)."""
 
@@ -21,14 +20,22 @@ class GaussianNoise(OutputStage):
     honest_cost = "high: noisy probabilities, and sigma 0.2 flips some labels"
     paper = "OWASP ML05:2023 lab; output perturbation as in Tramèr et al., USENIX Security 2016"
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "sigma": [Interval(float, 0, float("inf"), closed="left")],
+        "clip_min": [PROBABILITY],
+        "clip_max": [PROBABILITY],
+    }
+
     def __init__(self, sigma: float = 0.2, clip_min: float = 0.01, clip_max: float = 0.99) -> None:
-        if not isinstance(sigma, int | float) or isinstance(sigma, bool) or sigma < 0:
-            raise ConfigError(f"sigma must be >= 0, got {sigma!r}")
-        self.sigma = float(sigma)
-        self.clip_min = _check_probability("clip_min", clip_min)
-        self.clip_max = _check_probability("clip_max", clip_max)
+        self.sigma = sigma
+        self.clip_min = clip_min
+        self.clip_max = clip_max
+        self.validate_params()
         if self.clip_min > self.clip_max:
-            raise ConfigError(f"clip_min ({clip_min}) must be <= clip_max ({clip_max})")
+            raise ConfigError(
+                f"defense stage {self.name!r}: clip_min ({clip_min}) must be <= clip_max "
+                f"({clip_max})"
+            )
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         noise = ctx.rng.normal(0.0, self.sigma, size=answers.probabilities.shape)
@@ -36,6 +43,7 @@ class GaussianNoise(OutputStage):
         return answers.with_probabilities(noisy)
 
 
+@STAGES.register
 class Rounding(OutputStage):
     """Round probabilities to a few decimals (precision reduction; Tramèr et al. 2016)."""
 
@@ -45,15 +53,17 @@ class Rounding(OutputStage):
         "Tramèr et al., Stealing Machine Learning Models via Prediction APIs, USENIX Security 2016"
     )
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {"decimals": [Interval(int, 0, None)]}
+
     def __init__(self, decimals: int = 1) -> None:
-        if not isinstance(decimals, int) or isinstance(decimals, bool) or decimals < 0:
-            raise ConfigError(f"decimals must be an integer >= 0, got {decimals!r}")
         self.decimals = decimals
+        self.validate_params()
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         return answers.with_probabilities(np.round(answers.probabilities, self.decimals))
 
 
+@STAGES.register
 class RandomHardLabel(OutputStage):
     """With probability p per row, answer a one-hot of the victim's own top class (OWASP lab)."""
 
@@ -62,8 +72,11 @@ class RandomHardLabel(OutputStage):
     paper = "OWASP ML05:2023 lab; label-only answers as in Tramèr et al. 2016"
     keeps_simplex = True
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {"probability": [PROBABILITY]}
+
     def __init__(self, probability: float = 0.4) -> None:
-        self.probability = _check_probability("probability", probability)
+        self.probability = probability
+        self.validate_params()
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         n, k = answers.probabilities.shape
@@ -73,6 +86,7 @@ class RandomHardLabel(OutputStage):
         return answers.with_probabilities(probabilities)
 
 
+@STAGES.register
 class HardLabel(OutputStage):
     """Return only the top label, never probabilities (Tramèr et al. 2016, Sec. 7)."""
 
@@ -90,6 +104,7 @@ class HardLabel(OutputStage):
         return replace(answers, probabilities=one_hot, expose_probabilities=False)
 
 
+@STAGES.register
 class Normalize(OutputStage):
     """Divide each row by its sum so the answer is a probability vector again (OWASP lab)."""
 

@@ -5,10 +5,12 @@ receives (:attr:`Answers.labels`), which is the victim's own label when the stag
 Inputs are expected in [0, 1]; rows that are exactly 0 or 1 (forest victims) are fine.
 """
 
+from typing import ClassVar
+
 import numpy as np
 
-from modeltheft.defenses.base import Answers, DefenseContext, OutputStage
-from modeltheft.errors import ConfigError
+from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage
+from modeltheft.registry import Interval
 
 _LOGIT_CLIP = 1e-9
 """Probabilities are clipped to [_LOGIT_CLIP, 1 - _LOGIT_CLIP] before the logit (as ART does)."""
@@ -17,15 +19,8 @@ _TIE_BREAK = 1e-9
 """Weight of the one-hot mixed into a row whose top class is only tied for first place."""
 
 
-def _check_positive(name: str, value: float) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+POSITIVE = Interval(float, 0, float("inf"), closed="neither")
+"""A finite number > 0."""
 
 
 def _normalize(rows: np.ndarray) -> np.ndarray:
@@ -61,6 +56,7 @@ def keep_top_class(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+@STAGES.register
 class ReverseSigmoid(OutputStage):
     """Lee et al.'s reverse-sigmoid perturbation, label-preserving for every beta and gamma.
 
@@ -87,9 +83,12 @@ class ReverseSigmoid(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {"beta": [POSITIVE], "gamma": [POSITIVE]}
+
     def __init__(self, beta: float = 1.0, gamma: float = 0.1) -> None:
-        self.beta = _check_positive("beta", beta)
-        self.gamma = _check_positive("gamma", gamma)
+        self.beta = beta
+        self.gamma = gamma
+        self.validate_params()
 
     def perturbation(self, probabilities: np.ndarray) -> np.ndarray:
         """The reverse-sigmoid term r for every probability."""
@@ -104,6 +103,7 @@ class ReverseSigmoid(OutputStage):
         return answers.with_probabilities(defended)
 
 
+@STAGES.register
 class TopK(OutputStage):
     """Keep each row's k largest probabilities, zero the others and renormalise.
 
@@ -121,10 +121,11 @@ class TopK(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {"k": [Interval(int, 1, None)]}
+
     def __init__(self, k: int = 3) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
         self.k = k
+        self.validate_params()
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         probabilities = np.asarray(answers.probabilities, dtype=float)
@@ -138,6 +139,7 @@ class TopK(OutputStage):
         return answers.with_probabilities(defended)
 
 
+@STAGES.register
 class ArgmaxPreservingNoise(OutputStage):
     """Mix each row with a random point of the simplex, then put the top class back on top.
 
@@ -156,10 +158,11 @@ class ArgmaxPreservingNoise(OutputStage):
     keeps_argmax = True
     keeps_simplex = True
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {"scale": [Interval(float, 0, 1)]}
+
     def __init__(self, scale: float = 0.5) -> None:
-        if not isinstance(scale, int | float) or isinstance(scale, bool) or not 0.0 <= scale <= 1.0:
-            raise ConfigError(f"scale must be a number in [0, 1], got {scale!r}")
-        self.scale = float(scale)
+        self.scale = scale
+        self.validate_params()
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         probabilities = np.asarray(answers.probabilities, dtype=float)

@@ -1,7 +1,9 @@
 """Build a defense pipeline from a preset name or a TOML file.
 
 A TOML file holds ``[[stages]]`` tables, each with a ``type`` (a registered stage name) and
-that stage's parameters. Unknown types and unknown parameters are errors, never ignored.
+that stage's parameters. Unknown types and unknown parameters are errors, never ignored; each
+stage's parameters are checked against its declared ``_parameter_constraints``
+(:mod:`modeltheft.registry`), so every message names the stage, the parameter and the value.
 """
 
 import tomllib
@@ -9,42 +11,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from modeltheft.defenses.base import Pipeline, Stage
-from modeltheft.defenses.detection import OodRateMonitor, Prada
-from modeltheft.defenses.misinformation import AdaptiveMisinformation
-from modeltheft.defenses.output import (
-    GaussianNoise,
-    HardLabel,
-    Normalize,
-    RandomHardLabel,
-    Rounding,
-)
-from modeltheft.defenses.perturb import ArgmaxPreservingNoise, ReverseSigmoid, TopK
-from modeltheft.defenses.ratelimit import ProbabilisticRateLimit, TokenBucketRateLimit
-from modeltheft.defenses.watermark import Watermark
+# Importing the stage modules registers their stages in STAGES.
+from modeltheft.defenses import detection, misinformation, output, perturb, ratelimit, watermark
+from modeltheft.defenses.base import STAGES, Pipeline, Stage
 from modeltheft.errors import ConfigError
-from modeltheft.registry import build
 from modeltheft.tomlfile import read_toml
 
-STAGES: dict[str, type[Stage]] = {
-    cls.name: cls
-    for cls in (
-        ProbabilisticRateLimit,
-        TokenBucketRateLimit,
-        GaussianNoise,
-        Rounding,
-        RandomHardLabel,
-        HardLabel,
-        Normalize,
-        OodRateMonitor,
-        Prada,
-        AdaptiveMisinformation,
-        Watermark,
-        ReverseSigmoid,
-        TopK,
-        ArgmaxPreservingNoise,
-    )
-}
+STAGE_MODULES = (ratelimit, output, detection, misinformation, watermark, perturb)
+"""The modules whose stages are registered (imported for that effect)."""
 
 
 def preset_names() -> list[str]:
@@ -63,7 +37,7 @@ def build_stage(spec: dict[str, Any]) -> Stage:
     kind = params.pop("type")
     if not isinstance(kind, str):
         raise ConfigError(f"a stage 'type' must be a string; got {kind!r}")
-    return build(STAGES, kind, params, "defense stage")
+    return STAGES.build(kind, params)
 
 
 def pipeline_from_dict(config: dict[str, Any], name: str = "custom") -> Pipeline:

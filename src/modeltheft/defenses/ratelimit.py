@@ -3,11 +3,14 @@
 import math
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
-from modeltheft.defenses.base import AdmissionStage, DefenseContext
-from modeltheft.errors import ConfigError, RateLimited
+from modeltheft.defenses.base import STAGES, AdmissionStage, DefenseContext
+from modeltheft.errors import RateLimited
+from modeltheft.registry import Interval, Satisfies
 
 
+@STAGES.register
 class ProbabilisticRateLimit(AdmissionStage):
     """The OWASP lab's limiter: past ``free_queries`` queries, refuse each with probability p.
 
@@ -19,18 +22,19 @@ class ProbabilisticRateLimit(AdmissionStage):
     honest_cost = "high: after 150 queries, 80% of every client's queries are refused"
     paper = "OWASP ML05:2023 lab (query-pattern rate limiting)"
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "free_queries": [Interval(int, 0, None)],
+        "refuse_probability": [Interval(float, 0, 1)],
+        "retry_after": [Interval(float, 0, float("inf"), closed="left")],
+    }
+
     def __init__(
         self, free_queries: int = 150, refuse_probability: float = 0.8, retry_after: float = 1.0
     ) -> None:
-        if not isinstance(free_queries, int) or isinstance(free_queries, bool) or free_queries < 0:
-            raise ConfigError(f"free_queries must be an integer >= 0, got {free_queries!r}")
-        if not isinstance(refuse_probability, int | float) or not 0 <= refuse_probability <= 1:
-            raise ConfigError(f"refuse_probability must be in [0, 1], got {refuse_probability!r}")
-        if not isinstance(retry_after, int | float) or retry_after < 0:
-            raise ConfigError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
         self.free_queries = free_queries
-        self.refuse_probability = float(refuse_probability)
-        self.retry_after = float(retry_after)
+        self.refuse_probability = refuse_probability
+        self.retry_after = retry_after
+        self.validate_params()
 
     def admit(self, n_rows: int, ctx: DefenseContext) -> None:
         total = ctx.store.incr(f"queries:{ctx.client_id}", n_rows)
@@ -43,7 +47,7 @@ class ProbabilisticRateLimit(AdmissionStage):
             raise RateLimited(
                 f"rate limited: {refused} of the {n_rows} queries in this request were refused "
                 f"(this client has sent {total} queries)",
-                retry_after=self.retry_after,
+                retry_after=float(self.retry_after),
             )
 
 
@@ -62,6 +66,11 @@ def _floor_tokens(tokens: float) -> int:
     return max(0, math.floor(tokens + 1e-9))
 
 
+def _printable_ascii(text: object) -> bool:
+    return isinstance(text, str) and bool(text) and all(" " <= char <= "~" for char in text)
+
+
+@STAGES.register
 class TokenBucketRateLimit(AdmissionStage):
     """A per-client token bucket: bursts of up to ``capacity`` queries, ``refill_per_hour`` after.
 
@@ -99,6 +108,12 @@ class TokenBucketRateLimit(AdmissionStage):
     paper = "Token bucket (Turner, IEEE Commun. Mag. 1986), policing as in RFC 2697"
     honest_cost = "none below `capacity` rows per burst and `refill_per_hour` rows per hour"
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "capacity": [Interval(int, 1, None)],
+        "refill_per_hour": [Interval(float, 0, float("inf"), closed="left")],
+        "policy_name": [Satisfies(_printable_ascii, "a non-empty string of printable ASCII")],
+    }
+
     clock: Callable[[], float]
 
     def __init__(
@@ -107,28 +122,10 @@ class TokenBucketRateLimit(AdmissionStage):
         refill_per_hour: float = 1000.0,
         policy_name: str = "default",
     ) -> None:
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise ConfigError(f"capacity must be an integer >= 1, got {capacity!r}")
-        if (
-            not isinstance(refill_per_hour, int | float)
-            or isinstance(refill_per_hour, bool)
-            or not math.isfinite(refill_per_hour)
-            or refill_per_hour < 0
-        ):
-            raise ConfigError(
-                f"refill_per_hour must be a finite number >= 0, got {refill_per_hour!r}"
-            )
-        if (
-            not isinstance(policy_name, str)
-            or not policy_name
-            or not all(" " <= char <= "~" for char in policy_name)
-        ):
-            raise ConfigError(
-                f"policy_name must be a non-empty string of printable ASCII, got {policy_name!r}"
-            )
         self.capacity = capacity
-        self.refill_per_hour = float(refill_per_hour)
+        self.refill_per_hour = refill_per_hour
         self.policy_name = policy_name
+        self.validate_params()
         self.clock = time.time
 
     @property

@@ -1,24 +1,42 @@
-"""DAWN watermarking: a keyed fraction of suspicious queries gets a recorded wrong answer.
+"""DAWN watermarking: a keyed fraction of suspicious queries gets a recorded keyed label.
 
-A model trained on our answers to those queries tends to reproduce the wrong labels; a model
-trained independently of our key cannot do better than chance. ``modeltheft watermark
+A model trained on our answers to those queries tends to reproduce the keyed labels; a model
+trained independently of our key matches them only by chance. ``modeltheft watermark
 verify`` turns that difference into a p-value (:func:`verify`).
+
+With k >= 3 classes the keyed label is DAWN's: uniform over the k - 1 classes that are not
+the victim's, so chance is at most 1 / (k - 1) whatever the suspect predicts. With two
+classes that bound is 1 and proves nothing, so a binary task's keyed label is a keyed coin
+over both classes instead (half of them agree with the victim): a model that never saw our
+answers matches each with probability exactly 1/2, and the same binomial test is exact.
 """
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import stats
 
-from modeltheft.defenses.base import Answers, DefenseContext, OutputStage, StageEnv
-from modeltheft.defenses.keyed import choose, row_digests, unit_interval
+from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.keyed import choose, label_prefix, row_digests, split_label, unit_interval
 from modeltheft.defenses.misinformation import relabel
-from modeltheft.defenses.ood import check_rate
 from modeltheft.errors import ConfigError
+from modeltheft.registry import Interval, Options
 from modeltheft.state.base import StateStore
 
 CLIENTS_KEY = "watermark:clients"
 CLASSES_KEY = "watermark:n_classes"
+"""The largest number of classes served with this state (kept for older readers)."""
+CLASS_LIST_KEY = "watermark:classes"
+"""JSON lists of the served model's class labels, in its order; the last one is current."""
+
+DAWN_NULL = "an independent model matches each watermark with probability at most 1/(k-1)"
+COIN_NULL = (
+    "two classes: DAWN's bound 1/(k-1) = 1 would prove nothing, so watermark labels are keyed "
+    "coin flips, which an independent model matches with probability exactly 1/2"
+)
 
 
 def records_key(client_id: str) -> str:
@@ -26,31 +44,71 @@ def records_key(client_id: str) -> str:
     return f"watermark:{client_id}"
 
 
+def store_classes(store: StateStore, classes: Sequence[Any] | np.ndarray) -> None:
+    """Record the served model's class labels (once per change), so that a suspect's answers
+    (class values) can be matched with the class indices the records keep."""
+    values = np.asarray(classes).tolist()
+    store.raise_to(CLASSES_KEY, len(values))
+    encoded = json.dumps(values).encode()
+    known = store.items(CLASS_LIST_KEY)
+    if not known or known[-1] != encoded:
+        store.append(CLASS_LIST_KEY, [encoded])
+
+
+def stored_classes(store: StateStore) -> np.ndarray | None:
+    """The class labels last recorded (``0..n-1`` for a state from before they were kept)."""
+    known = store.items(CLASS_LIST_KEY)
+    if known:
+        return np.asarray(json.loads(known[-1]))
+    n = store.get(CLASSES_KEY)
+    return np.arange(n) if n >= 2 else None
+
+
+def keyed_labels(original: np.ndarray, digests: list[bytes]) -> np.ndarray:
+    """Each row's watermark class index: DAWN's keyed wrong class, or a keyed coin if k = 2."""
+    k = original.shape[1]
+    if k == 2:
+        return np.array([choose(d, 2) for d in digests], dtype=int)
+    victim = np.argmax(original, axis=1)
+    return np.array(
+        [(int(v) + 1 + choose(d, k - 1)) % k for v, d in zip(victim, digests, strict=True)],
+        dtype=int,
+    )
+
+
+@STAGES.register
 class Watermark(OutputStage):
-    """Answer a keyed fraction ``rate`` of queries with a keyed wrong label, and record them.
+    """Answer a keyed fraction ``rate`` of queries with a keyed label, and record them.
 
     ``HMAC(key, query)`` decides, identically in every worker and after restarts, whether a
-    query is watermarked and which wrong class it gets (uniform over the k - 1 classes that
-    are not the victim's). ``scope = "suspicious"`` watermarks only rows that a detection
-    stage marked (out-of-distribution queries, flagged clients), so honest clients are not
-    charged; ``scope = "all"`` is DAWN as published.
+    query is watermarked and which class it gets: uniform over the k - 1 classes that are not
+    the victim's, or with two classes a keyed coin over both (see the module docstring).
+    ``scope = "suspicious"`` watermarks only rows that a detection stage marked
+    (out-of-distribution queries, flagged clients), so honest clients are not charged;
+    ``scope = "all"`` is DAWN as published.
     """
 
     name = "watermark"
     paper = "Szyller et al., DAWN: Dynamic Adversarial Watermarking of Neural Networks, ACM MM 2021"
-    honest_cost = "scope=all: the fraction rate of answers is wrong; scope=suspicious: none"
+    honest_cost = (
+        "scope=all: the fraction rate of answers is wrong (rate/2 with two classes); "
+        "scope=suspicious: none"
+    )
     keeps_simplex = True
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "rate": [Interval(float, 0, 1, closed="right")],
+        "scope": [Options("suspicious", "all")],
+    }
 
     def __init__(self, rate: float = 0.25, scope: str = "suspicious") -> None:
-        self.rate = check_rate("rate", rate)
-        if scope not in ("suspicious", "all"):
-            raise ConfigError(f"scope must be 'suspicious' or 'all', got {scope!r}")
+        self.rate = rate
         self.scope = scope
+        self.validate_params()
         self._key: bytes | None = None
 
     def setup(self, env: StageEnv) -> None:
         self._key = env.store.secret("watermark-key")
-        env.store.raise_to(CLASSES_KEY, env.n_classes)
+        store_classes(env.store, env.task.classes)
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
@@ -65,15 +123,13 @@ class Watermark(OutputStage):
             chosen &= answers.flagged
         if not chosen.any():
             return answers
-        k = answers.original.shape[1]
-        victim = np.argmax(answers.original, axis=1)
-        labels = np.array(
-            [(int(v) + 1 + choose(d, k - 1)) % k for v, d in zip(victim, digests, strict=True)]
-        )
-        rows = np.flatnonzero(chosen)
+        labels = keyed_labels(answers.original, digests)
         ctx.store.append(
             records_key(ctx.client_id),
-            [bytes([labels[i]]) + np.asarray(ctx.inputs[i], np.float64).tobytes() for i in rows],
+            [
+                label_prefix(int(labels[i])) + np.asarray(ctx.inputs[i], np.float64).tobytes()
+                for i in np.flatnonzero(chosen)
+            ],
         )
         ctx.store.add_member(CLIENTS_KEY, ctx.client_id)
         return answers.with_probabilities(relabel(answers.probabilities, chosen, labels, digests))
@@ -81,22 +137,28 @@ class Watermark(OutputStage):
 
 @dataclass(frozen=True)
 class WatermarkRecords:
-    """The distinct watermarked queries of one client and the labels they were given."""
+    """The distinct watermarked queries of one client and the class indices they were given.
+
+    ``classes`` are the served model's class labels (what a suspect answers), when known.
+    """
 
     client_id: str
     X: np.ndarray
     labels: np.ndarray
+    classes: np.ndarray | None = None
 
 
 def load_records(store: StateStore, client_id: str) -> WatermarkRecords:
     """A client's watermark records, repeats removed (a repeated query counts once)."""
     seen: dict[bytes, int] = {}
     for item in store.items(records_key(client_id)):
-        seen.setdefault(item[1:], item[0])
+        label, row = split_label(item)
+        seen.setdefault(row, label)
+    classes = stored_classes(store)
     if not seen:
-        return WatermarkRecords(client_id, np.empty((0, 0)), np.empty(0, dtype=int))
+        return WatermarkRecords(client_id, np.empty((0, 0)), np.empty(0, dtype=int), classes)
     X = np.array([np.frombuffer(row, dtype=np.float64) for row in seen])
-    return WatermarkRecords(client_id, X, np.array(list(seen.values()), dtype=int))
+    return WatermarkRecords(client_id, X, np.array(list(seen.values()), dtype=int), classes)
 
 
 def watermarked_clients(store: StateStore) -> list[str]:
@@ -113,30 +175,75 @@ class Verdict:
     matches: int
     chance: float
     p_value: float
+    n_classes: int = 0
+    null: str = DAWN_NULL
+    """What chance means for this test: DAWN's bound, or the two-class keyed coin."""
+
+    @property
+    def binary(self) -> bool:
+        """Whether the two-class test was used (keyed coin: chance exactly 1/2)."""
+        return self.n_classes == 2
 
     def describe(self) -> dict[str, object]:
         """JSON-ready form."""
-        return {
+        out: dict[str, object] = {
             "client": self.client_id,
             "watermarks": self.n_watermarks,
             "matches": self.matches,
-            "chance_rate_at_most": round(self.chance, 6),
-            "p_value": self.p_value,
+            "classes": self.n_classes,
         }
+        out["chance_rate" if self.binary else "chance_rate_at_most"] = round(self.chance, 6)
+        out["p_value"] = self.p_value
+        out["null"] = self.null
+        return out
 
 
-def verify(records: WatermarkRecords, suspect_labels: np.ndarray, n_classes: int) -> Verdict:
-    """Binomial test: does the suspect give our wrong labels more often than chance?
+def class_list(classes: int | Sequence[Any] | np.ndarray | None) -> np.ndarray:
+    """Class labels from a list, or ``0..n-1`` from an int; a ConfigError if fewer than 2."""
+    if classes is None:
+        raise ConfigError(
+            "the served model's classes are unknown (the state records none): give them"
+        )
+    if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
+        classes = np.arange(int(classes))
+    values = np.asarray(classes)
+    if values.ndim != 1 or len(values) < 2:
+        raise ConfigError(f"watermark verification needs at least 2 classes, got {classes!r}")
+    return values
 
-    For each record the watermark label was drawn by HMAC uniformly among the ``k - 1``
-    classes other than the victim's, so a model that never saw our answers matches it with
-    probability at most ``1 / (k - 1)`` whatever it predicts. The p-value is
-    ``P(Binomial(n, 1 / (k - 1)) >= matches)``; small means the suspect learned our answers.
+
+def suspect_indices(suspect_labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The class index of each suspect answer (a class value); -1 for values not in ``classes``."""
+    position = {value: i for i, value in enumerate(classes.tolist())}
+    return np.array([position.get(a, -1) for a in np.asarray(suspect_labels).tolist()], dtype=int)
+
+
+def verify(
+    records: WatermarkRecords,
+    suspect_labels: np.ndarray,
+    classes: int | Sequence[Any] | np.ndarray | None = None,
+) -> Verdict:
+    """Binomial test: does the suspect give our keyed labels more often than chance?
+
+    ``suspect_labels`` are the suspect's answers to ``records.X`` as class VALUES (ints or
+    strings, as ``predict`` returns them); ``classes`` are the served model's labels in its
+    order (default: those the state recorded, ``records.classes``; an int n means
+    ``0..n-1``). Answers that are none of the classes (a refused row: -1) never match.
+
+    With k >= 3 each watermark label was drawn by HMAC uniformly among the k - 1 classes
+    other than the victim's, so a model that never saw our answers matches it with
+    probability at most 1/(k - 1) whatever it predicts; with k = 2 it was a keyed coin,
+    matched with probability exactly 1/2. The p-value is ``P(Binomial(n, chance) >=
+    matches)``; small means the suspect learned our answers.
     """
-    if n_classes < 2:
-        raise ConfigError("watermark verification needs at least 2 classes")
+    values = class_list(records.classes if classes is None else classes)
+    k = len(values)
     n = len(records.labels)
-    chance = 1.0 / (n_classes - 1)
-    matches = int(np.sum(np.asarray(suspect_labels) == records.labels)) if n else 0
+    if len(suspect_labels) != n:
+        raise ConfigError(f"the suspect gave {len(suspect_labels)} answers for {n} watermarks")
+    chance = 0.5 if k == 2 else 1.0 / (k - 1)
+    matches = int(np.sum(suspect_indices(suspect_labels, values) == records.labels)) if n else 0
     p_value = float(stats.binomtest(matches, n, chance, alternative="greater").pvalue) if n else 1.0
-    return Verdict(records.client_id, n, matches, chance, p_value)
+    return Verdict(
+        records.client_id, n, matches, chance, p_value, k, COIN_NULL if k == 2 else DAWN_NULL
+    )
