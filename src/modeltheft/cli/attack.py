@@ -119,8 +119,7 @@ def run_attack(
         {"spent": p.spent, "answered": p.answered, **{k: (p.metrics or {}).get(k) for k in names}}
         for p in result.curve
     ]
-    classes = getattr(model, "classes_", target_task.classes)
-    found = evaluate.agreement(model, classes) if evaluate is not None else None
+    found = evaluate.agreement(model, target_task.classes) if evaluate is not None else None
     out.mkdir(parents=True, exist_ok=True)
     outputs = {"query_log": str(log.path)}
     try:
