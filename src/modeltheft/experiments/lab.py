@@ -55,6 +55,14 @@ def lab_victim(task: Task) -> TrainedVictim:
     return train_victim(FAMILY, task=task)
 
 
+def _substitute(task: Task, oracle: HttpOracle) -> ClassifierMixin:
+    """The lab's LR substitute; on a tabular task it standardises the API's published
+    features first (the features' scales differ by orders of magnitude)."""
+    if task.is_image:
+        return make_substitute(SUBSTITUTE)
+    return make_substitute(SUBSTITUTE, task=oracle.discover())
+
+
 @dataclass
 class LabRun:
     """Everything the demo reports and plots."""
@@ -160,7 +168,7 @@ def run_lab(
                     stolen = extract(
                         oracle,
                         make_strategy(attack),
-                        make_substitute(SUBSTITUTE),
+                        _substitute(task, oracle),
                         budget,
                         np.random.default_rng(child),
                         checkpoints=default_checkpoints(budget, 5),
