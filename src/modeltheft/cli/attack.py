@@ -134,7 +134,13 @@ def run_attack(
     if curve:
         outputs["budget_curve_csv"] = str(write_csv(out / "budget_curve.csv", curve))
         title = f"{spec.strategy}, {spec.label_mode} labels, {spec.substitute} substitute"
-        outputs["budget_curve_png"] = str(budget_curve_plot(curve, out / "budget_curve.png", title))
+        # reporting.plots (issue #11) names the rows; the digits call stays as it was
+        wording = {}
+        if rows is not None and not target_task.is_image:
+            wording["measured_on"] = f"{len(rows)} rows of {rows.source}"
+        outputs["budget_curve_png"] = str(
+            budget_curve_plot(curve, out / "budget_curve.png", title, **wording)
+        )
     record: dict[str, Any] = {
         "spec": {
             **spec.record(),
