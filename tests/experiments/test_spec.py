@@ -29,7 +29,7 @@ def test_example_grid_is_the_200_run_grid_with_stable_unique_ids() -> None:
         t.id for t in tasks
     ]
     jacobian = [t for t in tasks if t.attack.strategy == "jacobian"]
-    assert jacobian and all(t.attack.uses_real_digits for t in jacobian)
+    assert jacobian and all(t.attack.uses_public_data for t in jacobian)
 
 
 def test_a_defense_file_is_part_of_the_run_id(tmp_path: Path) -> None:

@@ -254,10 +254,35 @@ def attack(
         str, typer.Option(help="'count' refused queries or 'wait' them out.")
     ] = "count",
     victim: Annotated[
-        Path | None, typer.Option(help="Your own copy of the victim, to measure fidelity.")
+        Path | None,
+        typer.Option(
+            help="Your own copy of the victim (skops or ONNX, any classifier), to measure "
+            "fidelity on the evaluation rows."
+        ),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="The target's task: a built-in name (digits, breast-cancer, wine, iris) or a "
+            "task TOML file; default: what the API says of itself."
+        ),
+    ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rows to measure the copy on: CSV/Parquet with a label column, or NPY "
+            "(features only: fidelity only). Default: the task's own evaluation rows."
+        ),
+    ] = None,
+    label_column: Annotated[
+        str, typer.Option(help="Label column of --eval-data (CSV/Parquet).")
+    ] = "label",
 ) -> None:
-    """Steal a model through its API; an interrupted run continues from its query log."""
+    """Steal a model through its API; an interrupted run continues from its query log.
+
+    Fidelity and accuracy are measured on the task's evaluation rows (--eval-data, else the
+    task's own when it has data); without any, only the budget curve of answers is reported.
+    """
     from modeltheft.attacks.spec import AttackSpec, parse_params
     from modeltheft.cli.attack import parse_checkpoints, run_attack
     from modeltheft.oracle import PROTOCOLS
@@ -291,6 +316,9 @@ def attack(
         console=console,
         protocol=protocol,
         model_name=model_name,
+        task=task,
+        eval_data=eval_data,
+        label_column=label_column,
     )
 
 
@@ -305,11 +333,26 @@ def demo(
     report: Annotated[
         bool, typer.Option("--report", help="Also write the HTML report (OUT/report/).")
     ] = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="The lab's task: digits (the OWASP lab), breast-cancer, wine, iris or a task "
+            "TOML file with data."
+        ),
+    ] = "digits",
 ) -> None:
     """The OWASP ML05 lab in one command: victim, real HTTP service, attack, defenses, plots."""
     from modeltheft.cli.demo import run_demo
 
-    run_demo(repeats=repeats, seed=seed, out=out, budget=budget, console=console, report=report)
+    run_demo(
+        repeats=repeats,
+        seed=seed,
+        out=out,
+        budget=budget,
+        console=console,
+        report=report,
+        task=task,
+    )
 
 
 @keys_app.command("new")

@@ -1,8 +1,9 @@
-"""Sweep specs: victims × defenses × attacks × budgets × seeds, read from TOML.
+"""Sweep specs: tasks × victims × defenses × attacks × budgets × seeds, read from TOML.
 
-A run is one cell of that grid; it is a pure function of its :class:`Task`, so every engine
-(local processes, Ray) computes the same numbers, and a run's id (a hash of the task) lets a
-sweep skip what is already done.
+A run is one cell of that grid; it is a pure function of its :class:`Run`, so every engine
+(local processes, Ray) computes the same numbers, and a run's id (a hash of the run) lets a
+sweep skip what is already done. ``task = "wine"`` (or a list of tasks, one more axis of the
+grid) names the problem; the default is ``digits``, the lab.
 """
 
 import hashlib
@@ -16,10 +17,11 @@ from modeltheft.attacks.strategies import make_strategy
 from modeltheft.attacks.substitutes import make_substitute
 from modeltheft.defenses.presets import load_pipeline, pipeline_from_dict, preset_names
 from modeltheft.errors import ConfigError
+from modeltheft.tasks import DEFAULT_TASK, get_task
 from modeltheft.tomlfile import read_toml
 from modeltheft.victim.train import FAMILIES
 
-SPEC_KEYS = {"name", "seed", "seeds", "budgets", "victims", "defenses", "attacks", "honest"}
+SPEC_KEYS = {"name", "task", "seed", "seeds", "budgets", "victims", "defenses", "attacks", "honest"}
 ATTACK_KEYS = {"name", "strategy", "params", "labels", "top_k", "substitute", "batch_size"}
 
 
@@ -36,8 +38,15 @@ class AttackEntry:
     batch_size: int = 50
 
     @property
-    def uses_real_digits(self) -> bool:
-        """Attacks seeded with attacker-owned real digits face a victim trained without them."""
+    def uses_public_data(self) -> bool:
+        """Attacks seeded with the attacker's own real rows face a victim trained without them.
+
+        A strategy that says so (``uses_public_data``) decides; otherwise Jacobian and a
+        positive ``seed_digits`` do (the lab's rule).
+        """
+        declared = getattr(make_strategy(self.strategy, **self.params), "uses_public_data", None)
+        if isinstance(declared, bool):
+            return declared
         return self.strategy == "jacobian" or int(self.params.get("seed_digits", 0) or 0) > 0
 
 
@@ -50,8 +59,11 @@ class DefenseEntry:
 
 
 @dataclass(frozen=True)
-class Task:
-    """One run: everything it needs, and nothing else, so that its id is its content."""
+class Run:
+    """One run: everything it needs, and nothing else, so that its id is its content.
+
+    ``task`` is a built-in task's name or a task file's absolute path.
+    """
 
     sweep: str
     victim: str
@@ -61,11 +73,19 @@ class Task:
     seed_index: int
     root_seed: int
     honest: bool = True
+    task: str = DEFAULT_TASK
 
     @property
     def id(self) -> str:
-        """Stable hash of the task's content (16 hex digits)."""
-        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the run's content (16 hex digits).
+
+        The task is hashed only when it is not ``digits``, so digits runs keep the ids they
+        had before tasks existed (a finished sweep stays finished).
+        """
+        content = asdict(self)
+        if self.task == DEFAULT_TASK:
+            del content["task"]
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -85,11 +105,13 @@ class SweepSpec:
     defenses: tuple[DefenseEntry, ...]
     attacks: tuple[AttackEntry, ...]
     honest: bool = True
+    task_names: tuple[str, ...] = (DEFAULT_TASK,)
 
-    def tasks(self) -> list[Task]:
-        """Every run of the grid, in a fixed order (seed varies fastest)."""
+    def tasks(self) -> list[Run]:
+        """Every run of the grid, in a fixed order (task slowest, seed fastest)."""
         return [
-            Task(self.name, v, d, a, b, s, self.seed, self.honest)
+            Run(self.name, v, d, a, b, s, self.seed, self.honest, t)
+            for t in self.task_names
             for v in self.victims
             for d in self.defenses
             for a in self.attacks
@@ -102,6 +124,29 @@ def _int(name: str, value: Any, low: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def _tasks(value: Any, folder: Path) -> tuple[str, ...]:
+    """Task names (or task files, resolved against the spec's folder), each loaded once."""
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"task must be a task name or a list of them, got {value!r}")
+    resolved = []
+    for name in names:
+        if name.endswith(".toml"):
+            name = str((folder / name).resolve())
+        get_task(name)  # an unknown name or a bad file fails here, in one line
+        resolved.append(name)
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError(f"task names must be unique, got {names}")
+    return tuple(resolved)
+
+
+def _check_attack_fits(attack: AttackEntry, task: str) -> None:
+    """A ConfigError now if a strategy says it cannot attack ``task`` (e.g. image-only)."""
+    check = getattr(make_strategy(attack.strategy, **attack.params), "check_task", None)
+    if check is not None:
+        check(get_task(task))
 
 
 def _defense(entry: Any, folder: Path) -> DefenseEntry:
@@ -175,6 +220,10 @@ def parse_spec(data: dict[str, Any], folder: Path = Path(".")) -> SweepSpec:
     honest = data.get("honest", True)
     if not isinstance(honest, bool):
         raise ConfigError(f"honest must be true or false, got {honest!r}")
+    task_names = _tasks(data.get("task", DEFAULT_TASK), folder)
+    for name in task_names:
+        for attack in attacks:
+            _check_attack_fits(attack, name)
     return SweepSpec(
         name=str(data.get("name", "sweep")),
         seed=_int("seed", data.get("seed", 0), low=0),
@@ -184,7 +233,12 @@ def parse_spec(data: dict[str, Any], folder: Path = Path(".")) -> SweepSpec:
         defenses=defenses,
         attacks=attacks,
         honest=honest,
+        task_names=task_names,
     )
+
+
+Task = Run
+"""The old name of :class:`Run` (before ``modeltheft.tasks.Task``); remove when unused."""
 
 
 def load_spec(path: Path) -> SweepSpec:
