@@ -124,14 +124,14 @@ class Source(Plugin):
         """Whether the rows come from (or are fitted to) the task's attacker-public rows."""
         return False
 
-    def check_task(self, task: Task, who: str) -> None:  # noqa: B027 - optional hook
+    def check_task(self, task: Task, who: str) -> None:
         """Raise a ConfigError (naming ``who`` and the task) if the source cannot serve it."""
 
     def available(self, task: Task) -> int | None:
         """How many distinct rows a finite source holds (None: unlimited)."""
         return None
 
-    def reset(self) -> None:  # noqa: B027 - optional hook
+    def reset(self) -> None:
         """Forget per-attack state (the attacker's rows drawn, rows handed out)."""
 
     @abstractmethod
@@ -161,7 +161,7 @@ class Strategy(Plugin):
         """Old name of :attr:`uses_public_data` (kept for callers of the digits lab)."""
         return self.uses_public_data
 
-    def check_task(self, task: Task) -> None:  # noqa: B027 - optional hook
+    def check_task(self, task: Task) -> None:
         """Raise a ConfigError naming the strategy and the task if it cannot attack it."""
 
     def setup(self, task: Task, budget: int) -> None:

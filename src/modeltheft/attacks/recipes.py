@@ -110,16 +110,18 @@ def synthetic(
     n_rows: int | None = None,
     path: str | None = None,
     spread: float = 1.5,
+    log: bool = True,
 ) -> Strategy:
     """Rows sampled like the attacker's own (a shrunk Gaussian fit or per-feature marginals)."""
-    return _random("synthetic", {"mode": mode, "n_rows": n_rows, "path": path, "spread": spread})
+    params = {"mode": mode, "n_rows": n_rows, "path": path, "spread": spread, "log": log}
+    return _random("synthetic", params)
 
 
 @recipe(
     "equation-solving",
     "Tramèr et al., Stealing Machine Learning Models via Prediction APIs, USENIX Security 2016",
 )
-def equation_solving(scale: float = 1.0, path: str | None = None) -> Strategy:
+def equation_solving(scale: float | None = None, path: str | None = None) -> Strategy:
     """Points in general position: with the ``equation-solver`` substitute and soft labels,
     d + 1 of them recover a binary or multiclass logistic model exactly."""
     return _random("general-position", {"scale": scale, "path": path})

@@ -125,9 +125,16 @@ class JacobianAugmentation(Strategy):
         who = f"strategy {self.name!r}"
         if self.seed_X is not None:
             try:
-                load_rows(self.seed_X, task, "seed_X")
+                seeds = load_rows(self.seed_X, task, "seed_X")
             except ConfigError as exc:
                 raise ConfigError(f"{who}: {exc}") from None
+            outside = np.flatnonzero(((seeds < task.lower) | (seeds > task.upper)).any(axis=0))
+            if len(outside):
+                j = int(outside[0])
+                raise ConfigError(
+                    f"{who}: seed_X values of feature {task.feature_names[j]!r} lie outside "
+                    f"its bounds [{task.lower[j]:g}, {task.upper[j]:g}] in task {task.name!r}"
+                )
             return
         available = task.data.n_public if task.data is not None else 0
         if not available:

@@ -242,9 +242,7 @@ class NaturalPatches(Strategy):
         labels = np.concatenate(history.labels)[self._rewarded :]
         probabilities = np.concatenate(
             [
-                p
-                if p is not None and p.shape == (len(x), k)
-                else np.full((len(x), k), np.nan)
+                p if p is not None and p.shape == (len(x), k) else np.full((len(x), k), np.nan)
                 for x, p in zip(history.X, history.probabilities, strict=True)
             ]
         )[self._rewarded :]

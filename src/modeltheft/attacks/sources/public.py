@@ -14,7 +14,7 @@ from sklearn.covariance import LedoitWolf
 
 from modeltheft.attacks.base import Source
 from modeltheft.errors import ConfigError
-from modeltheft.registry import Interval, Options, Satisfies
+from modeltheft.registry import BOOL, Interval, Options, Satisfies
 from modeltheft.tasks import Task, read_rows
 
 ROW_FILES = (".npy", ".csv", ".parquet")
@@ -202,6 +202,7 @@ class Synthetic(_AttackerRows):
         "n_rows": [None, Interval(int, 2, None)],
         "mode": [Options("gaussian", "marginals")],
         "spread": [Interval(float, 0, 10, closed="right")],
+        "log": [BOOL],
     }
 
     def __init__(
@@ -210,24 +211,35 @@ class Synthetic(_AttackerRows):
         n_rows: int | None = None,
         path: str | None = None,
         spread: float = 1.5,
+        log: bool = True,
     ) -> None:
         self.mode = mode
         self.n_rows = n_rows
         self.path = path
         self.spread = spread
+        self.log = log
 
     def draw(self, n: int, rng: np.random.Generator, task: Task) -> np.ndarray:
         rows = self._rows(task, rng)
         if len(rows) < 2:
             raise ConfigError(f"source {self.name!r} needs at least 2 public rows, got {len(rows)}")
         if self.mode == "gaussian":
-            covariance = LedoitWolf().fit(rows).covariance_
+            logged = self._logged(rows, task)
+            Z = np.where(logged, np.log(np.where(logged, rows, 1.0)), rows)
+            covariance = LedoitWolf().fit(Z).covariance_
             X = rng.multivariate_normal(
-                rows.mean(axis=0), covariance * self.spread**2, size=n, method="eigh"
+                Z.mean(axis=0), covariance * self.spread**2, size=n, method="eigh"
             )
+            X = np.where(logged, np.exp(np.where(logged, X, 0.0)), X)
         else:
             picks = rng.integers(len(rows), size=(n, rows.shape[1]))
             X = rows[picks, np.arange(rows.shape[1])]
             bandwidth = 1.06 * rows.std(axis=0) * len(rows) ** -0.2 * self.spread
             X = X + rng.normal(size=X.shape) * bandwidth
         return np.clip(X, task.lower, task.upper)
+
+    def _logged(self, rows: np.ndarray, task: Task) -> np.ndarray:
+        """Columns modelled in log space: positive ones bounded below at 0 (``log=True``)."""
+        if not self.log:
+            return np.zeros(rows.shape[1], dtype=bool)
+        return (rows.min(axis=0) > 0) & (task.lower >= 0)

@@ -5,8 +5,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modeltheft.attacks.base import Source, require_bounds
-from modeltheft.attacks.sources.public import PublicRows
-from modeltheft.registry import Interval, Rows
+from modeltheft.attacks.sources.public import PATH, PublicRows
+from modeltheft.registry import Interval
 from modeltheft.tasks import Task
 
 
@@ -32,39 +32,39 @@ class Uniform(Source):
 class GeneralPosition(Source):
     """Points in general position for equation solving: uniform in a box.
 
-    The box is the task's bounds shrunk by ``scale`` around their centre when the task has
-    bounds, else a box of width ``scale`` × the public rows' standard deviation (at least 1)
-    around their mean (the task's public rows, or ``path``), else the unit box. ``scale=1``
-    on a bounded task is plain :class:`Uniform`. Any ``d + 1`` such points determine a
-    softmax-linear model; a smaller box keeps a logistic model's answers away from 0 and 1,
-    where float probabilities lose the precision equation solving needs.
+    Any ``d + 1`` such points determine a softmax-linear model, but far from its decision
+    boundary a logistic model's float answers saturate to exactly 0 or 1 and carry no
+    information. So the box is the task's bounds shrunk by ``scale`` around their centre, or,
+    on a task without bounds, ``scale`` × the attacker's rows' standard deviation either side
+    of their mean (the task's public rows or ``path``; the unit box when there are none).
+    ``scale=None`` is 1 on image tasks (the whole pixel box, as the lab asks) and 0.1 on
+    tabular ones, whose bounds are each column's extremes (breast-cancer's ``worst area``
+    spans 185 to 4,254): a tenth of the range kept every answer of a logistic victim
+    unsaturated where the whole range did not.
     """
 
     name: ClassVar[str] = "general-position"
     paper: ClassVar[str] = Uniform.paper
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "scale": [Interval(float, 0, 1, closed="right")],
-        "path": [None, Rows()],
+        "scale": [None, Interval(float, 0, 1, closed="right")],
+        "path": [None, PATH],
     }
 
-    def __init__(self, scale: float = 1.0, path: Any = None) -> None:
+    def __init__(self, scale: float | None = None, path: Any = None) -> None:
         self.scale = scale
         self.path = path
 
-    @property
-    def uses_public_data(self) -> bool:
-        return False  # only the public rows' mean and spread on an unbounded task
-
     def _box(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        scale = self.scale if self.scale is not None else (1.0 if task.is_image else 0.1)
         if task.bounded:
             centre, half = (task.lower + task.upper) / 2, (task.upper - task.lower) / 2
-            return centre - self.scale * half, centre + self.scale * half
+            return centre - scale * half, centre + scale * half
         rows = PublicRows(path=self.path).rows(task, None, required=False)
         if rows is None:
             return np.zeros(task.n_features), np.ones(task.n_features)
-        spread = np.maximum(rows.std(axis=0), 1.0) * self.scale
+        spread = scale * np.where(rows.std(axis=0) > 0, rows.std(axis=0), 1.0)
         centre = rows.mean(axis=0)
-        return centre - spread / 2, centre + spread / 2
+        return centre - spread, centre + spread
 
     def draw(self, n: int, rng: np.random.Generator, task: Task) -> np.ndarray:
         low, high = self._box(task)
