@@ -155,7 +155,7 @@ def main() -> None:
             )
         if task_name == "breast-cancer":
             for sent, fid, err in equation_solving(task_name, args.seeds):
-                print(f"equation-solving vs lr: {sent} queries, fidelity {fid:.4f}, error {err:.1e}")
+                print(f"equation-solving vs lr: {sent} queries, fidelity {fid:.4f}, err {err:.1e}")
 
 
 if __name__ == "__main__":
