@@ -7,8 +7,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
+from modeltheft.attacks.selectors.jacobian import JacobianAugmentation, class_gradients
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.attacks.strategies.jacobian import JacobianAugmentation, class_gradients
 from modeltheft.data import attacker_digits, holdout_split, lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import ConfigError
@@ -151,8 +151,8 @@ def test_needs_model() -> None:
     ],
 )
 def test_bad_options_are_config_errors(params: dict, match: str) -> None:
-    strategy = make_strategy("jacobian", **params)
     with pytest.raises(ConfigError, match=match):
+        strategy = make_strategy("jacobian", **params)
         strategy.propose(5, np.random.default_rng(0), QueryHistory())
 
 

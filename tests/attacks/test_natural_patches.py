@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
-from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.attacks.strategies.natural_patches import (
+from modeltheft.attacks.sources.natural_patches import (
     POOL_SIZE,
     NaturalPatches,
     patch_pool,
     pool_arms,
 )
+from modeltheft.attacks.strategies import QueryHistory
 from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import ConfigError

@@ -2,21 +2,21 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
+from modeltheft.attacks.sources.rendered_digits import RenderedDigits, default_fonts
 from modeltheft.attacks.strategies import QueryHistory, make_strategy
-from modeltheft.attacks.strategies.rendered_digits import RenderedDigits, default_fonts
 from modeltheft.data import lab_split
 from modeltheft.errors import ConfigError
 
 
 def test_rendered_digits_are_registered() -> None:
     strategy = make_strategy("rendered-digits", max_rotation=10, fonts="DejaVuSans,cmtt10")
-    assert isinstance(strategy, RenderedDigits)
-    assert strategy.paper
+    assert isinstance(strategy.source, RenderedDigits)  # a random selection over the source
+    assert strategy.name == "rendered-digits" and strategy.paper
 
 
 @pytest.mark.parametrize("n", [0, 1, 25])
 def test_rows_are_optdigits_block_counts(n: int) -> None:
-    rows = RenderedDigits().propose(n, np.random.default_rng(0), QueryHistory())
+    rows = make_strategy("rendered-digits").propose(n, np.random.default_rng(0), QueryHistory())
     assert rows.shape == (n, 64)
     assert ((rows >= 0) & (rows <= 1)).all()
     assert np.array_equal(rows * 16, np.round(rows * 16))
@@ -25,7 +25,7 @@ def test_rows_are_optdigits_block_counts(n: int) -> None:
 
 
 def test_a_seed_fixes_the_rows_and_seeds_differ() -> None:
-    strategy = RenderedDigits()
+    strategy = make_strategy("rendered-digits")
     a = strategy.propose(20, np.random.default_rng(5), QueryHistory())
     b = strategy.propose(20, np.random.default_rng(5), QueryHistory())
     c = strategy.propose(20, np.random.default_rng(6), QueryHistory())
@@ -34,7 +34,7 @@ def test_a_seed_fixes_the_rows_and_seeds_differ() -> None:
 
 
 def test_rows_do_not_depend_on_the_batch_size() -> None:
-    strategy = RenderedDigits()
+    strategy = make_strategy("rendered-digits")
     whole = strategy.propose(12, np.random.default_rng(2), QueryHistory())
     rng = np.random.default_rng(2)
     parts = np.vstack([strategy.propose(n, rng, QueryHistory()) for n in (5, 7)])
@@ -87,8 +87,8 @@ def test_a_forest_trained_on_real_digits_recognizes_rendered_ones() -> None:
     ],
 )
 def test_bad_options_are_config_errors(options: dict[str, object], message: str) -> None:
-    strategy = RenderedDigits(**options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=message):
+        strategy = make_strategy("rendered-digits", **options)
         strategy.propose(3, np.random.default_rng(0), QueryHistory())
 
 

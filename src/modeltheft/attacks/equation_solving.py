@@ -5,7 +5,8 @@ APIs*, USENIX Security 2016, Sec. 4.1. A softmax model answers ``p = softmax(W x
 for every query and every pair of classes ``log(p_i / p_j) = (w_i - w_j) . x + (b_i - b_j)``:
 linear equations in the ``d + 1`` unknowns of each class difference. ``d + 1`` queries in
 general position determine the model up to the softmax's shift invariance, which changes
-neither predictions nor probabilities.
+neither predictions nor probabilities. A binary model (two probability columns, p and 1 − p)
+is the case k = 2: the centred log-probabilities are ± half its logit.
 
 All pairwise equations are solved at once: centring each row of log-probabilities,
 ``log p_i - mean_j log p_j = (w_i - w_bar) . x + (b_i - b_bar)``, gives one least-squares
@@ -166,8 +167,12 @@ class EquationSolver(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         model = LogisticRegression()
         model.classes_ = self.classes_
-        model.coef_ = np.array(self.coef_, dtype=float)
-        model.intercept_ = np.array(self.intercept_, dtype=float)
+        coef, intercept = np.array(self.coef_, dtype=float), np.array(self.intercept_, dtype=float)
+        if len(self.classes_) == 2:
+            # A binary LogisticRegression keeps one row: p(classes_[1]) = sigmoid(z1 - z0).
+            coef, intercept = (coef[1] - coef[0])[None, :], intercept[1:] - intercept[:1]
+        model.coef_ = coef
+        model.intercept_ = intercept
         model.n_features_in_ = self.n_features_in_
         model.n_iter_ = np.array([0])
         return model

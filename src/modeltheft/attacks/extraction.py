@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import ClassifierMixin, clone
 
+from modeltheft.attacks.base import QueryHistory, Strategy, default_task
 from modeltheft.attacks.labels import fit_substitute, parse_label_mode, soft_targets
-from modeltheft.attacks.strategies.base import QueryHistory, Strategy
-from modeltheft.data import N_FEATURES
 from modeltheft.errors import AttackFailed, ConfigError
 from modeltheft.oracle.base import Oracle
+from modeltheft.tasks import BUILTIN, Task
 
 MIN_ANSWERS = 51  # the lab trains its copy only with more than 50 answers
 MIN_REFIT = 10  # a strategy's working model needs at least this many answers
@@ -34,10 +34,13 @@ class ExtractionResult:
     model: ClassifierMixin
     X: np.ndarray
     labels: np.ndarray
+    """The victim's answers as class values (``task.classes``)."""
     probabilities: np.ndarray | None
     sent: int
     answered: int
     curve: list[CurvePoint] = field(default_factory=list)
+    task: Task | None = None
+    """The task attacked (what the target said of itself, and what the thief knew)."""
 
     @property
     def query_success_rate(self) -> float:
@@ -45,12 +48,48 @@ class ExtractionResult:
         return self.answered / self.sent if self.sent else 0.0
 
 
+def _same_classes(a: Task, b: Task) -> bool:
+    return a.n_classes == b.n_classes and set(a.classes.tolist()) == set(b.classes.tolist())
+
+
+def attack_task(oracle: Oracle, task: Task | None = None) -> Task:
+    """The task an attack works on: what the target says of itself, with what the thief knows.
+
+    ``task`` (the thief's own description, e.g. with attacker-public rows) must match the
+    discovered width and classes; it is taken in the target's class order. Without one, a
+    target that names a built-in task (whose attacker-public rows are public by definition)
+    gets that task's rows, and a target that tells only its width and classes (a bare model)
+    is taken for the default task when it matches it, as :meth:`Oracle.discover` assumes.
+    """
+    found = oracle.discover()
+    if task is not None:
+        if task.n_features != found.n_features or not _same_classes(task, found):
+            raise ConfigError(
+                f"task {task.name!r} ({task.n_features} features, {task.n_classes} classes) "
+                f"does not match the target ({found.n_features} features, "
+                f"{found.n_classes} classes)"
+            )
+        return task.with_classes(found.classes)
+    if found.data is not None:
+        return found
+    if found.name in BUILTIN:
+        known = BUILTIN[found.name]()
+    elif found.image_shape is None and not found.bounded and not found.categories:
+        known = default_task()
+    else:
+        return found
+    if known.n_features == found.n_features and _same_classes(known, found):
+        return known.with_classes(found.classes)
+    return found
+
+
 def _fit(
-    substitute: ClassifierMixin, history: QueryHistory, mode: str, k: int, classes: np.ndarray
+    substitute: ClassifierMixin, history: QueryHistory, mode: str, k: int, task: Task
 ) -> ClassifierMixin:
+    """Fit a fresh copy of ``substitute`` on the answers, as class values of ``task``."""
     X, labels, probabilities = history.answered()
-    targets = soft_targets(labels, probabilities, mode, k, classes)
-    return fit_substitute(clone(substitute), X, labels, targets, classes)
+    targets = soft_targets(labels, probabilities, mode, k, task.classes)
+    return fit_substitute(clone(substitute), X, task.classes[labels], targets, task.classes)
 
 
 def extract(
@@ -66,6 +105,7 @@ def extract(
     evaluate: Evaluate | None = None,
     min_answers: int = MIN_ANSWERS,
     progress: Callable[[int, int], None] | None = None,
+    task: Task | None = None,
 ) -> ExtractionResult:
     """Spend ``budget`` queries of ``oracle`` on ``strategy``'s proposals, then fit ``substitute``.
 
@@ -73,15 +113,21 @@ def extract(
     (query counts) a copy is fitted and ``evaluate(model)`` recorded, giving a budget curve;
     the budget itself is always a checkpoint when ``evaluate`` is given.
     ``progress(spent, budget)`` is called after each batch.
+
+    The target's task comes from ``oracle.discover()`` (see :func:`attack_task`; ``task``
+    adds what the thief knows). The strategy gets it in ``setup`` and ``history.task``; its
+    proposals must be ``(n, task.n_features)`` and are clipped with ``task.clip``; the copy is
+    fitted on class values, so it predicts the victim's labels.
     """
     mode, k = parse_label_mode(label_mode, k)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if budget < 1 or budget > oracle.remaining:
         raise ConfigError(f"budget must be in 1..{oracle.remaining}, got {budget}")
-    classes = np.arange(oracle.n_classes)
+    task = attack_task(oracle, task)
+    strategy.setup(task, budget)
     stops = sorted({c for c in checkpoints if 0 < c < budget} | ({budget} if evaluate else set()))
-    history = QueryHistory()
+    history = QueryHistory(task=task)
     curve: list[CurvePoint] = []
     fitted_at = 0
     final: ClassifierMixin | None = None
@@ -94,15 +140,17 @@ def extract(
             if answered >= MIN_REFIT and (history.model is None or answered >= 1.1 * fitted_at):
                 try:
                     # The working model only steers the strategy: hard labels fit it fastest.
-                    history.model = _fit(substitute, history, "hard", k, classes)
+                    history.model = _fit(substitute, history, "hard", k, task)
                     fitted_at = answered
                 except AttackFailed:
                     pass
-        X = np.clip(np.asarray(strategy.propose(n, rng, history), dtype=float), 0.0, 1.0)
-        if X.shape != (n, N_FEATURES):
+        X = np.asarray(strategy.propose(n, rng, history), dtype=float)
+        if X.shape != (n, task.n_features):
             raise ConfigError(
-                f"strategy {strategy.name} proposed shape {X.shape}, expected ({n}, 64)"
+                f"strategy {strategy.name!r} proposed shape {X.shape}, expected ({n}, "
+                f"{task.n_features}) for task {task.name!r} ({task.n_features} features)"
             )
+        X = task.clip(X)
         answers = oracle.query(X)
         history.add(X, answers.labels, answers.probabilities)
         if progress is not None:
@@ -112,7 +160,7 @@ def extract(
             metrics = None
             if answered >= min_answers:
                 try:
-                    model = _fit(substitute, history, mode, k, classes)
+                    model = _fit(substitute, history, mode, k, task)
                 except AttackFailed:
                     model = None
                 if model is not None:
@@ -124,5 +172,7 @@ def extract(
         raise AttackFailed(
             f"only {len(y_all)} of {history.n_sent} queries were answered (need {min_answers})"
         )
-    model = final if final is not None else _fit(substitute, history, mode, k, classes)
-    return ExtractionResult(model, X_all, y_all, p_all, history.n_sent, len(y_all), curve)
+    model = final if final is not None else _fit(substitute, history, mode, k, task)
+    return ExtractionResult(
+        model, X_all, task.classes[y_all], p_all, history.n_sent, len(y_all), curve, task
+    )

@@ -11,6 +11,7 @@ import inspect
 
 import numpy as np
 from sklearn.base import ClassifierMixin
+from sklearn.pipeline import Pipeline
 
 from modeltheft.errors import AttackFailed, ConfigError
 
@@ -44,7 +45,8 @@ def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
 def soft_targets(
     labels: np.ndarray, probabilities: np.ndarray | None, mode: str, k: int, classes: np.ndarray
 ) -> np.ndarray | None:
-    """The (n, c) target matrix for ``soft`` and ``top-k``; None for ``hard``."""
+    """The (n, c) target matrix for ``soft`` and ``top-k`` (columns in ``classes`` order);
+    None for ``hard``."""
     if mode == "hard":
         return None
     if probabilities is None:
@@ -71,8 +73,11 @@ def fit_substitute(
         return model.fit(X, labels)
     if hasattr(model, "fit_soft"):
         return model.fit_soft(X, targets, classes)
-    if "sample_weight" not in inspect.signature(model.fit).parameters:
+    last = model.steps[-1] if isinstance(model, Pipeline) else None
+    estimator = last[1] if last is not None else model
+    if "sample_weight" not in inspect.signature(estimator.fit).parameters:
         # k-NN and similar: fall back to the most probable class.
         return model.fit(X, classes[np.argmax(targets, axis=1)])
     rows, cols = np.nonzero(targets >= MIN_WEIGHT)
-    return model.fit(X[rows], classes[cols], sample_weight=targets[rows, cols])
+    key = f"{last[0]}__sample_weight" if last is not None else "sample_weight"
+    return model.fit(X[rows], classes[cols], **{key: targets[rows, cols]})

@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from modeltheft.attacks.extraction import Evaluate, ExtractionResult, extract
+from modeltheft.attacks.extraction import Evaluate, ExtractionResult, attack_task, extract
 from modeltheft.attacks.labels import parse_label_mode
-from modeltheft.attacks.strategies import make_strategy
+from modeltheft.attacks.recipes import make_strategy
 from modeltheft.attacks.substitutes import make_substitute
 from modeltheft.errors import ConfigError
 from modeltheft.oracle.base import Oracle
@@ -56,10 +56,11 @@ class AttackSpec:
         self.validate()
         if min_answers is None:
             min_answers = 1 if self.substitute == "equation-solver" else 51
+        task = attack_task(oracle)
         return extract(
             oracle,
             make_strategy(self.strategy, **self.params),
-            make_substitute(self.substitute, self.seed),
+            make_substitute(self.substitute, self.seed, task),
             self.budget,
             np.random.default_rng(self.seed),
             batch_size=self.batch_size,
@@ -69,11 +70,12 @@ class AttackSpec:
             evaluate=evaluate,
             min_answers=min_answers,
             progress=progress,
+            task=task,
         )
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["pool=rendered-digits", "seed_digits=10"]`` → typed dict (int, float, bool, str)."""
+    """``["pool=rendered-digits", "seed_rows=10"]`` → typed dict (int, float, bool, str)."""
     params: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")

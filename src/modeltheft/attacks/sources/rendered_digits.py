@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import matplotlib
 import numpy as np
@@ -20,9 +21,13 @@ from matplotlib.ft2font import FT2Font
 from matplotlib.textpath import TextPath
 from scipy import ndimage
 
-from modeltheft.attacks.strategies.base import QueryHistory, Strategy
-from modeltheft.data import IMAGE_SHAPE, N_FEATURES
+from modeltheft.attacks.base import DIGIT_IMAGE, Source, require_digit_images
 from modeltheft.errors import ConfigError
+from modeltheft.registry import BOOL, Interval
+from modeltheft.tasks import Task
+
+IMAGE_SHAPE = DIGIT_IMAGE
+N_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 BITMAP = 32  # UCI optdigits: 32x32 binary bitmaps ...
 BLOCK = BITMAP // IMAGE_SHAPE[0]  # ... counted in 4x4 blocks, giving 8x8 values in 0..16
@@ -373,7 +378,7 @@ def to_features(bitmap: np.ndarray) -> np.ndarray:
     return blocks.reshape(N_FEATURES) / float(BLOCK * BLOCK)
 
 
-class RenderedDigits(Strategy):
+class RenderedDigits(Source):
     """Font-rendered digits 0-9, distorted like handwriting and preprocessed like optdigits.
 
     Per row: a uniform digit; a font (or, with probability ``hand_share``, a built-in
@@ -388,11 +393,23 @@ class RenderedDigits(Strategy):
     measuring rows against the lab's real digits, which a truly data-free thief cannot do.
     """
 
-    name = "rendered-digits"
-    paper = (
+    name: ClassVar[str] = "rendered-digits"
+    paper: ClassVar[str] = (
         "Data-free task-knowledge synthetic queries (Papernot et al. 2017; Orekondy et al. "
         "2019) with optdigits preprocessing (Alpaydin & Kaynak 1998)"
     )
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "elastic": [BOOL],
+        "max_rotation": [Interval(float, 0.0, 90.0)],
+        "max_shear": [Interval(float, 0.0, 1.0)],
+        "elastic_alpha": [Interval(float, 0.0, 200.0)],
+        "elastic_sigma": [Interval(float, 0.5, 16.0)],
+        "proportion_jitter": [Interval(float, 0.0, 1.5)],
+        "ink": [Interval(float, 0.1, 0.6)],
+        "pen_share": [Interval(float, 0.0, 1.0)],
+        "hand_share": [Interval(float, 0.0, 1.0)],
+    }
 
     def __init__(
         self,
@@ -418,12 +435,16 @@ class RenderedDigits(Strategy):
         self.pen_share = pen_share
         self.hand_share = hand_share
 
-    def propose(self, n: int, rng: np.random.Generator, history: QueryHistory) -> np.ndarray:
+    def check_task(self, task: Task, who: str) -> None:
+        require_digit_images(task, who)
+
+    def draw(self, n: int, rng: np.random.Generator, task: Task) -> np.ndarray:
+        require_digit_images(task, f"source {self.name!r}")
         return self.render(n, rng)[0]
 
     def render(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` rows, shape ``(n, 64)`` with values k/16, and the digit drawn in each."""
-        self._check()
+        self.validate_params()
         fonts = self._font_table()
         hand = _hand_glyphs()
         rows = np.empty((n, N_FEATURES))
@@ -456,28 +477,6 @@ class RenderedDigits(Strategy):
                 raise ConfigError(f"font {name!r} {glyphs}")
             table.append(glyphs)
         return table
-
-    def _check(self) -> None:
-        """Reject option values that cannot draw digits, naming the bad value."""
-        if not isinstance(self.elastic, bool):
-            raise ConfigError(f"elastic must be true or false, got {self.elastic!r}")
-        bounds = {
-            "max_rotation": (self.max_rotation, 0.0, 90.0),
-            "max_shear": (self.max_shear, 0.0, 1.0),
-            "elastic_alpha": (self.elastic_alpha, 0.0, 200.0),
-            "elastic_sigma": (self.elastic_sigma, 0.5, 16.0),
-            "proportion_jitter": (self.proportion_jitter, 0.0, 1.5),
-            "ink": (self.ink, 0.1, 0.6),
-            "pen_share": (self.pen_share, 0.0, 1.0),
-            "hand_share": (self.hand_share, 0.0, 1.0),
-        }
-        for option, (value, low, high) in bounds.items():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (math.isfinite(value) and low <= value <= high)
-            ):
-                raise ConfigError(f"{option} must be a number in [{low}, {high}], got {value!r}")
 
     def _bitmap(self, glyph: _Glyph, rng: np.random.Generator) -> np.ndarray:
         """One binary 32x32 bitmap of a glyph under random distortion."""

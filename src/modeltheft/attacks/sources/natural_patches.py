@@ -1,16 +1,25 @@
 """Knockoff Nets (Orekondy, Schiele & Fritz, CVPR 2019): natural-image patches as queries."""
 
 from functools import lru_cache
-from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_sample_images
 
-from modeltheft.attacks.strategies.base import QueryHistory, Strategy
-from modeltheft.data import IMAGE_SHAPE, N_CLASSES, N_FEATURES
-from modeltheft.errors import ConfigError
+from modeltheft.attacks.base import (
+    DIGIT_IMAGE,
+    QueryHistory,
+    Source,
+    Strategy,
+    require_digit_images,
+)
+from modeltheft.registry import Interval, Options
+from modeltheft.tasks import Task
+
+IMAGE_SHAPE = DIGIT_IMAGE
+N_FEATURES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 POLICIES = ("random", "adaptive")
 REWARDS = ("all", "certainty", "diversity", "loss")
@@ -131,11 +140,18 @@ class NaturalPatches(Strategy):
     comes from the rng. ``needs_model`` is set per instance: only the loss reward needs it.
     """
 
-    name = "natural-patches"
-    paper = (
+    name: ClassVar[str] = "natural-patches"
+    paper: ClassVar[str] = (
         "Orekondy, Schiele & Fritz, Knockoff Nets: Stealing Functionality of Black-Box Models, "
         "CVPR 2019"
     )
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "policy": [Options(*POLICIES)],
+        "n_arms": [Interval(int, 2, 200)],
+        "alpha": [Interval(float, 0, None, closed="neither")],
+        "reward": [Options(*REWARDS)],
+    }
 
     def __init__(
         self, *, policy: str = "random", n_arms: int = 20, alpha: float = 0.1, reward: str = "all"
@@ -154,22 +170,9 @@ class NaturalPatches(Strategy):
         self._preferences = np.zeros(0)  # H, sized once n_arms is validated
         self._baseline = 0.0
         self._n_rewards = 0
-        self._answer_sum = np.zeros(N_CLASSES)
+        self._answer_sum = np.zeros(0)
         self._n_answers = 0
         self._model = None  # the substitute current when the last batch was proposed
-        self._validate()  # a bad parameter fails before any query is paid for
-
-    def _validate(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.reward not in REWARDS:
-            raise ConfigError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        arms = self.n_arms
-        if isinstance(arms, bool) or not isinstance(arms, int) or not 2 <= arms <= 200:
-            raise ConfigError(f"n_arms must be an integer in 2..200, got {arms!r}")
-        alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < np.inf:
-            raise ConfigError(f"alpha must be a number > 0, got {alpha!r}")
 
     @property
     def arm_probabilities(self) -> np.ndarray:
@@ -178,8 +181,16 @@ class NaturalPatches(Strategy):
             return np.full(self.n_arms, 1.0 / self.n_arms)
         return _softmax(self._preferences)
 
+    def check_task(self, task: Task) -> None:
+        require_digit_images(task, f"strategy {self.name!r}")
+
+    def setup(self, task: Task, budget: int) -> None:
+        super().setup(task, budget)
+        self._reset()
+
     def propose(self, n: int, rng: np.random.Generator, history: QueryHistory) -> np.ndarray:
-        self._validate()
+        self.validate_params()
+        self.check_task(history.target)
         pool = patch_pool()
         sent = history.n_sent
         if sent < len(self._picked):  # a new attack (or a history we did not build): start over
@@ -224,29 +235,30 @@ class NaturalPatches(Strategy):
         """Turn the answers to rows proposed earlier into rewards and bandit updates."""
         if self._rewarded >= history.n_sent:
             return
+        k = history.target.n_classes
+        if len(self._answer_sum) != k:
+            self._answer_sum = np.zeros(k)
         X = np.concatenate(history.X)[self._rewarded :]
         labels = np.concatenate(history.labels)[self._rewarded :]
         probabilities = np.concatenate(
             [
-                p
-                if p is not None and p.shape == (len(x), N_CLASSES)
-                else np.full((len(x), N_CLASSES), np.nan)
+                p if p is not None and p.shape == (len(x), k) else np.full((len(x), k), np.nan)
                 for x, p in zip(history.X, history.probabilities, strict=True)
             ]
         )[self._rewarded :]
         arms = self._arm_of[self._rewarded :]
         self._rewarded = history.n_sent
-        answered = (labels >= 0) & (labels < N_CLASSES)
+        answered = (labels >= 0) & (labels < k)
         if not answered.any():
             return
         predicted = None
         if self._model is not None and self.reward in ("all", "loss"):
-            predicted = np.full((len(X), N_CLASSES), 1e-6)
-            classes = np.asarray(self._model.classes_, dtype=int)
+            predicted = np.full((len(X), k), 1e-6)
+            classes = history.target.class_index(self._model.classes_)
             predicted[np.ix_(answered, classes)] = self._model.predict_proba(X[answered])
         for i in np.flatnonzero(answered):
             soft = bool(np.isfinite(probabilities[i]).all())
-            answer = probabilities[i] if soft else np.eye(N_CLASSES)[labels[i]]
+            answer = probabilities[i] if soft else np.eye(k)[labels[i]]
             reward = self._reward(answer, soft, None if predicted is None else predicted[i])
             self._answer_sum += answer
             self._n_answers += 1
@@ -265,7 +277,7 @@ class NaturalPatches(Strategy):
         if self.reward in ("all", "loss") and predicted is not None:
             predicted = predicted / predicted.sum()
             entropy = -float(answer @ np.log(np.clip(predicted, 1e-6, 1.0)))
-            parts.append(min(entropy / np.log(N_CLASSES), 1.0))
+            parts.append(min(entropy / np.log(len(answer)), 1.0))
         return float(np.mean(parts)) if parts else 0.0
 
     def _update(self, arm: int, reward: float) -> None:
@@ -276,3 +288,18 @@ class NaturalPatches(Strategy):
         self._preferences[arm] += step
         self._n_rewards += 1
         self._baseline += (reward - self._baseline) / self._n_rewards
+
+
+class NaturalPatchesSource(Source):
+    """Unused patches of the fixed pool, drawn with the rng (the pool for ``active``)."""
+
+    name: ClassVar[str] = "natural-patches"
+    paper: ClassVar[str] = NaturalPatches.paper
+
+    def check_task(self, task: Task, who: str) -> None:
+        require_digit_images(task, who)
+
+    def draw(self, n: int, rng: np.random.Generator, task: Task) -> np.ndarray:
+        require_digit_images(task, f"source {self.name!r}")
+        pool = patch_pool()
+        return np.array(pool[NaturalPatches._draw(rng, np.flatnonzero(np.ones(len(pool))), n)])
