@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.cli.app import main
-from modeltheft.data import lab_split
+from modeltheft.tasks import digits_task
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.defenses.alerts import STRICT, alerts, client_status
 from modeltheft.oracle import HttpOracle
@@ -29,7 +29,7 @@ def test_honest_client_over_http_gets_the_victims_answers(
     live_server: Callable[..., BackgroundServer], victim: LoadedVictim
 ) -> None:
     server = live_server("recommended")
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     labels = []
     with httpx.Client(base_url=server.url, headers=auth("alice")) as http:
         for batch in np.array_split(X, 27):
@@ -65,7 +65,7 @@ def test_lab_thief_over_http_is_flagged_and_misled(
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'modeltheft_extraction_alerts_total{detector="ood_monitor"} 1.0' in metrics
     assert "modeltheft_flagged_clients 1.0" in metrics
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     agreement = np.mean(result.model.predict(X) == victim.model.predict(X))
     assert agreement <= 0.2
 
@@ -85,8 +85,8 @@ def stolen(tmp_path: Path, victim: LoadedVictim) -> tuple[Path, Path, Path]:
     copy_path = (
         save_victim(copy, tmp_path / "copy.skops", {"family": "lr"}) and tmp_path / "copy.skops"
     )
-    split = lab_split()
-    own = LogisticRegression(max_iter=1000).fit(split.X_train, split.y_train)
+    data = digits_task().data
+    own = LogisticRegression(max_iter=1000).fit(data.X_train, data.y_train)
     sio.dump(own, tmp_path / "own.skops")  # a model found elsewhere: no metadata of ours
     return db, copy_path, tmp_path / "own.skops"
 

@@ -5,6 +5,7 @@ import pytest
 import skops.io as sio
 
 from modeltheft.errors import ConfigError, ModelIntegrityError
+from modeltheft.tasks import get_task
 from modeltheft.victim import FAMILIES, load_victim, save_victim, train_victim
 from modeltheft.victim.store import file_sha256, metadata_path
 
@@ -23,9 +24,7 @@ def test_every_family_trains_saves_and_loads(family: str, tmp_path: Path) -> Non
     save_victim(trained.model, path, trained.metadata)
     loaded = load_victim(path)
     assert loaded.metadata["family"] == family
-    from modeltheft.data import lab_split
-
-    X = lab_split().X_test[:20]
+    X = get_task("digits").data.X_eval[:20]
     assert (loaded.model.predict_proba(X) == trained.model.predict_proba(X)).all()
 
 
