@@ -164,7 +164,9 @@ def test_lab_preset_rate_limits_with_retry_after(make_app: Callable[..., FastAPI
 
 def test_lab_preset_answers_are_probability_vectors(make_app: Callable[..., FastAPI]) -> None:
     with TestClient(make_app("lab")) as lab:
-        predictions = post(lab, {"inputs": digits_task().data.X_eval[:50].tolist()}).json()["predictions"]
+        predictions = post(lab, {"inputs": digits_task().data.X_eval[:50].tolist()}).json()[
+            "predictions"
+        ]
     probabilities = np.array([p["probabilities"] for p in predictions])
     assert np.allclose(probabilities.sum(axis=1), 1.0)
     assert [p["label"] for p in predictions] == probabilities.argmax(axis=1).tolist()

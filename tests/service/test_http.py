@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from modeltheft.tasks import digits_task
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from tests.conftest import KEYS, auth
 
 

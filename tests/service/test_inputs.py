@@ -118,8 +118,8 @@ WINE_ROW = st.lists(
 @example({"inputs": [WINE.data.X_eval[0].tolist()]})
 def test_both_paths_agree_on_a_task_with_per_feature_bounds(body: dict) -> None:
     raw = json.dumps(body).encode()
-    expected = "413" if raw.count(b"[") > MAX_BATCH + 1 else outcome(
-        lambda b: slow(b, WINE_RULES), raw
+    expected = (
+        "413" if raw.count(b"[") > MAX_BATCH + 1 else outcome(lambda b: slow(b, WINE_RULES), raw)
     )
     assert outcome(lambda b: fast(b, WINE_RULES), raw) == expected
 
@@ -134,7 +134,11 @@ def test_a_value_outside_its_bounds_names_the_feature() -> None:
     row = WINE.data.X_eval[0].copy()
     row[2] = WINE.upper[2] + 1  # ash
     body = json.dumps({"inputs": [WINE.data.X_eval[1].tolist(), row.tolist()]}).encode()
-    with pytest.raises(InputError, match=r"inputs\[1\]\[2\] \(ash\): .* outside .* bounds \[1\.36, 3\.23\]"):
+    with pytest.raises(
+        InputError, match=r"inputs\[1\]\[2\] \(ash\): .* outside .* bounds \[1\.36, 3\.23\]"
+    ):
         inputs.parse_inputs(body, WINE_RULES)
-    rows = inputs.parse_inputs(json.dumps({"inputs": [WINE.data.X_eval[1].tolist()]}).encode(), WINE_RULES)
+    rows = inputs.parse_inputs(
+        json.dumps({"inputs": [WINE.data.X_eval[1].tolist()]}).encode(), WINE_RULES
+    )
     assert np.array_equal(rows[0], WINE.data.X_eval[1])

@@ -25,7 +25,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeltheft.tasks import digits_task
 from modeltheft.errors import ConfigError
 from modeltheft.service import Settings
 from modeltheft.service.app import SETTINGS_ENV, app_from_env, settings_env
@@ -42,6 +41,7 @@ from modeltheft.service.observability import (
     redact,
 )
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
 from tests.service.processes import Server, launch

@@ -13,7 +13,6 @@ from sklearn.linear_model import LogisticRegression
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.cli.app import main
-from modeltheft.tasks import digits_task
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.defenses.alerts import STRICT, alerts, client_status
 from modeltheft.oracle import HttpOracle
@@ -21,6 +20,7 @@ from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.state import SqliteStore
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim, save_victim
 from tests.conftest import KEYS, auth
 

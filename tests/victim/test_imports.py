@@ -126,7 +126,7 @@ def test_string_classes_come_from_the_onnx_graph(tmp_path: Path) -> None:
 
 def test_a_dynamic_width_needs_the_task(iris_lr: LogisticRegression, tmp_path: Path) -> None:
     path = write_onnx(iris_lr, tmp_path / "dyn.onnx", width=None)
-    with pytest.raises(ConfigError, match="dynamic input width.*--task"):
+    with pytest.raises(ConfigError, match=r"dynamic input width.*--task"):
         load_model(path)
     loaded = load_model(path, "iris")
     assert loaded.model.n_features_in_ == 4 and loaded.task.name == "iris"
@@ -235,8 +235,9 @@ def test_check_rows_follow_the_task() -> None:
     rows = check_rows(wine)
     assert rows.shape == (256 + len(wine.data.X_eval), 13)
     assert (rows >= wine.lower).all() and (rows <= wine.upper).all()
-    schema_only = Task.from_schema({"features": [{"name": "a"}, {"name": "b", "lower": 0}],
-                                    "classes": [0, 1]})
+    schema_only = Task.from_schema(
+        {"features": [{"name": "a"}, {"name": "b", "lower": 0}], "classes": [0, 1]}
+    )
     rows = check_rows(schema_only)
     assert rows.shape == (256, 2) and (rows[:, 1] >= 0).all() and (rows[:, 0] < 0).any()
     digits = check_rows(get_task("digits"))

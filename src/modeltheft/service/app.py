@@ -84,7 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.task_schema = guarded.task.schema()
     install_error_handlers(app)
     app.include_router(meta.router)
-    predict.install(app, guarded.task, settings.max_batch)  # first: its fast path is the innermost middleware
+    # First: its fast path is the innermost middleware.
+    predict.install(app, guarded.task, settings.max_batch)
     app.include_router(metrics.router)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     # Last, so outermost: it sees the status of every answer, the middlewares' refusals too.

@@ -103,7 +103,9 @@ class OnnxClassifier:
             self._session = single_thread_session(data)
         except Exception as exc:  # onnxruntime raises its own types for a bad graph
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelIntegrityError(f"cannot load {what}: not a valid ONNX model ({first})")
+            raise ModelIntegrityError(
+                f"cannot load {what}: not a valid ONNX model ({first})"
+            ) from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].type not in INPUT_TYPES:
             shown = ", ".join(f"{i.name}: {i.type}" for i in inputs)

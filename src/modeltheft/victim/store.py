@@ -61,9 +61,9 @@ def metadata_task(metadata: dict[str, object]) -> Task | None:
     if isinstance(schema, dict):
         return Task.from_schema(schema)
     split = metadata.get("split")
-    if name is None and isinstance(split, dict):
-        if split.get("dataset") == "sklearn.datasets.load_digits":
-            return get_task("digits")
+    legacy = name is None and isinstance(split, dict)
+    if legacy and split.get("dataset") == "sklearn.datasets.load_digits":  # type: ignore[union-attr]
+        return get_task("digits")
     return None
 
 
