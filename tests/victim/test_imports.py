@@ -137,17 +137,18 @@ def softmax_graph(path: Path, outputs: str = "probabilities") -> Path:
     """A hand-made 3-feature, 2-class ONNX model with no class labels in the graph."""
     weights = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], [1, -1, 2, 0, 0, 1])
     nodes = [helper.make_node("MatMul", ["X", "W"], ["Z"])]
-    if outputs == "probabilities":
+    outs = []
+    if outputs in ("probabilities", "both"):
         nodes.append(helper.make_node("Softmax", ["Z"], ["P"], axis=1))
-        out = helper.make_tensor_value_info("P", TensorProto.FLOAT, [None, 2])
-    else:  # only a label: no probabilities to serve
+        outs.append(helper.make_tensor_value_info("P", TensorProto.FLOAT, [None, 2]))
+    if outputs in ("labels", "both"):  # labels alone: no probabilities to serve
         nodes.append(helper.make_node("ArgMax", ["Z"], ["L"], axis=1, keepdims=0))
-        out = helper.make_tensor_value_info("L", TensorProto.INT64, [None])
+        outs.append(helper.make_tensor_value_info("L", TensorProto.INT64, [None]))
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
-        [out],
+        outs,
         [weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -158,7 +159,7 @@ def softmax_graph(path: Path, outputs: str = "probabilities") -> Path:
 
 
 def test_an_onnx_graph_without_labels_answers_0_to_k_or_the_tasks(tmp_path: Path) -> None:
-    path = softmax_graph(tmp_path / "plain.onnx")
+    path = softmax_graph(tmp_path / "plain.onnx", outputs="both")
     loaded = load_model(path)
     assert loaded.model.classes_.tolist() == [0, 1]
     X = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

@@ -192,6 +192,7 @@ class OnnxClassifier:
         self.classes_ = np.asarray(classes)
         self._keys = self.classes_.tolist()
         self.labels_declared = True
+        self._label = None  # its label output says 0 … k-1: predict by the argmax instead
 
     def _run(self, names: list[str], X: np.ndarray) -> list[Any]:
         rows = np.ascontiguousarray(X, dtype=self._dtype)
