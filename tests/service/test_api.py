@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from modeltheft.data import lab_split
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
 
@@ -20,7 +20,7 @@ def post(client: TestClient, body: object, headers: dict[str, str] | None = None
 
 
 def test_answers_match_the_victim_in_input_order(client: TestClient, victim: LoadedVictim) -> None:
-    X = lab_split().X_test[:17]
+    X = digits_task().data.X_eval[:17]
     response = post(client, {"inputs": X.tolist()})
     assert response.status_code == 200
     predictions = response.json()["predictions"]
@@ -29,13 +29,13 @@ def test_answers_match_the_victim_in_input_order(client: TestClient, victim: Loa
 
 
 def test_whole_test_set_through_the_api_scores_0974(client: TestClient) -> None:
-    split = lab_split()
+    data = digits_task().data
     labels = []
     for start in range(0, 540, 256):
-        response = post(client, {"inputs": split.X_test[start : start + 256].tolist()})
+        response = post(client, {"inputs": data.X_eval[start : start + 256].tolist()})
         assert response.status_code == 200
         labels += [p["label"] for p in response.json()["predictions"]]
-    assert round(float(np.mean(np.array(labels) == split.y_test)), 3) == 0.974
+    assert round(float(np.mean(np.array(labels) == data.y_eval)), 3) == 0.974
 
 
 def test_integers_are_numbers_too(client: TestClient) -> None:
@@ -85,9 +85,10 @@ def test_non_finite_numbers_get_422(client: TestClient, token: str) -> None:
 def test_messages_name_the_problem(client: TestClient) -> None:
     assert "inputs[1]" in post(client, {"inputs": [ROW, [0.5] * 10]}).json()["detail"]
     assert "inputs[0][0]" in post(client, {"inputs": [[True] + [0.5] * 63]}).json()["detail"]
-    assert (
-        "less than or equal to 1" in post(client, {"inputs": [[2] + [0.5] * 63]}).json()["detail"]
-    )
+    detail = post(client, {"inputs": [[0.5] * 9 + [2] + [0.5] * 54]}).json()["detail"]
+    assert detail == "inputs[0][9] (pixel_1_1): 2 is outside the feature's bounds [0, 1]"
+    short = post(client, {"inputs": [[0.5] * 30]}).json()["detail"]
+    assert short == "inputs[0]: expected 64 values (the model's input width), got 30"
 
 
 @pytest.mark.parametrize("raw", ["{", "not json", '{"inputs": [[0.5,]]}', "", "\xff"])
@@ -163,7 +164,9 @@ def test_lab_preset_rate_limits_with_retry_after(make_app: Callable[..., FastAPI
 
 def test_lab_preset_answers_are_probability_vectors(make_app: Callable[..., FastAPI]) -> None:
     with TestClient(make_app("lab")) as lab:
-        predictions = post(lab, {"inputs": lab_split().X_test[:50].tolist()}).json()["predictions"]
+        predictions = post(lab, {"inputs": digits_task().data.X_eval[:50].tolist()}).json()[
+            "predictions"
+        ]
     probabilities = np.array([p["probabilities"] for p in predictions])
     assert np.allclose(probabilities.sum(axis=1), 1.0)
     assert [p["label"] for p in predictions] == probabilities.argmax(axis=1).tolist()
@@ -175,6 +178,8 @@ def test_model_info_and_health(client: TestClient, make_app: Callable[..., FastA
         info = lab.get("/v1/model").json()
     assert info["input_shape"] == [64]
     assert info["classes"] == list(range(10))
+    assert info["task"]["name"] == "digits" and info["task"]["n_features"] == 64
+    assert info["task"]["features"][0] == {"name": "pixel_0_0", "lower": 0.0, "upper": 1.0}
     assert info["defenses"][0] == "probabilistic_rate_limit"
     text = json.dumps(info)
     assert "0.8" not in text and "150" not in text and "key" not in text.lower()
@@ -193,6 +198,11 @@ def test_openapi_documents_the_predict_body(client: TestClient) -> None:
     body = post["requestBody"]["content"]["application/json"]["schema"]
     row = body["properties"]["inputs"]["items"]
     assert (row["minItems"], row["maxItems"]) == (64, 64)
+    assert (row["items"]["minimum"], row["items"]["maximum"]) == (0, 1)
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]
+    prediction = spec["components"]["schemas"][answer["$ref"].rsplit("/", 1)[1]]
+    label = spec["components"]["schemas"]["Prediction"]["properties"]["label"]
+    assert label["enum"] == list(range(10)) and "predictions" in prediction["properties"]
     assert body["properties"]["inputs"]["maxItems"] == 256
     assert set(post["responses"]) == {"200", "401", "403", "408", "413", "422", "429", "503"}
     assert post["security"] == [{"HTTPBearer": []}]

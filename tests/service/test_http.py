@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from modeltheft.data import lab_split
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from tests.conftest import KEYS, auth
 
 
 def test_live_server_answers_and_rejects(live_server: Callable[..., BackgroundServer]) -> None:
     server = live_server("none")
     assert server.url.startswith("http://127.0.0.1:")
-    X = lab_split().X_test[:5]
+    X = digits_task().data.X_eval[:5]
     with httpx.Client(base_url=server.url) as http:
         ok = http.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth())
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 5
@@ -72,7 +72,7 @@ def test_modeltheft_serve_process(victim_path: Path, tmp_path: Path) -> None:
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
-        X = lab_split().X_test[:3]
+        X = digits_task().data.X_eval[:3]
         response = httpx.post(f"{url}/v1/predict", json={"inputs": X.tolist()}, headers=auth())
         assert response.status_code == 200
         probabilities = np.array([p["probabilities"] for p in response.json()["predictions"]])

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from modeltheft.errors import InputError, PayloadTooLarge
 from modeltheft.service import inputs
-from modeltheft.service.schemas import request_model
+from modeltheft.service.inputs import InputRules
+from modeltheft.tasks import get_task
 
 MAX_BATCH = 4
-MODEL = request_model(MAX_BATCH)
+RULES = InputRules.for_task(get_task("digits"), MAX_BATCH)
 
 PIXEL = (
     st.floats(-0.5, 1.5)
@@ -40,12 +41,14 @@ def outcome(parse, body: bytes) -> object:
         return "422"
 
 
-def slow(body: bytes) -> np.ndarray:
-    return inputs._slow(body, MAX_BATCH, MODEL)
+def slow(body: bytes, rules: InputRules = RULES) -> np.ndarray:
+    rows = inputs._slow(body, rules)
+    inputs.check_bounds(rows, rules)
+    return rows
 
 
-def fast(body: bytes) -> np.ndarray:
-    return inputs.parse_inputs(body, MAX_BATCH, MODEL)
+def fast(body: bytes, rules: InputRules = RULES) -> np.ndarray:
+    return inputs.parse_inputs(body, rules)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -71,7 +74,7 @@ def test_too_many_rows_are_refused_before_parsing(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(inputs, "_slow", refuse)
     body = json.dumps({"inputs": [[0.5] * 64] * (MAX_BATCH + 1)}).encode()
     with pytest.raises(PayloadTooLarge, match=f"more than {MAX_BATCH} rows"):
-        inputs.parse_inputs(body, MAX_BATCH, MODEL)
+        inputs.parse_inputs(body, RULES)
 
 
 @pytest.mark.parametrize(
@@ -97,5 +100,45 @@ def test_valid_rows_take_the_fast_path_and_are_read_only(monkeypatch: pytest.Mon
         raise AssertionError("the slow path was taken")
 
     monkeypatch.setattr(inputs, "_slow", refuse)
-    rows = inputs.parse_inputs(json.dumps({"inputs": [[0.25] * 64, [1] * 64]}).encode(), 4, MODEL)
+    rows = inputs.parse_inputs(json.dumps({"inputs": [[0.25] * 64, [1] * 64]}).encode(), RULES)
     assert rows.shape == (2, 64) and rows.dtype == np.float64 and not rows.flags.writeable
+
+
+WINE = get_task("wine")
+WINE_RULES = InputRules.for_task(WINE, MAX_BATCH)
+WINE_ROW = st.lists(
+    st.floats(-10, 2000) | st.integers(-5, 2000) | st.none(),
+    min_size=WINE.n_features - 1,
+    max_size=WINE.n_features + 1,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.fixed_dictionaries({"inputs": st.lists(WINE_ROW, max_size=5)}))
+@example({"inputs": [WINE.data.X_eval[0].tolist()]})
+def test_both_paths_agree_on_a_task_with_per_feature_bounds(body: dict) -> None:
+    raw = json.dumps(body).encode()
+    expected = (
+        "413" if raw.count(b"[") > MAX_BATCH + 1 else outcome(lambda b: slow(b, WINE_RULES), raw)
+    )
+    assert outcome(lambda b: fast(b, WINE_RULES), raw) == expected
+
+
+def test_the_width_message_names_the_models_width() -> None:
+    body = json.dumps({"inputs": [[1.0] * 64]}).encode()
+    with pytest.raises(InputError, match=r"inputs\[0\]: expected 13 values .*input width.*got 64"):
+        inputs.parse_inputs(body, WINE_RULES)
+
+
+def test_a_value_outside_its_bounds_names_the_feature() -> None:
+    row = WINE.data.X_eval[0].copy()
+    row[2] = WINE.upper[2] + 1  # ash
+    body = json.dumps({"inputs": [WINE.data.X_eval[1].tolist(), row.tolist()]}).encode()
+    with pytest.raises(
+        InputError, match=r"inputs\[1\]\[2\] \(ash\): .* outside .* bounds \[1\.36, 3\.23\]"
+    ):
+        inputs.parse_inputs(body, WINE_RULES)
+    rows = inputs.parse_inputs(
+        json.dumps({"inputs": [WINE.data.X_eval[1].tolist()]}).encode(), WINE_RULES
+    )
+    assert np.array_equal(rows[0], WINE.data.X_eval[1])

@@ -190,5 +190,14 @@ def test_no_secret_in_any_answer(
 def test_model_facts_name_the_defenses_only(service: tuple[TestClient, FastAPI, Path]) -> None:
     client, _, _ = service
     facts = client.get("/v1/model").json()
-    assert set(facts) == {"name", "input_shape", "classes", "defenses", "max_batch", "inference"}
+    assert set(facts) == {
+        "name",
+        "input_shape",
+        "classes",
+        "defenses",
+        "max_batch",
+        "inference",
+        "task",
+    }
+    assert "sha256" not in json.dumps(facts)
     assert all(isinstance(name, str) and " " not in name for name in facts["defenses"])

@@ -25,7 +25,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeltheft.data import lab_split
 from modeltheft.errors import ConfigError
 from modeltheft.service import Settings
 from modeltheft.service.app import SETTINGS_ENV, app_from_env, settings_env
@@ -42,6 +41,7 @@ from modeltheft.service.observability import (
     redact,
 )
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
 from tests.service.processes import Server, launch
@@ -190,7 +190,7 @@ def test_answers_altered_counts_rows_whose_label_a_defense_changed(
 ) -> None:
     path = tmp_path / "noise.toml"
     path.write_text('[[stages]]\ntype = "gaussian_noise"\nsigma = 0.6\n')
-    X = lab_split().X_test[:60]
+    X = digits_task().data.X_eval[:60]
     with TestClient(make_app(defense=str(path), inference="sklearn")) as client:
         response = client.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth())
         labels = np.array([p["label"] for p in response.json()["predictions"]])

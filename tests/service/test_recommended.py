@@ -8,10 +8,10 @@ import httpx
 import numpy as np
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
-from modeltheft.data import lab_split
 from modeltheft.defenses.alerts import STRICT, alerts, client_status
 from modeltheft.oracle import HttpOracle
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS, auth
 
@@ -20,7 +20,7 @@ def test_honest_client_over_http_gets_the_victims_answers(
     live_server: Callable[..., BackgroundServer], victim: LoadedVictim
 ) -> None:
     server = live_server("recommended")
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     labels = []
     with httpx.Client(base_url=server.url, headers=auth("alice")) as http:
         for batch in np.array_split(X, 27):
@@ -56,6 +56,6 @@ def test_lab_thief_over_http_is_flagged_and_misled(
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'modeltheft_extraction_alerts_total{detector="ood_monitor"} 1.0' in metrics
     assert "modeltheft_flagged_clients 1.0" in metrics
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     agreement = np.mean(result.model.predict(X) == victim.model.predict(X))
     assert agreement <= 0.2

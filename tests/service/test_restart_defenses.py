@@ -22,13 +22,13 @@ import httpx
 import numpy as np
 import pytest
 
-from modeltheft.data import lab_split
 from modeltheft.defenses import load_pipeline
 from modeltheft.defenses.alerts import STRICT, alerts, client_status
 from modeltheft.defenses.keyed import row_digests, unit_interval
 from modeltheft.defenses.watermark import Watermark, load_records, watermarked_clients
 from modeltheft.state import StateStore, open_store
 from modeltheft.state.audit import row_hashes
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import auth
 from tests.service.processes import Server, serve_processes
@@ -136,7 +136,7 @@ class Traffic:
 def test_sigkill_mid_traffic_loses_no_defense_state(
     start_server: Callable[[str], Server], state_url: str, victim: LoadedVictim
 ) -> None:
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     truth = victim.model.predict(X)
     store = open_store(state_url)
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from modeltheft.data import lab_split
+from modeltheft.tasks import digits_task
 from modeltheft.victim import train_victim
 from modeltheft.victim.fast import TOLERANCE, OnnxClassifier, fast_model
 from tests.conftest import auth
@@ -15,7 +15,7 @@ def test_onnx_equals_scikit_learn_on_the_test_digits(family: str) -> None:
     model = train_victim(family).model
     fast = fast_model(model)
     assert fast.engine == "onnx", fast.reason
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     gap = np.abs(fast.model.predict_proba(X) - model.predict_proba(X)).max()
     assert gap <= TOLERANCE
     assert np.array_equal(fast.model.predict(X), model.predict(X))
@@ -55,7 +55,7 @@ def test_scikit_learn_can_be_asked_for() -> None:
 
 def test_the_service_answers_through_onnx_exactly(client: TestClient, victim) -> None:
     assert client.get("/v1/model").json()["inference"] == "onnx"
-    X = lab_split().X_test[:200]
+    X = digits_task().data.X_eval[:200]
     body = client.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth()).json()
     probabilities = np.array([p["probabilities"] for p in body["predictions"]])
     assert np.abs(probabilities - victim.model.predict_proba(X)).max() <= TOLERANCE

@@ -47,19 +47,47 @@ def train(
         Path, typer.Option(help="Where to write the model (.skops); metadata goes beside it.")
     ],
     model: Annotated[str, typer.Option(help="Model family: rf, lr, mlp, svc or gbdt.")] = "rf",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Task: digits, breast-cancer, wine, iris, or a TOML task file (see tasks/)."
+        ),
+    ] = "digits",
+    holdout: Annotated[
+        bool,
+        typer.Option("--holdout", help="Leave the attacker-public rows out of training."),
+    ] = False,
 ) -> None:
-    """Train a victim on the lab's digits split and save it safely (skops + metadata JSON)."""
+    """Train a victim on a task's training rows and save it safely (skops + metadata JSON)."""
     from modeltheft.victim import save_victim, train_victim
 
-    trained = train_victim(model)
+    trained = train_victim(model, task, holdout=holdout)
     meta = save_victim(trained.model, out, trained.metadata)
-    console.print(f"trained {model}: test accuracy {trained.metadata['test_accuracy']:.3f}")
+    console.print(
+        f"trained {model} on {trained.metadata['task']}: "
+        f"test accuracy {trained.metadata['test_accuracy']:.3f}"
+    )
     console.print(f"saved {out} and {meta}")
 
 
 @app.command()
 def serve(
-    model: Annotated[Path | None, typer.Option(help="A model saved by 'modeltheft train'.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="The classifier to serve: a .skops file ('modeltheft train', or a plain "
+            "skops.io.dump, imported with a warning) or an .onnx classifier. Default: train "
+            "an rf victim on the task at start-up."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="Task the model answers: digits, breast-cancer, wine, iris or a TOML task "
+            "file; checked against the model. Default: the model's metadata, else its width "
+            "and classes."
+        ),
+    ] = None,
     defense: Annotated[
         str, typer.Option(help="Preset (none, lab, recommended) or a TOML file.")
     ] = "none",
@@ -143,6 +171,7 @@ def serve(
     settings = Settings(
         keys=keys,
         model_path=model,
+        task=task,
         defense=defense,
         max_batch=max_batch,
         seed=seed,
@@ -154,8 +183,10 @@ def serve(
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)
+    served = application.state.guarded.task
     banner = (
-        f"serving {application.state.model_name} with defense {defense!r} on http://{host}:{port} "
+        f"serving {application.state.model_name} (task {served.name}: {served.n_features} "
+        f"features, {served.n_classes} classes) with defense {defense!r} on http://{host}:{port} "
         f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s), "
         f"{application.state.inference} inference"
     )

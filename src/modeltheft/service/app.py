@@ -26,7 +26,8 @@ from modeltheft.service.settings import Settings
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT, BodyTimeoutMiddleware
 from modeltheft.state import MemoryStore, open_store
 from modeltheft.state.audit import DEFAULT_RETENTION
-from modeltheft.victim import load_victim, train_victim
+from modeltheft.tasks import DEFAULT_TASK
+from modeltheft.victim import load_model, train_victim
 from modeltheft.victim.fast import fast_model
 
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
@@ -35,16 +36,21 @@ SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
 def create_app(settings: Settings) -> FastAPI:
     """A FastAPI app serving the configured victim behind the configured defenses.
 
-    The state store named by ``settings.state`` is opened here and closed when the app
-    shuts down (its lifespan).
+    The model is any classifier :func:`~modeltheft.victim.load_model` reads (ours, a plain
+    skops file, ONNX); its task (``settings.task``, else the metadata's, else the model's own
+    schema) shapes the validation, ``/v1/model`` and the OpenAPI schema. Without a model, an
+    ``rf`` victim is trained on the task (digits by default). The state store named by
+    ``settings.state`` is opened here and closed when the app shuts down (its lifespan).
     """
     pipeline = load_pipeline(settings.defense)
     if settings.model_path is None:
-        model, name = train_victim().model, "rf (trained at start-up)"
+        trained = train_victim(task=settings.task or DEFAULT_TASK)
+        model, task, name = trained.model, trained.task, "rf (trained at start-up)"
     else:
-        loaded = load_victim(settings.model_path)
-        model, name = loaded.model, str(loaded.metadata.get("family", settings.model_path.name))
-    inference = fast_model(model, settings.inference)
+        loaded = load_model(settings.model_path, settings.task)
+        model, task = loaded.model, loaded.task
+        name = str(loaded.metadata.get("family", settings.model_path.name))
+    inference = fast_model(model, settings.inference, task=task)
     store = open_store(settings.state)
     if settings.seed is not None and isinstance(store, MemoryStore):
         # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
@@ -56,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
             pipeline,
             store=store,
             seed=settings.seed,
+            task=task,
             audit_retention=settings.audit_retention,
         )
     except BaseException:
@@ -74,9 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.inference = inference.engine
     app.state.store = store
     app.state.guarded = guarded
+    app.state.task_schema = guarded.task.schema()
     install_error_handlers(app)
     app.include_router(meta.router)
-    predict.install(app, settings.max_batch)  # first: its fast path is the innermost middleware
+    # First: its fast path is the innermost middleware.
+    predict.install(app, guarded.task, settings.max_batch)
     app.include_router(metrics.router)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     # Last, so outermost: it sees the status of every answer, the middlewares' refusals too.
@@ -89,6 +98,7 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
     return json.dumps(
         {
             "model_path": str(settings.model_path.resolve()) if settings.model_path else None,
+            "task": _resolved(settings.task),
             "defense": settings.defense,
             "state": settings.state,
             "max_batch": settings.max_batch,
@@ -103,6 +113,13 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
     )
 
 
+def _resolved(task: str | None) -> str | None:
+    """A task file as an absolute path (the workers must find it); a name as it is."""
+    if task is not None and task.endswith(".toml") and Path(task).is_file():
+        return str(Path(task).resolve())
+    return task
+
+
 def app_from_env() -> FastAPI:
     """The app described by ``MODELTHEFT_SERVE_SETTINGS`` (a uvicorn factory for workers)."""
     raw = os.environ.get(SETTINGS_ENV)
@@ -115,6 +132,7 @@ def app_from_env() -> FastAPI:
         settings = Settings(
             keys=KeyRing.from_sources(keys_file),
             model_path=model_path,
+            task=None if data.get("task") is None else str(data["task"]),
             defense=str(data["defense"]),
             max_batch=int(data["max_batch"]),
             max_body_bytes=int(data["max_body_bytes"]),

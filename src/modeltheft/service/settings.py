@@ -16,7 +16,9 @@ MAX_BATCH = 256
 class Settings:
     """Everything ``create_app`` needs.
 
-    ``model_path`` None means: train the default victim on the fly. ``defense`` is a preset
+    ``model_path`` None means: train the default victim on the fly (on ``task``, digits by
+    default). ``task`` is a built-in task name or a TOML task file; None: the model's own
+    (its metadata, else its width and classes). ``defense`` is a preset
     name or a TOML path. ``seed`` makes the defenses' randomness reproducible (tests, demo);
     leave it None in production. ``state`` is the URL of the store that keeps the stateful
     defenses' per-client state (see :func:`modeltheft.state.open_store`): ``memory://`` for
@@ -26,6 +28,7 @@ class Settings:
 
     keys: KeyRing
     model_path: Path | None = None
+    task: str | None = None
     defense: str = "none"
     max_batch: int = MAX_BATCH
     max_body_bytes: int = 2_000_000
@@ -41,6 +44,8 @@ class Settings:
     """One ``modeltheft.access`` log record per request (metrics are kept either way)."""
 
     def __post_init__(self) -> None:
+        if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
+            raise ConfigError(f"task must be a task name or a .toml file, got {self.task!r}")
         if self.inference not in ("auto", "sklearn"):
             raise ConfigError(f"inference must be auto or sklearn, got {self.inference!r}")
         if len(self.keys) == 0:

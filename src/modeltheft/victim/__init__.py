@@ -1,5 +1,6 @@
-"""The "proprietary" victim model: training, safe persistence, verified loading."""
+"""The "proprietary" victim model: training, safe persistence, verified loading, importing."""
 
+from modeltheft.victim.imports import load_model
 from modeltheft.victim.store import LoadedVictim, load_victim, save_victim
 from modeltheft.victim.train import FAMILIES, TrainedVictim, train_victim
 
@@ -7,6 +8,7 @@ __all__ = [
     "FAMILIES",
     "LoadedVictim",
     "TrainedVictim",
+    "load_model",
     "load_victim",
     "save_victim",
     "train_victim",

@@ -10,7 +10,8 @@ import skops.io as sio
 from sklearn.base import ClassifierMixin
 
 from modeltheft import __version__
-from modeltheft.errors import ModelIntegrityError
+from modeltheft.errors import ConfigError, ModelIntegrityError
+from modeltheft.tasks import BUILTIN, Task, get_task, task_from_model
 
 # Types outside skops' default trust that our model families need; nothing else loads.
 TRUSTED_TYPES = frozenset(
@@ -25,17 +26,45 @@ TRUSTED_TYPES = frozenset(
         "sklearn._loss.link.Interval",
         "sklearn.calibration._CalibratedClassifier",
         "sklearn.calibration._SigmoidCalibration",
+        # Common in plain scikit-learn classifiers made elsewhere (k-nearest neighbours).
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
     }
 )
 
 
 @dataclass
 class LoadedVictim:
-    """A verified model and its metadata."""
+    """A verified model, its metadata, and the task it answers.
+
+    :func:`~modeltheft.victim.imports.load_model` always sets ``task``; the strict
+    :func:`load_victim` sets it when the metadata or the model tell it (None otherwise, e.g.
+    for a stolen copy that does not keep its input width).
+    """
 
     model: ClassifierMixin
     metadata: dict[str, object]
     path: Path
+    task: Task | None = None
+
+
+def metadata_task(metadata: dict[str, object]) -> Task | None:
+    """The task a model's metadata names: a built-in (with its data), else its saved schema.
+
+    Metadata written before tasks existed names the digits data set in its split: digits.
+    """
+    name = metadata.get("task")
+    if isinstance(name, str) and name in BUILTIN:
+        return get_task(name)
+    schema = metadata.get("task_schema")
+    if isinstance(schema, dict):
+        return Task.from_schema(schema)
+    split = metadata.get("split")
+    legacy = name is None and isinstance(split, dict)
+    if legacy and split.get("dataset") == "sklearn.datasets.load_digits":  # type: ignore[union-attr]
+        return get_task("digits")
+    return None
 
 
 def metadata_path(model_path: Path) -> Path:
@@ -124,4 +153,10 @@ def load_victim(path: Path, require_proba: bool = True) -> LoadedVictim:
     if not hasattr(model, "predict") or (require_proba and not hasattr(model, "predict_proba")):
         needed = "predict_proba" if require_proba else "predict"
         raise ModelIntegrityError(f"{path} does not hold a classifier with {needed}")
-    return LoadedVictim(model=model, metadata=metadata, path=path)
+    try:
+        task: Task | None = task_from_model(model, metadata_task(metadata), name=path.stem)
+    except ConfigError:
+        if require_proba:
+            raise
+        task = None  # a stolen copy that keeps neither its width nor its classes
+    return LoadedVictim(model=model, metadata=metadata, path=path, task=task)

@@ -2,7 +2,6 @@
 
 from fastapi import APIRouter, Request
 
-from modeltheft.data import N_FEATURES
 from modeltheft.service.deps import Guarded
 from modeltheft.service.schemas import ModelInfo
 
@@ -18,12 +17,15 @@ def healthz(guarded: Guarded) -> dict[str, str]:
 
 @router.get("/v1/model", response_model=ModelInfo)
 def model_info(request: Request, guarded: Guarded) -> ModelInfo:
-    """Input shape, classes and the names of the active defenses (no parameters, no secrets)."""
+    """Input shape, classes, the task's schema (features, bounds) and the active defenses'
+    names (no parameters, no secrets)."""
+    task = guarded.task
     return ModelInfo(
         name=request.app.state.model_name,
-        input_shape=[N_FEATURES],
-        classes=[int(c) for c in guarded.classes],
+        input_shape=[task.n_features],
+        classes=task.classes.tolist(),
         defenses=guarded.pipeline.stage_names,
         max_batch=request.app.state.settings.max_batch,
         inference=request.app.state.inference,
+        task=request.app.state.task_schema,
     )

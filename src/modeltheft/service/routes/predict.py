@@ -1,4 +1,4 @@
-"""``POST /v1/predict``: answers for a batch of digit images, through the defense pipeline.
+"""``POST /v1/predict``: answers for a batch of rows, through the defense pipeline.
 
 The handler is one coroutine with no FastAPI dependencies or body model: it authenticates,
 reads the body within its limit, parses it (:mod:`modeltheft.service.inputs`) and answers on
@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modeltheft.errors import InputError
 from modeltheft.service.deps import authenticate, read_body
 from modeltheft.service.errors import error_response
-from modeltheft.service.inputs import parse_inputs
-from modeltheft.service.schemas import ErrorBody, PredictResponse, request_model
+from modeltheft.service.inputs import InputRules, parse_inputs
+from modeltheft.service.schemas import ErrorBody, response_model
+from modeltheft.tasks import Task
 
 PATH = "/v1/predict"
 ERRORS = {
@@ -33,7 +34,8 @@ ERRORS = {
         403: "this API key was blocked by an extraction detector",
         408: "the request head or body did not arrive within the server's request timeout",
         413: "body or batch too large",
-        422: "malformed input; the message names the problem",
+        422: "malformed input, a row of the wrong width or a value outside its feature's "
+        "bounds; the message names the problem",
         429: "refused by the rate limit; see Retry-After and the RateLimit headers",
         503: "the state store is unavailable; nothing was answered; see Retry-After",
     }.items()
@@ -42,13 +44,13 @@ ERRORS = {
 BEARER = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
 
 
-def install(app: FastAPI, max_batch: int) -> None:
-    """Add the predict route to ``app``, for batches of at most ``max_batch`` rows."""
+def install(app: FastAPI, task: Task, max_batch: int) -> None:
+    """Add the predict route to ``app``, for ``task``'s rows in batches of ``max_batch``."""
     router = APIRouter()
-    body_model = request_model(max_batch)
+    rules = InputRules.for_task(task, max_batch)
     body_schema = {
         "required": True,
-        "content": {"application/json": {"schema": body_model.model_json_schema()}},
+        "content": {"application/json": {"schema": rules.body.model_json_schema()}},
     }
 
     async def predict(request: Request) -> Response:
@@ -59,7 +61,7 @@ def install(app: FastAPI, max_batch: int) -> None:
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
             raise InputError(f"Content-Type must be application/json, got {media_type or 'none'!r}")
-        X = parse_inputs(body, state.settings.max_batch, body_model)
+        X = parse_inputs(body, rules)
         reply = state.guarded.answer(client, X)
         answers = reply.answers
         labels = reply.labels.tolist()
@@ -83,14 +85,21 @@ def install(app: FastAPI, max_batch: int) -> None:
         PATH,
         predict,
         methods=["POST"],
-        response_model=PredictResponse,
+        response_model=response_model(task),
         responses=ERRORS,
         dependencies=[Depends(BEARER)],
-        summary="Predict digit labels (and probabilities, unless the defenses withhold them)",
+        summary=f"Predict the class of rows of {task.n_features} features "
+        f"(classes {_shown(task.classes.tolist())}; probabilities unless the defenses "
+        "withhold them)",
         openapi_extra={"requestBody": body_schema},
     )
     app.include_router(router)
     app.add_middleware(PredictFastPath, handler=predict, route=router.routes[-1])
+
+
+def _shown(classes: list[object], limit: int = 10) -> str:
+    head = ", ".join(str(c) for c in classes[:limit])
+    return head + (f", … ({len(classes)} in all)" if len(classes) > limit else "")
 
 
 class PredictFastPath:
