@@ -1,6 +1,5 @@
 """``attack --task/--eval-data`` and ``demo --task``: measured on the task's rows, named."""
 
-import inspect
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -8,36 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeltheft.attacks.strategies import make_strategy
 from modeltheft.cli.app import main
-from modeltheft.oracle import make_oracle
 from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.tasks import get_task
 from modeltheft.victim import load_victim, save_victim, train_victim
 from tests.conftest import KEYS
-
-
-def _oracles_merged() -> bool:
-    return "task" in inspect.signature(make_oracle).parameters
-
-
-def _tasks_merged() -> bool:
-    """The victims, oracles and attacks branches of issue #11 (task-aware everything)."""
-    return (
-        _oracles_merged()
-        and "task" in inspect.signature(train_victim).parameters
-        and hasattr(make_strategy("uniform"), "check_task")
-    )
-
-
-needs_oracles = pytest.mark.skipif(
-    not _oracles_merged(), reason="needs make_oracle(task=...) (oracles branch of issue #11)"
-)
-needs_tasks = pytest.mark.skipif(
-    not _tasks_merged(), reason="needs the victims, oracles and attacks branches of issue #11"
-)
 
 
 def _attack(url: str, out: Path, *extra: str) -> list[str]:
@@ -136,7 +112,6 @@ def test_eval_data_of_the_wrong_width_is_one_line(
     assert "shape (n, 64)" in err and len(err.splitlines()) == 1
 
 
-@needs_oracles
 def test_attack_with_task_digits_names_it(
     live_server: Callable[..., BackgroundServer], tmp_path: Path, victim_path: Path
 ) -> None:
@@ -158,7 +133,6 @@ def breast_cancer_server(tmp_path: Path) -> Iterator[tuple[BackgroundServer, Pat
     server.stop()
 
 
-@needs_tasks
 def test_attack_on_breast_cancer_is_measured_on_its_rows(
     breast_cancer_server: tuple[BackgroundServer, Path], tmp_path: Path
 ) -> None:
@@ -178,7 +152,6 @@ def test_attack_on_breast_cancer_is_measured_on_its_rows(
     assert np.array(results["confusion"]["matrix"]).sum() == 171
 
 
-@needs_tasks
 def test_demo_on_breast_cancer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     argv = [

@@ -2,7 +2,6 @@
 the task's own evaluation rows."""
 
 import hashlib
-import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -10,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeltheft.attacks.strategies import make_strategy
 from modeltheft.errors import ConfigError
 from modeltheft.experiments.run import run_task
 from modeltheft.experiments.spec import load_spec, parse_spec
-from modeltheft.victim import train_victim
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
@@ -24,19 +21,6 @@ SMALL = {
     "defenses": ["none"],
     "attacks": [{"name": "uniform", "strategy": "uniform", "substitute": "mlp", "batch_size": 50}],
 }
-
-
-def _tasks_merged() -> bool:
-    """Whether the victims and attacks branches of issue #11 are in (task-aware training and
-    strategies); until then only digits runs."""
-    return "task" in inspect.signature(train_victim).parameters and hasattr(
-        make_strategy("uniform"), "check_task"
-    )
-
-
-needs_tasks = pytest.mark.skipif(
-    not _tasks_merged(), reason="needs the victims and attacks branches of issue #11"
-)
 
 
 @pytest.mark.parametrize(
@@ -87,20 +71,17 @@ def test_a_task_file_is_found_beside_the_spec(tmp_path: Path) -> None:
     assert run.task == str((tmp_path / "mine.toml").resolve())
 
 
-@needs_tasks
 def test_an_image_only_attack_on_a_tabular_task_fails_when_the_spec_is_read() -> None:
     attack = {"name": "lab", "strategy": "owasp-synthetic"}
     with pytest.raises(ConfigError, match="owasp-synthetic"):
         parse_spec(SMALL | {"task": "wine", "attacks": [attack]})
 
 
-@needs_tasks
 def test_the_tabular_example_is_breast_cancer_and_wine() -> None:
     runs = load_spec(ROOT / "examples" / "tabular.toml").tasks()
     assert len(runs) == 32 and {r.task for r in runs} == {"breast-cancer", "wine"}
 
 
-@needs_tasks
 def test_a_wine_run_is_measured_on_wines_evaluation_rows() -> None:
     (run,) = parse_spec(SMALL | {"task": "wine"}).tasks()
     record = run_task(run)

@@ -26,12 +26,8 @@ def _portable(model: ClassifierMixin) -> ClassifierMixin:
 
 def owner_copy(path: Path, task: Task | None) -> Any:
     """The owner's own copy of the victim (any classifier: skops or ONNX), to measure with."""
-    try:
-        from modeltheft.victim import load_model  # type: ignore[attr-defined]
-    except ImportError:  # before the victims branch: our own skops files only
-        from modeltheft.victim import load_victim
+    from modeltheft.victim import load_model
 
-        return load_victim(path, require_proba=False).model
     return load_model(path, task=task).model
 
 

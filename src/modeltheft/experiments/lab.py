@@ -6,7 +6,6 @@ draws digit-like images, so a non-image task is attacked with the schema-only ``
 strategy (uniform within the published bounds), with the lab's LR substitute.
 """
 
-import inspect
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from sklearn.base import ClassifierMixin
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.attacks.extraction import ExtractionResult
 from modeltheft.attacks.spec import default_checkpoints
-from modeltheft.errors import ConfigError
 from modeltheft.evaluation.metrics import defense_effectiveness
 from modeltheft.evaluation.results import ScenarioResult, environment, scenario_dict, write_json
 from modeltheft.experiments.results import task_info
@@ -48,10 +46,6 @@ def lab_attack(task: Task) -> str:
 
 def lab_victim(task: Task) -> TrainedVictim:
     """The lab's victim (a random forest) trained on ``task``'s training rows."""
-    if task.name == DEFAULT_TASK:
-        return train_victim(FAMILY)
-    if "task" not in inspect.signature(train_victim).parameters:
-        raise ConfigError(f"a victim for task {task.name!r} needs train_victim(task=...)")
     return train_victim(FAMILY, task=task)
 
 

@@ -6,7 +6,6 @@ store, BLAS runs on one thread. Local processes and Ray workers therefore return
 numbers for the same task.
 """
 
-import inspect
 import logging
 import time
 from functools import lru_cache
@@ -28,7 +27,7 @@ from modeltheft.experiments.spec import Run
 from modeltheft.measure import CopyEvaluator, eval_rows, honest_client
 from modeltheft.oracle import LocalOracle
 from modeltheft.state.memory import MemoryStore
-from modeltheft.tasks import DEFAULT_TASK, Task, get_task
+from modeltheft.tasks import Task, get_task
 from modeltheft.victim import train_victim
 
 SAMPLES = 16
@@ -44,12 +43,7 @@ def run_task_of(name: str) -> Task:
 @lru_cache(maxsize=8)
 def victim_model(task: str, family: str, holdout: bool) -> ClassifierMixin:
     """The victim, trained once per process per (task, family, holdout)."""
-    if "task" in inspect.signature(train_victim).parameters:
-        return train_victim(family, task=run_task_of(task), holdout=holdout).model
-    # Before the victims branch: train_victim only knows the digits split.
-    if task != DEFAULT_TASK:
-        raise ModelTheftError(f"victims for task {task!r} need train_victim(task=...)")
-    return train_victim(family, split_name="holdout" if holdout else "lab").model
+    return train_victim(family, task=run_task_of(task), holdout=holdout).model
 
 
 @lru_cache(maxsize=8)
