@@ -93,11 +93,14 @@ def test_a_toml_task_model_keeps_its_schema(tmp_path: Path) -> None:
     trained = train_victim("lr", str(toml))
     path = tmp_path / "mine.skops"
     save_victim(trained.model, path, trained.metadata)
+    with_rows = load_model(path).task  # the task file is reloaded: its rows come back
+    assert with_rows.data is not None and len(with_rows.data.y_eval) == 27
     (tmp_path / "train.csv").unlink()  # the schema in the metadata is enough to serve it
     loaded = load_model(path)
     assert loaded.task.name == "mine" and loaded.task.feature_names == ("a", "b", "c")
     assert loaded.task.classes.tolist() == ["high", "low"]
     assert loaded.task.upper[0] == pytest.approx(X[:, 0].max(), abs=0.1)
+    assert loaded.task.data is None
 
 
 @pytest.mark.parametrize("zipmap", [True, False])

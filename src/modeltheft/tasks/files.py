@@ -240,7 +240,7 @@ def load_task_file(path: str | Path) -> Task:
     if y_train is None:
         raise ConfigError(f"{file}: the training data has no labels (label = {label!r})")
     names = names or list(generic_feature_names(X_train.shape[1]))
-    source: dict[str, Any] = {"task_file": file.name}
+    source: dict[str, Any] = {"task_file": str(file.resolve())}
     if "eval" in data:
         eval_names, X_eval, y_eval = read_rows(data["eval"], label, base)
         if y_eval is None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from sklearn.base import ClassifierMixin
 from modeltheft import __version__
 from modeltheft.errors import ConfigError, ModelIntegrityError
 from modeltheft.tasks import BUILTIN, Task, get_task, task_from_model
+
+log = logging.getLogger("modeltheft.victim")
 
 # Types outside skops' default trust that our model families need; nothing else loads.
 TRUSTED_TYPES = frozenset(
@@ -57,6 +60,12 @@ def metadata_task(metadata: dict[str, object]) -> Task | None:
     name = metadata.get("task")
     if isinstance(name, str) and name in BUILTIN:
         return get_task(name)
+    task_file = metadata.get("task_file")
+    if isinstance(task_file, str):
+        try:
+            return get_task(task_file)  # the owner's TOML task, with its rows
+        except ConfigError as exc:
+            log.warning("task file of the model unusable (%s); serving from its saved schema", exc)
     schema = metadata.get("task_schema")
     if isinstance(schema, dict):
         return Task.from_schema(schema)

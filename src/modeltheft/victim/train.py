@@ -104,4 +104,7 @@ def train_victim(
         "task": task.name,
         "task_schema": task.with_classes(model.classes_).schema(),
     }
+    task_file = task.data.source.get("task_file") if task.data is not None else None
+    if task_file:
+        metadata["task_file"] = str(task_file)  # the service reloads the rows from it
     return TrainedVictim(model=model, metadata=metadata, task=task)
