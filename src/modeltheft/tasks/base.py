@@ -95,6 +95,38 @@ class TaskData:
         }
 
 
+def split_rows(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    eval_size: float,
+    public_size: float,
+    seed: int,
+    stratify_eval: bool,
+    source: Mapping[str, Any],
+) -> TaskData:
+    """Seeded evaluation rows, then a stratified attacker-public part of the training rows
+    (a victim trained with holdout never sees it): the split every built-in task uses."""
+    from sklearn.model_selection import train_test_split
+
+    X_train, X_eval, y_train, y_eval = train_test_split(
+        X, y, test_size=eval_size, random_state=seed, stratify=y if stratify_eval else None
+    )
+    private, public = train_test_split(
+        np.arange(len(y_train)), test_size=public_size, random_state=seed, stratify=y_train
+    )
+    return TaskData(
+        X_train,
+        y_train,
+        X_eval,
+        y_eval,
+        X_public=X_train[public],
+        y_public=y_train[public],
+        holdout=private,
+        source={**source, "test_size": eval_size, "random_state": seed},
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Task:
     """A classification problem: its features, classes, optional image shape, and data.

@@ -9,9 +9,8 @@ from functools import lru_cache
 
 import numpy as np
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from modeltheft.tasks.base import Task, TaskData
+from modeltheft.tasks.base import Task, split_rows
 
 EVAL_SIZE = 0.3
 SPLIT_SEED = 42
@@ -24,29 +23,14 @@ def digits_task() -> Task:
     """The ``digits`` task with the lab's split."""
     digits = load_digits()
     X = digits.data / 16.0
-    X_train, X_eval, y_train, y_eval = train_test_split(
-        X, digits.target, test_size=EVAL_SIZE, random_state=SPLIT_SEED
-    )
-    private, public = train_test_split(
-        np.arange(len(y_train)),
-        test_size=PUBLIC_SIZE,
-        random_state=SPLIT_SEED,
-        stratify=y_train,
-    )
-    data = TaskData(
-        X_train,
-        y_train,
-        X_eval,
-        y_eval,
-        X_public=X_train[public],
-        y_public=y_train[public],
-        holdout=private,
-        source={
-            "dataset": "sklearn.datasets.load_digits",
-            "scaling": "pixels / 16",
-            "test_size": EVAL_SIZE,
-            "random_state": SPLIT_SEED,
-        },
+    data = split_rows(
+        X,
+        digits.target,
+        eval_size=EVAL_SIZE,
+        public_size=PUBLIC_SIZE,
+        seed=SPLIT_SEED,
+        stratify_eval=False,  # the lab's split
+        source={"dataset": "sklearn.datasets.load_digits", "scaling": "pixels / 16"},
     )
     n = X.shape[1]
     return Task(

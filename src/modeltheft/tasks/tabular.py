@@ -11,9 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 from sklearn import datasets
-from sklearn.model_selection import train_test_split
 
-from modeltheft.tasks.base import Task, TaskData
+from modeltheft.tasks.base import Task, split_rows
 
 EVAL_SIZE = 0.3
 PUBLIC_FRACTION = 0.25
@@ -35,29 +34,17 @@ def tabular_task(name: str) -> Task:
     loader, description = LOADERS[name]
     bunch = loader()
     X, y = np.asarray(bunch.data, dtype=float), np.asarray(bunch.target)
-    X_train, X_eval, y_train, y_eval = train_test_split(
-        X, y, test_size=EVAL_SIZE, random_state=SPLIT_SEED, stratify=y
-    )
-    private, public = train_test_split(
-        np.arange(len(y_train)),
-        test_size=PUBLIC_FRACTION,
-        random_state=SPLIT_SEED,
-        stratify=y_train,
-    )
-    data = TaskData(
-        X_train,
-        y_train,
-        X_eval,
-        y_eval,
-        X_public=X_train[public],
-        y_public=y_train[public],
-        holdout=private,
+    data = split_rows(
+        X,
+        y,
+        eval_size=EVAL_SIZE,
+        public_size=PUBLIC_FRACTION,
+        seed=SPLIT_SEED,
+        stratify_eval=True,
         source={
             "dataset": f"sklearn.datasets.{loader.__name__}",
             "scaling": "none",
-            "test_size": EVAL_SIZE,
             "public_fraction": PUBLIC_FRACTION,
-            "random_state": SPLIT_SEED,
         },
     )
     return Task(
