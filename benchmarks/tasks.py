@@ -442,14 +442,14 @@ def defense_tables(records: list[dict]) -> list[str]:
                 f"{halfway:.3f} | {np.mean(defended):.3f} ({max(defended):.3f}) | {flagged} | "
                 f"{'yes' if np.mean(defended) <= halfway else '**no**'} |"
             )
-            if np.mean(plain) <= majority:
-                below.append(f"{name} {attack.label}")
+            if np.mean(plain) <= majority + 0.02:
+                below.append(f"{name} {attack.label} ({np.mean(plain):.3f} vs {majority:.3f})")
     if below:
         lines += [
             "",
-            "Undefended already below the majority rate (a copy answering the victim's most "
-            "common label would agree more), so moving towards the majority rate is no cut and "
-            "the target cannot be met as written: " + ", ".join(below) + ".",
+            "Undefended at most 2 points above the majority rate (a copy answering the "
+            "victim's most common label does as well), so the halfway target there says little "
+            "(met or missed within noise): " + ", ".join(below) + ".",
         ]
     return lines
 
@@ -462,7 +462,7 @@ def complete_seeds(records: list[dict], per_seed: int) -> list[int]:
     return sorted(i for i, n in counts.items() if n == per_seed)
 
 
-def render(records: list[dict], seeds: int, total: int, finished: int) -> str:
+def render(records: list[dict], seeds: int, requested: int, total: int, finished: int) -> str:
     lab = sorted(select(records, measure="digits-lab"), key=lambda r: r["seed_index"])
     digits = [r["fidelity"] for r in lab]
     minutes = sum(r["seconds"] for r in records) / 60
@@ -477,6 +477,17 @@ def render(records: list[dict], seeds: int, total: int, finished: int) -> str:
         f"({finished} of the {total} planned runs finished), {minutes:.1f} min of run time summed "
         "over runs, 2 worker processes with one BLAS thread each.",
         "",
+        *(
+            [
+                f"**Fewer seeds than asked:** {seeds} of the {requested} seeds of the run "
+                "completed before it was stopped to fit its time budget (2 shared cores); only "
+                "complete seeds are shown, so every cell has the same seeds. The targets ask "
+                "for 5.",
+                "",
+            ]
+            if seeds < requested
+            else []
+        ),
         f"Baseline in the same run: the lab's attack (300 `owasp-synthetic` queries, `lr` copy, "
         f"hard labels) on the digits forest: fidelity {mean_std(digits)} on the 540 test digits "
         "(the attack suite's figure above: 0.430 ± 0.058).",
@@ -536,7 +547,7 @@ def main() -> None:
                 )
     seeds = complete_seeds(records, len(jobs(1, args.quick)))
     kept = [r for r in records if r["seed_index"] in seeds]
-    body = render(kept, len(seeds), len(todo), len(records))
+    body = render(kept, len(seeds), args.seeds, len(todo), len(records))
     if args.quick:
         print(body)
     else:
