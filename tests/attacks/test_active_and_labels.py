@@ -68,7 +68,9 @@ def test_active_beats_its_own_pool_at_random(victim: LoadedVictim) -> None:
     ):
         values = []
         for seed in range(2):
-            oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=200)
+            oracle = LocalOracle(
+                GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=200
+            )
             result = extract(
                 oracle,
                 strategy,
@@ -102,7 +104,9 @@ def test_public_digits_are_disjoint_from_a_holdout_victims_data() -> None:
 
 def test_checkpoints_record_a_budget_curve(victim: LoadedVictim) -> None:
     split = digits_task().data
-    oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=150)
+    oracle = LocalOracle(
+        GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=150
+    )
     spec = AttackSpec(strategy="uniform", budget=150, batch_size=40, checkpoints=(60, 100))
     result = spec.run(
         oracle, evaluate=lambda m: {"accuracy": float(m.score(split.X_eval, split.y_eval))}

@@ -50,7 +50,8 @@ def test_extraction_copies_an_undefended_victim_better_than_a_defended_one(
         values = []
         for seed in range(3):
             oracle = LocalOracle(
-                GuardedModel(victim.model, load_pipeline(preset), seed=seed), budget=300
+                GuardedModel(victim.model, load_pipeline(preset), seed=seed, task=digits_task()),
+                budget=300,
             )
             result = extract(
                 oracle,
@@ -67,7 +68,9 @@ def test_extraction_copies_an_undefended_victim_better_than_a_defended_one(
 
 
 def test_too_few_answers_fail_clearly(victim: LoadedVictim) -> None:
-    oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=20)
+    oracle = LocalOracle(
+        GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=20
+    )
     with pytest.raises(AttackFailed, match="only 20 of 20"):
         extract(
             oracle, make_strategy("uniform"), make_substitute("lr"), 20, np.random.default_rng(0)

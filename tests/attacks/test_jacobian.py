@@ -162,7 +162,9 @@ def test_jacobian_steals_better_than_uniform_noise() -> None:
     truth = victim.predict(split.X_eval)
 
     def steal(strategy: str) -> float:
-        oracle = LocalOracle(GuardedModel(victim, load_pipeline("none"), seed=0), 150)
+        oracle = LocalOracle(
+            GuardedModel(victim, load_pipeline("none"), seed=0, task=digits_task()), 150
+        )
         result = extract(
             oracle,
             make_strategy(strategy),

@@ -160,7 +160,9 @@ def test_patches_steal_better_than_uniform_noise(victim: LoadedVictim, policy: s
     truth = victim.model.predict(split.X_eval)
 
     def steal(strategy: str, **params: object) -> float:
-        oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none"), seed=0), 200)
+        oracle = LocalOracle(
+            GuardedModel(victim.model, load_pipeline("none"), seed=0, task=digits_task()), 200
+        )
         result = extract(
             oracle,
             make_strategy(strategy, **params),
