@@ -9,7 +9,7 @@ modeltheft itself never shares a stream between attacker and service.
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from modeltheft.data import lab_split
+from modeltheft.tasks import digits_task
 
 
 def _query(rs: np.random.RandomState) -> np.ndarray:
@@ -45,13 +45,13 @@ def scenario(victim, defended: bool, rs: np.random.RandomState) -> tuple[float, 
         if label is not None:
             X.append(x)
             y.append(label)
-    split = lab_split()
+    split = digits_task().data
     predicted = (
-        LogisticRegression(max_iter=1000).fit(np.array(X), np.array(y)).predict(split.X_test)
+        LogisticRegression(max_iter=1000).fit(np.array(X), np.array(y)).predict(split.X_eval)
     )
     return (
-        float(np.mean(predicted == split.y_test)),
-        float(np.mean(predicted == victim.predict(split.X_test))),
+        float(np.mean(predicted == split.y_eval)),
+        float(np.mean(predicted == victim.predict(split.X_eval))),
         len(y),
     )
 

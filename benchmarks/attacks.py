@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import write_section
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import AttackFailed
 from modeltheft.evaluation.metrics import accuracy, fidelity
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import train_victim
 
 BUDGETS = (100, 300, 1000)
@@ -83,19 +83,24 @@ def victim(family: str, split_name: str):
 
 def run(task: tuple[Attack, str, str, np.random.SeedSequence]) -> dict:
     attack, family, mode, seed = task
-    split = lab_split()
+    split = digits_task().data
     split_name = "holdout" if attack.real_digits else "lab"
     model = victim(family, split_name)
-    truth = model.predict(split.X_test)
+    truth = model.predict(split.X_eval)
     server_seed, attack_seed = seed.spawn(2)
-    guarded = GuardedModel(model, load_pipeline("none"), seed=int(server_seed.generate_state(1)[0]))
+    guarded = GuardedModel(
+        model,
+        load_pipeline("none"),
+        seed=int(server_seed.generate_state(1)[0]),
+        task=digits_task(),
+    )
     oracle = LocalOracle(guarded, budget=max(BUDGETS))
 
     def evaluate(stolen) -> dict[str, float]:
-        predicted = stolen.predict(split.X_test)
+        predicted = stolen.predict(split.X_eval)
         return {
             "fidelity": fidelity(predicted, truth),
-            "accuracy": accuracy(predicted, split.y_test),
+            "accuracy": accuracy(predicted, split.y_eval),
         }
 
     start = time.perf_counter()
@@ -178,11 +183,13 @@ def best(
 
 def equation_solving_at(queries: int, seeds: int) -> list[float]:
     """Fidelity of equation solving against the lr victim with exactly ``queries`` queries."""
-    split = lab_split()
+    split = digits_task().data
     model = victim("lr", "lab")
     out = []
     for seed in range(seeds):
-        oracle = LocalOracle(GuardedModel(model, load_pipeline("none")), budget=queries)
+        oracle = LocalOracle(
+            GuardedModel(model, load_pipeline("none"), task=digits_task()), budget=queries
+        )
         result = extract(
             oracle,
             make_strategy("equation-solving"),
@@ -193,7 +200,7 @@ def equation_solving_at(queries: int, seeds: int) -> list[float]:
             label_mode="soft",
             min_answers=1,
         )
-        out.append(fidelity(result.model.predict(split.X_test), model.predict(split.X_test)))
+        out.append(fidelity(result.model.predict(split.X_eval), model.predict(split.X_eval)))
     return out
 
 

@@ -30,7 +30,6 @@ from _doc import DOC, write_section
 from attacks import ATTACKS, Attack, one_thread, victim
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
-from modeltheft.data import attacker_digits, lab_split
 from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
 from modeltheft.defenses.alerts import alerts
 from modeltheft.defenses.presets import pipeline_from_dict
@@ -40,6 +39,7 @@ from modeltheft.evaluation.metrics import fidelity
 from modeltheft.oracle import LocalOracle, OracleAnswers
 from modeltheft.reporting.plots import pareto_plot
 from modeltheft.state.memory import MemoryStore
+from modeltheft.tasks import digits_task
 
 BUDGETS = (300, 1000)
 MODES = ("hard", "soft")
@@ -76,7 +76,7 @@ def independent_models() -> dict[str, Any]:
     from sklearn.neural_network import MLPClassifier
     from sklearn.svm import SVC
 
-    split = lab_split()
+    split = digits_task().data
     X, y = split.X_train, split.y_train
     return {
         "lr (training digits)": LogisticRegression(max_iter=1000).fit(X, y),
@@ -84,26 +84,30 @@ def independent_models() -> dict[str, Any]:
         "mlp (training digits)": MLPClassifier((64,), max_iter=600, random_state=0).fit(X, y),
         "knn-5 (training digits)": KNeighborsClassifier(5).fit(X, y),
         "svc (training digits)": SVC().fit(X, y),
-        "lr (test digits)": LogisticRegression(max_iter=1000).fit(split.X_test, split.y_test),
+        "lr (test digits)": LogisticRegression(max_iter=1000).fit(split.X_eval, split.y_eval),
     }
 
 
 def theft(task: tuple[str, Attack, str, np.random.SeedSequence]) -> dict[str, Any]:
     """One attack against one defense: fidelity, watermark p-values, detection."""
     defense, attack, mode, seed = task
-    split = lab_split()
+    split = digits_task().data
     model = victim("rf", "holdout" if attack.real_digits else "lab")
-    truth = model.predict(split.X_test)
+    truth = model.predict(split.X_eval)
     server_seed, attack_seed = seed.spawn(2)
     store = MemoryStore(np.random.default_rng(server_seed))
     guarded = GuardedModel(
-        model, pipeline(defense), store=store, seed=int(server_seed.generate_state(1)[0])
+        model,
+        pipeline(defense),
+        store=store,
+        seed=int(server_seed.generate_state(1)[0]),
+        task=digits_task(),
     )
     oracle = LocalOracle(guarded, budget=max(BUDGETS), client_id="thief")
 
     def evaluate(stolen: Any) -> dict[str, float]:
         records = load_records(store, "thief")
-        out = {"fidelity": fidelity(stolen.predict(split.X_test), truth)}
+        out = {"fidelity": fidelity(stolen.predict(split.X_eval), truth)}
         if len(records.labels):
             out["p_value"] = verify(records, stolen.predict(records.X), 10).p_value
             out["watermarks"] = len(records.labels)
@@ -144,24 +148,26 @@ def theft(task: tuple[str, Attack, str, np.random.SeedSequence]) -> dict[str, An
 def honest(task: tuple[str, int, int, int]) -> dict[str, Any]:
     """``n_clients`` honest clients: test digits in their own random order, batches of 1–20."""
     defense, first_client, n_clients, queries = task
-    split = lab_split()
+    split = digits_task().data
     model = victim("rf", "lab")
     store = MemoryStore(np.random.default_rng([11, first_client]))
-    guarded = GuardedModel(model, pipeline(defense), store=store, seed=first_client)
+    guarded = GuardedModel(
+        model, pipeline(defense), store=store, seed=first_client, task=digits_task()
+    )
     out = []
     for c in range(first_client, first_client + n_clients):
         rng = np.random.default_rng([7, c])
-        passes = -(-queries // len(split.y_test))
-        order = np.concatenate([rng.permutation(len(split.y_test)) for _ in range(passes)])
+        passes = -(-queries // len(split.y_eval))
+        order = np.concatenate([rng.permutation(len(split.y_eval)) for _ in range(passes)])
         order = order[:queries]
         correct = refused = refused_first = 0
         sent = 0
         while sent < queries:
             idx = order[sent : sent + int(rng.integers(1, 21))]
-            first_pass = max(0, min(len(idx), len(split.y_test) - sent))
+            first_pass = max(0, min(len(idx), len(split.y_eval) - sent))
             try:
-                labels = guarded.answer(f"honest-{c}", split.X_test[idx]).labels
-                correct += int((labels[:first_pass] == split.y_test[idx][:first_pass]).sum())
+                labels = guarded.answer(f"honest-{c}", split.X_eval[idx]).labels
+                correct += int((labels[:first_pass] == split.y_eval[idx][:first_pass]).sum())
             except (RateLimited, Blocked):
                 refused += len(idx)
                 refused_first += first_pass
@@ -169,8 +175,8 @@ def honest(task: tuple[str, int, int, int]) -> dict[str, Any]:
         out.append(
             {
                 "client": c,
-                "accuracy": correct / len(split.y_test),
-                "refused_first_pass": refused_first / len(split.y_test),
+                "accuracy": correct / len(split.y_eval),
+                "refused_first_pass": refused_first / len(split.y_eval),
                 "refused": refused,
             }
         )
@@ -180,13 +186,15 @@ def honest(task: tuple[str, int, int, int]) -> dict[str, Any]:
 
 def lab_attack_as_the_lab(seeds: int) -> list[dict[str, Any]]:
     """The lab's attack as the lab runs it (300 queries, one per request) against `recommended`."""
-    split = lab_split()
+    split = digits_task().data
     model = victim("rf", "lab")
-    truth = model.predict(split.X_test)
+    truth = model.predict(split.X_eval)
     out = []
     for s in range(seeds):
         store = MemoryStore(np.random.default_rng([13, s]))
-        guarded = GuardedModel(model, pipeline("recommended"), store=store, seed=s)
+        guarded = GuardedModel(
+            model, pipeline("recommended"), store=store, seed=s, task=digits_task()
+        )
         run = extract(
             LocalOracle(guarded, budget=300, client_id="lab-thief"),
             make_strategy("owasp-synthetic"),
@@ -199,7 +207,7 @@ def lab_attack_as_the_lab(seeds: int) -> list[dict[str, Any]]:
         first = [a["after_queries"] for a in alerts(store)]
         out.append(
             {
-                "fidelity": fidelity(run.model.predict(split.X_test), truth),
+                "fidelity": fidelity(run.model.predict(split.X_eval), truth),
                 "flagged_after": min(first) if first else None,
             }
         )
@@ -208,31 +216,33 @@ def lab_attack_as_the_lab(seeds: int) -> list[dict[str, Any]]:
 
 def dawn_as_published(seeds: int) -> list[dict[str, Any]]:
     """DAWN as published (``scope = "all"``): what a small rate costs honest clients and proves."""
-    split = lab_split()
+    split = digits_task().data
     model = victim("rf", "lab")
-    truth = model.predict(split.X_test)
+    truth = model.predict(split.X_eval)
     out = []
     for rate in (0.01, 0.05):
         config = {"stages": [{"type": "watermark", "rate": rate, "scope": "all"}]}
         store = MemoryStore(np.random.default_rng(17))
-        honest_labels = GuardedModel(model, pipeline_from_dict(config), store=store, seed=0).answer(
-            "honest", split.X_test
-        )
+        honest_labels = GuardedModel(
+            model, pipeline_from_dict(config), store=store, seed=0, task=digits_task()
+        ).answer("honest", split.X_eval)
         row: dict[str, Any] = {
             "rate": rate,
-            "honest_accuracy": float(np.mean(honest_labels.labels == split.y_test)),
+            "honest_accuracy": float(np.mean(honest_labels.labels == split.y_eval)),
         }
         for strategy in ("owasp-synthetic", "rendered-digits"):
             for s in range(seeds):
                 store = MemoryStore(np.random.default_rng([17, s]))
-                guarded = GuardedModel(model, pipeline_from_dict(config), store=store, seed=s)
+                guarded = GuardedModel(
+                    model, pipeline_from_dict(config), store=store, seed=s, task=digits_task()
+                )
 
                 def evaluate(stolen: Any, store: MemoryStore = store) -> dict[str, float]:
                     records = load_records(store, "thief")
                     if not len(records.labels):
                         return {"p_value": 1.0, "fidelity": 0.0}
                     p = verify(records, stolen.predict(records.X), 10).p_value
-                    return {"p_value": p, "fidelity": fidelity(stolen.predict(split.X_test), truth)}
+                    return {"p_value": p, "fidelity": fidelity(stolen.predict(split.X_eval), truth)}
 
                 run = extract(
                     LocalOracle(guarded, budget=max(BUDGETS), client_id="thief"),
@@ -271,10 +281,10 @@ def http_check(workdir: Path) -> dict[str, Any]:
     from modeltheft.state import SqliteStore
     from modeltheft.victim import save_victim
 
-    split = lab_split()
+    split = digits_task().data
     model = victim("rf", "lab")
     model_path = workdir / "victim.skops"
-    save_victim(model, model_path, {"family": "rf"})
+    save_victim(model, model_path, {"family": "rf", "task": "digits"})
     keys = {"honest": "honest-key-0123456789", "lab": "lab-key-0123456789"}
     keys["renderer"] = "renderer-key-0123456789"
     env = {**os.environ, "MODELTHEFT_API_KEYS": ",".join(f"{k}:{v}" for k, v in keys.items())}
@@ -298,18 +308,18 @@ def http_check(workdir: Path) -> dict[str, Any]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        truth = model.predict(split.X_test)
+        truth = model.predict(split.X_eval)
         labels, refused = [], 0
         headers = {"Authorization": f"Bearer {keys['honest']}"}
         with httpx.Client(base_url=url, headers=headers) as http:
-            for batch in np.array_split(split.X_test, 27):
+            for batch in np.array_split(split.X_eval, 27):
                 response = http.post("/v1/predict", json={"inputs": batch.tolist()})
                 if response.status_code != 200:
                     refused += len(batch)
                     labels += [-1] * len(batch)
                 else:
                     labels += [p["label"] for p in response.json()["predictions"]]
-        out["honest_accuracy"] = float(np.mean(np.array(labels) == split.y_test))
+        out["honest_accuracy"] = float(np.mean(np.array(labels) == split.y_eval))
         out["honest_agreement"] = float(np.mean(np.array(labels) == truth))
         out["honest_refused"] = refused
         copies = {}
@@ -331,7 +341,7 @@ def http_check(workdir: Path) -> dict[str, Any]:
             finally:
                 oracle.close()
             copies[client] = run.model
-            out[f"{client}_fidelity"] = fidelity(run.model.predict(split.X_test), truth)
+            out[f"{client}_fidelity"] = fidelity(run.model.predict(split.X_eval), truth)
         out["metrics"] = [
             line
             for line in httpx.get(f"{url}/metrics").text.splitlines()
@@ -360,7 +370,7 @@ def overhead(repeats: int = 25) -> dict[str, float]:
     25 requests of 20 digits (500 queries) stay within the recommended bucket; the lab preset
     refuses some after 150 queries, and only answered requests are timed.
     """
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     out = {}
     for defense in STATEFUL:
         guarded = GuardedModel(
@@ -368,6 +378,7 @@ def overhead(repeats: int = 25) -> dict[str, float]:
             pipeline(defense),
             store=MemoryStore(np.random.default_rng(19)),
             seed=0,
+            task=digits_task(),
         )
         times = []
         for i in range(repeats):
@@ -396,25 +407,29 @@ class RotatingOracle(LocalOracle):
 def adaptive(task: tuple[str, int]) -> dict[str, Any]:
     """What a thief that knows `recommended` can still get."""
     kind, seed = task
-    split = lab_split()
+    split = digits_task().data
     if kind == "real digits":
         model = victim("rf", "holdout")
-        truth = model.predict(split.X_test)
+        truth = model.predict(split.X_eval)
         out: dict[str, Any] = {"kind": kind}
         for defense in ("none", "recommended"):
             store = MemoryStore(np.random.default_rng([23, seed]))
-            guarded = GuardedModel(model, pipeline(defense), store=store, seed=seed)
-            X, _ = attacker_digits(200, np.random.default_rng(seed))
+            guarded = GuardedModel(
+                model, pipeline(defense), store=store, seed=seed, task=digits_task()
+            )
+            X = split.public_rows(200, np.random.default_rng(seed))
             labels = np.concatenate(
                 [guarded.answer("collector", X[i : i + 20]).labels for i in range(0, 200, 20)]
             )
             copy = make_substitute("lr", seed=seed).fit(X, labels)
-            out[defense] = fidelity(copy.predict(split.X_test), truth)
+            out[defense] = fidelity(copy.predict(split.X_eval), truth)
         return out
     model = victim("rf", "lab")
-    truth = model.predict(split.X_test)
+    truth = model.predict(split.X_eval)
     store = MemoryStore(np.random.default_rng([29, seed]))
-    guarded = GuardedModel(model, pipeline("recommended"), store=store, seed=seed)
+    guarded = GuardedModel(
+        model, pipeline("recommended"), store=store, seed=seed, task=digits_task()
+    )
     oracle = RotatingOracle(guarded, max(BUDGETS), every=9)
     run = extract(
         oracle,
@@ -425,7 +440,7 @@ def adaptive(task: tuple[str, int]) -> dict[str, Any]:
         batch_size=9,
         label_mode="hard",
         checkpoints=BUDGETS,
-        evaluate=lambda m: {"fidelity": fidelity(m.predict(split.X_test), truth)},
+        evaluate=lambda m: {"fidelity": fidelity(m.predict(split.X_eval), truth)},
         min_answers=51,
     )
     return {"kind": kind, "curve": {p.spent: p.metrics["fidelity"] for p in run.curve}}
@@ -466,7 +481,7 @@ def render(
             "alarms": len(alarms),
         }
     victim_accuracy = float(
-        np.mean(victim("rf", "lab").predict(lab_split().X_test) == lab_split().y_test)
+        np.mean(victim("rf", "lab").predict(digits_task().data.X_eval) == digits_task().data.y_eval)
     )
     lines = [
         "## Defenses (`benchmarks/defenses.py`)",

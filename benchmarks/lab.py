@@ -21,13 +21,13 @@ from _doc import write_section
 from _reference import lab_run
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.evaluation.metrics import accuracy, fidelity
 from modeltheft.oracle import HttpOracle, LocalOracle
 from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.tasks import digits_task
 from modeltheft.victim import save_victim, train_victim
 
 TABLE_HEAD = (
@@ -38,10 +38,13 @@ LAB = {"none": (0.494, 0.504, 1.0), "lab": (0.174, 0.172, 0.607)}
 
 
 def one_run(victim, preset: str, seed_seq: np.random.SeedSequence) -> tuple[float, float, float]:
-    split = lab_split()
+    split = digits_task().data
     server_seed, attack_seed = seed_seq.spawn(2)
     guarded = GuardedModel(
-        victim, load_pipeline(preset), seed=int(server_seed.generate_state(1)[0])
+        victim,
+        load_pipeline(preset),
+        seed=int(server_seed.generate_state(1)[0]),
+        task=digits_task(),
     )
     oracle = LocalOracle(guarded, budget=300)
     result = extract(
@@ -51,10 +54,10 @@ def one_run(victim, preset: str, seed_seq: np.random.SeedSequence) -> tuple[floa
         300,
         np.random.default_rng(attack_seed),
     )
-    predicted = result.model.predict(split.X_test)
+    predicted = result.model.predict(split.X_eval)
     return (
-        accuracy(predicted, split.y_test),
-        fidelity(predicted, victim.predict(split.X_test)),
+        accuracy(predicted, split.y_eval),
+        fidelity(predicted, victim.predict(split.X_eval)),
         result.query_success_rate,
     )
 
@@ -67,7 +70,7 @@ def time_transport(victim, path: Path, repeats: int) -> tuple[float, float]:
         for i in range(repeats):
             rng = np.random.default_rng(i)
             start = time.perf_counter()
-            guarded = GuardedModel(victim, load_pipeline("lab"), seed=i)
+            guarded = GuardedModel(victim, load_pipeline("lab"), seed=i, task=digits_task())
             extract(
                 LocalOracle(guarded, 300, client_id=f"l{i}"),
                 make_strategy("owasp-synthetic"),

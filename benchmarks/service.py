@@ -8,7 +8,7 @@ One run, side by side on loopback, one uvicorn worker each:
   with the ``none``, ``lab`` and ``recommended`` presets, plus ``recommended`` with
   ``--no-access-log``.
 
-Every request is one real test digit (``lab_split().X_test``). The wrk script
+Every request is one real test digit (``digits_task().data.X_eval``). The wrk script
 (``benchmarks/wrk/rotate.lua``) rotates the API key over a few dozen keys and the body over
 the 540 test digits, so no key reaches the ``recommended`` token bucket (1,000 queries per
 key) during a run. Each measurement starts a fresh server (state ``memory://``), warms it up
@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import write_section
 
-from modeltheft.data import lab_split
+from modeltheft.tasks import digits_task
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
@@ -252,7 +252,7 @@ def main() -> None:
         raise SystemExit("wrk not found: install it with 'apt-get install -y wrk'")
     duration, repeats, warm = (2, 1, 100) if args.quick else (args.duration, args.repeats, 300)
     targets = [t for t in args.targets.split(",") if t]
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     bodies = [json.dumps({"inputs": [row.tolist()]}).encode() for row in X]
     keys = [f"bench-{i:02d}-" + "k" * 32 for i in range(args.keys)]
     os.environ["MODELTHEFT_API_KEYS"] = ",".join(

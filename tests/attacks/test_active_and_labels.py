@@ -7,11 +7,11 @@ from modeltheft.attacks.labels import fit_substitute, soft_targets, top_k
 from modeltheft.attacks.selectors.active import k_center_greedy, margins
 from modeltheft.attacks.spec import AttackSpec, default_checkpoints, parse_params
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.data import attacker_digits, holdout_split, lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import AttackFailed, ConfigError
 from modeltheft.evaluation.metrics import fidelity
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 
 
@@ -54,13 +54,13 @@ def test_active_asks_seed_digits_first_and_is_deterministic() -> None:
         8, np.random.default_rng(1), QueryHistory()
     )
     assert np.array_equal(first, again)
-    seeds, _ = attacker_digits(5, np.random.default_rng(1))
+    seeds = digits_task().data.public_rows(5, np.random.default_rng(1))
     assert np.array_equal(first[:5], seeds)
 
 
 def test_active_beats_its_own_pool_at_random(victim: LoadedVictim) -> None:
-    split = lab_split()
-    truth = victim.model.predict(split.X_test)
+    split = digits_task().data
+    truth = victim.model.predict(split.X_eval)
     scores = {}
     for name, strategy in (
         ("random", make_strategy("owasp-synthetic")),
@@ -68,7 +68,9 @@ def test_active_beats_its_own_pool_at_random(victim: LoadedVictim) -> None:
     ):
         values = []
         for seed in range(2):
-            oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=200)
+            oracle = LocalOracle(
+                GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=200
+            )
             result = extract(
                 oracle,
                 strategy,
@@ -77,7 +79,7 @@ def test_active_beats_its_own_pool_at_random(victim: LoadedVictim) -> None:
                 np.random.default_rng(seed),
                 batch_size=20,
             )
-            values.append(fidelity(result.model.predict(split.X_test), truth))
+            values.append(fidelity(result.model.predict(split.X_eval), truth))
         scores[name] = np.mean(values)
     assert scores["active"] > scores["random"] + 0.05
 
@@ -90,21 +92,24 @@ def test_active_rejects_bad_options() -> None:
         make_strategy("active", pool="active")
 
 
-def test_holdout_split_is_disjoint_from_victim_data() -> None:
-    holdout = holdout_split()
-    rows = {r.tobytes() for r in holdout.X_public}
-    assert len(holdout.X_public) == 200
-    assert not rows & {r.tobytes() for r in holdout.victim.X_train}
-    assert not rows & {r.tobytes() for r in holdout.victim.X_test}
-    assert len(holdout.victim.y_train) == 1257 - 200
+def test_public_digits_are_disjoint_from_a_holdout_victims_data() -> None:
+    data = digits_task().data
+    X_train, y_train = data.victim_rows(holdout=True)
+    rows = {r.tobytes() for r in data.X_public}
+    assert len(data.X_public) == 200
+    assert not rows & {r.tobytes() for r in X_train}
+    assert not rows & {r.tobytes() for r in data.X_eval}
+    assert len(y_train) == 1257 - 200
 
 
 def test_checkpoints_record_a_budget_curve(victim: LoadedVictim) -> None:
-    split = lab_split()
-    oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=150)
+    split = digits_task().data
+    oracle = LocalOracle(
+        GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=150
+    )
     spec = AttackSpec(strategy="uniform", budget=150, batch_size=40, checkpoints=(60, 100))
     result = spec.run(
-        oracle, evaluate=lambda m: {"accuracy": float(m.score(split.X_test, split.y_test))}
+        oracle, evaluate=lambda m: {"accuracy": float(m.score(split.X_eval, split.y_eval))}
     )
     assert [p.spent for p in result.curve] == [60, 100, 150]
     assert all(p.metrics is not None for p in result.curve)

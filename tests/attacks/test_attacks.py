@@ -3,11 +3,11 @@ import pytest
 
 from modeltheft.attacks import STRATEGIES, extract, make_strategy, make_substitute
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import AttackFailed, ConfigError
 from modeltheft.evaluation.metrics import defense_effectiveness, fidelity, per_class_agreement
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 
 
@@ -43,14 +43,15 @@ def test_owasp_blobs_are_bright_disks() -> None:
 def test_extraction_copies_an_undefended_victim_better_than_a_defended_one(
     victim: LoadedVictim,
 ) -> None:
-    split = lab_split()
-    truth = victim.model.predict(split.X_test)
+    split = digits_task().data
+    truth = victim.model.predict(split.X_eval)
     fidelities = {}
     for preset in ("none", "lab"):
         values = []
         for seed in range(3):
             oracle = LocalOracle(
-                GuardedModel(victim.model, load_pipeline(preset), seed=seed), budget=300
+                GuardedModel(victim.model, load_pipeline(preset), seed=seed, task=digits_task()),
+                budget=300,
             )
             result = extract(
                 oracle,
@@ -60,14 +61,16 @@ def test_extraction_copies_an_undefended_victim_better_than_a_defended_one(
                 np.random.default_rng(seed),
             )
             assert result.sent == 300 and oracle.spent == 300
-            values.append(fidelity(result.model.predict(split.X_test), truth))
+            values.append(fidelity(result.model.predict(split.X_eval), truth))
         fidelities[preset] = np.mean(values)
     assert fidelities["none"] > 0.3
     assert fidelities["lab"] < fidelities["none"] - 0.1
 
 
 def test_too_few_answers_fail_clearly(victim: LoadedVictim) -> None:
-    oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none")), budget=20)
+    oracle = LocalOracle(
+        GuardedModel(victim.model, load_pipeline("none"), task=digits_task()), budget=20
+    )
     with pytest.raises(AttackFailed, match="only 20 of 20"):
         extract(
             oracle, make_strategy("uniform"), make_substitute("lr"), 20, np.random.default_rng(0)

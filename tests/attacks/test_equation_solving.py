@@ -6,12 +6,12 @@ from sklearn.base import ClassifierMixin
 from modeltheft.attacks import ExtractionResult, extract, make_strategy, make_substitute
 from modeltheft.attacks.equation_solving import EquationSolver
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.defenses.base import Pipeline
 from modeltheft.defenses.output import HardLabel, Rounding
 from modeltheft.errors import AttackFailed
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim, train_victim
 
 CLASSES = np.arange(10)
@@ -43,7 +43,7 @@ def steal(
 
 
 def test_65_queries_recover_a_softmax_victim_exactly(lr_victim: ClassifierMixin) -> None:
-    X_test = lab_split().X_test
+    X_test = digits_task().data.X_eval
     model = steal(lr_victim, 65).model
     assert isinstance(model, EquationSolver)
     assert np.array_equal(model.predict(X_test), lr_victim.predict(X_test))
@@ -54,7 +54,7 @@ def test_65_queries_recover_a_softmax_victim_exactly(lr_victim: ClassifierMixin)
 def test_redundant_queries_check_consistency(lr_victim: ClassifierMixin) -> None:
     model = steal(lr_victim, 70, seed=1).model
     assert model.residual_ < 1e-10
-    X_test = lab_split().X_test
+    X_test = digits_task().data.X_eval
     assert np.abs(model.predict_proba(X_test) - lr_victim.predict_proba(X_test)).max() < 1e-6
 
 
@@ -109,7 +109,7 @@ def test_skops_round_trip(lr_victim: ClassifierMixin) -> None:
     untrusted = sio.get_untrusted_types(data=data)
     assert untrusted == ["modeltheft.attacks.equation_solving.EquationSolver"]
     loaded = sio.loads(data, trusted=untrusted)
-    X_test = lab_split().X_test
+    X_test = digits_task().data.X_eval
     assert np.array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
     assert np.array_equal(loaded.coef_, model.coef_)
     assert loaded.get_params() == model.get_params()

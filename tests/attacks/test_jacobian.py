@@ -9,11 +9,11 @@ from sklearn.pipeline import make_pipeline
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.attacks.selectors.jacobian import JacobianAugmentation, class_gradients
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.data import attacker_digits, holdout_split, lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import ConfigError
 from modeltheft.evaluation.metrics import fidelity
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import train_victim
 
 STEP = 0.1
@@ -22,7 +22,7 @@ STEP = 0.1
 @cache
 def _labeller() -> LogisticRegression:
     """A quick stand-in for the victim and the substitute: LR on the public digits."""
-    pool = holdout_split()
+    pool = digits_task().data
     return LogisticRegression(max_iter=1000).fit(pool.X_public, pool.y_public)
 
 
@@ -41,7 +41,7 @@ def _step(X: np.ndarray, labels: np.ndarray, step: float) -> np.ndarray:
 def test_first_proposals_are_the_attackers_seed_digits() -> None:
     strategy = make_strategy("jacobian")
     X = strategy.propose(10, np.random.default_rng(4), QueryHistory())
-    seeds, _ = attacker_digits(10, np.random.default_rng(4))
+    seeds = digits_task().data.public_rows(10, np.random.default_rng(4))
     assert X.shape == (10, 64)
     assert _rows(X) == _rows(seeds)
 
@@ -64,7 +64,7 @@ def test_batches_are_exact_in_range_and_seeded() -> None:
 
 
 def test_rounds_step_by_lambda_along_the_gradient_sign_and_flip_every_tau() -> None:
-    seeds = holdout_split().X_public[:6]
+    seeds = digits_task().data.X_public[:6]
     strategy = make_strategy("jacobian", seed_X=seeds, step=STEP, tau=1)
     rng, history = np.random.default_rng(0), QueryHistory()
     history.model = _labeller()
@@ -92,7 +92,7 @@ def test_rounds_step_by_lambda_along_the_gradient_sign_and_flip_every_tau() -> N
 
 
 def test_requests_beyond_a_round_continue_with_the_next_one() -> None:
-    seeds = holdout_split().X_public[:4]
+    seeds = digits_task().data.X_public[:4]
     strategy = make_strategy("jacobian", seed_X=seeds)
     rng, history = np.random.default_rng(0), QueryHistory()
     history.model = _labeller()
@@ -105,7 +105,7 @@ def test_requests_beyond_a_round_continue_with_the_next_one() -> None:
 
 
 def test_without_a_substitute_it_perturbs_the_seeds_slightly() -> None:
-    seeds = holdout_split().X_public[:5]
+    seeds = digits_task().data.X_public[:5]
     X = make_strategy("jacobian", seed_X=seeds).propose(
         15, np.random.default_rng(0), QueryHistory()
     )
@@ -118,13 +118,13 @@ def test_without_a_substitute_it_perturbs_the_seeds_slightly() -> None:
 
 def test_finite_differences_match_the_analytic_lr_gradient() -> None:
     model = _labeller()
-    X = holdout_split().X_public[:20]
+    X = digits_task().data.X_public[:20]
     y = model.predict(X)
     analytic = class_gradients(model, X, y)
     numeric = class_gradients(make_pipeline(model), X, y)  # not an LR: finite differences
     assert np.allclose(analytic, numeric, atol=1e-4)
     mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0)
-    mlp.fit(holdout_split().X_public, holdout_split().y_public)
+    mlp.fit(digits_task().data.X_public, digits_task().data.y_public)
     grads = class_gradients(mlp, X, mlp.predict(X))
     assert grads.shape == (20, 64) and np.abs(grads).sum(axis=1).min() > 0
 
@@ -158,11 +158,13 @@ def test_bad_options_are_config_errors(params: dict, match: str) -> None:
 
 def test_jacobian_steals_better_than_uniform_noise() -> None:
     victim = train_victim("rf", split_name="holdout").model  # never saw the seed digits
-    split = lab_split()
-    truth = victim.predict(split.X_test)
+    split = digits_task().data
+    truth = victim.predict(split.X_eval)
 
     def steal(strategy: str) -> float:
-        oracle = LocalOracle(GuardedModel(victim, load_pipeline("none"), seed=0), 150)
+        oracle = LocalOracle(
+            GuardedModel(victim, load_pipeline("none"), seed=0, task=digits_task()), 150
+        )
         result = extract(
             oracle,
             make_strategy(strategy),
@@ -171,7 +173,7 @@ def test_jacobian_steals_better_than_uniform_noise() -> None:
             np.random.default_rng(0),
             batch_size=10,
         )
-        return fidelity(result.model.predict(split.X_test), truth)
+        return fidelity(result.model.predict(split.X_eval), truth)
 
     jacobian, noise = steal("jacobian"), steal("uniform")
     assert jacobian > noise + 0.1

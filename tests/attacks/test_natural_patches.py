@@ -11,11 +11,11 @@ from modeltheft.attacks.sources.natural_patches import (
     pool_arms,
 )
 from modeltheft.attacks.strategies import QueryHistory
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.errors import ConfigError
 from modeltheft.evaluation.metrics import fidelity
 from modeltheft.oracle import LocalOracle
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 
 
@@ -156,11 +156,13 @@ def test_unknown_option_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("policy", ["random", "adaptive"])
 def test_patches_steal_better_than_uniform_noise(victim: LoadedVictim, policy: str) -> None:
-    split = lab_split()
-    truth = victim.model.predict(split.X_test)
+    split = digits_task().data
+    truth = victim.model.predict(split.X_eval)
 
     def steal(strategy: str, **params: object) -> float:
-        oracle = LocalOracle(GuardedModel(victim.model, load_pipeline("none"), seed=0), 200)
+        oracle = LocalOracle(
+            GuardedModel(victim.model, load_pipeline("none"), seed=0, task=digits_task()), 200
+        )
         result = extract(
             oracle,
             make_strategy(strategy, **params),
@@ -169,7 +171,7 @@ def test_patches_steal_better_than_uniform_noise(victim: LoadedVictim, policy: s
             np.random.default_rng(1),
             batch_size=20,
         )
-        return fidelity(result.model.predict(split.X_test), truth)
+        return fidelity(result.model.predict(split.X_eval), truth)
 
     patches, noise = steal("natural-patches", policy=policy), steal("uniform")
     assert patches > noise + 0.15

@@ -4,8 +4,8 @@ from sklearn.ensemble import RandomForestClassifier
 
 from modeltheft.attacks.sources.rendered_digits import RenderedDigits, default_fonts
 from modeltheft.attacks.strategies import QueryHistory, make_strategy
-from modeltheft.data import lab_split
 from modeltheft.errors import ConfigError
+from modeltheft.tasks import digits_task
 
 
 def test_rendered_digits_are_registered() -> None:
@@ -62,7 +62,7 @@ def test_default_fonts_are_matplotlib_fonts_with_digits() -> None:
 
 
 def test_a_forest_trained_on_real_digits_recognizes_rendered_ones() -> None:
-    split = lab_split()
+    split = digits_task().data
     forest = RandomForestClassifier(n_estimators=50, random_state=42)
     forest.fit(split.X_train, split.y_train)
     rows, digits = RenderedDigits().render(300, np.random.default_rng(0))

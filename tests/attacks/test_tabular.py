@@ -97,25 +97,30 @@ def test_cnn_substitute_refuses_a_tabular_task() -> None:
         make_substitute("cnn", 0, get_task("wine"))
 
 
-def test_a_bare_model_of_the_digits_width_is_attacked_as_digits() -> None:
+def test_a_bare_model_is_attacked_as_it_describes_itself() -> None:
     digits = get_task("digits")
     victim = LogisticRegression(max_iter=1000).fit(*digits.data.victim_rows())
     bare = _oracle(victim, None, 60)
-    assert bare.discover().name == "model"  # width and classes only
-    assert attack_task(bare).name == "digits" and attack_task(bare).data is not None
+    found = attack_task(bare)  # width and classes only: not taken for digits
+    assert (found.name, found.n_features, found.n_classes, found.data) == ("model", 64, 10, None)
+    with pytest.raises(ConfigError, match=r"needs 8×8 digit images .* task 'model'"):
+        extract(bare, make_strategy("owasp-synthetic"), make_substitute("lr"), 60, _rng())
+    with pytest.raises(ConfigError, match="task 'model' carries no attacker-public rows"):
+        extract(bare, make_strategy("jacobian"), make_substitute("lr"), 60, _rng())
+    assert bare.spent == 0  # refused before any query was paid for
+    # The thief who knows the task says so, and attacks as if the target had named it.
+    assert attack_task(bare, digits).name == "digits" and attack_task(bare, digits).data is not None
     runs = []
-    for oracle in (bare, _oracle(victim, digits, 60)):
+    for oracle, task in ((bare, digits), (_oracle(victim, digits, 60), None)):
+        strategy = make_strategy("active", seed_digits=5, pool_size=200)
         runs.append(
-            extract(
-                oracle,
-                make_strategy("active", seed_digits=5, pool_size=200),
-                make_substitute("lr"),
-                60,
-                np.random.default_rng(4),
-                batch_size=20,
-            )
+            extract(oracle, strategy, make_substitute("lr"), 60, _rng(), batch_size=20, task=task)
         )
     assert np.array_equal(runs[0].X, runs[1].X)  # same queries either way
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(4)
 
 
 def test_empty_history_has_the_task_width() -> None:

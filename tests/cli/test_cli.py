@@ -128,7 +128,7 @@ def test_attack_outputs_curve_onnx_and_per_class(
 ) -> None:
     import numpy as np
 
-    from modeltheft.data import lab_split
+    from modeltheft.tasks import digits_task
     from modeltheft.victim import load_victim
     from modeltheft.victim.onnx import onnx_predict
 
@@ -168,7 +168,7 @@ def test_attack_outputs_curve_onnx_and_per_class(
     assert header == "spent,answered,accuracy,fidelity"
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
     stolen = load_victim(out / "stolen.skops").model
-    X = lab_split().X_test
+    X = digits_task().data.X_eval
     assert np.array_equal(onnx_predict(out / "stolen.onnx", X), stolen.predict(X))
 
 

@@ -11,7 +11,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from modeltheft.cli.app import main
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing
@@ -45,7 +44,7 @@ def stolen(
     copy_path = (
         save_victim(copy, tmp_path / "copy.skops", {"family": "lr"}) and tmp_path / "copy.skops"
     )
-    split = lab_split()
+    split = digits_task().data
     own = LogisticRegression(max_iter=1000).fit(split.X_train, split.y_train)
     sio.dump(own, tmp_path / "own.skops")  # a model found elsewhere: no metadata of ours
     return db, copy_path, tmp_path / "own.skops"

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from modeltheft.attacks.strategies import QueryHistory, make_strategy
-from modeltheft.data import lab_split
 from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
 from modeltheft.defenses.alerts import BLOCKED, NORMAL, STRICT, alerts, client_status
 from modeltheft.defenses.detection import OodRateMonitor, Prada
@@ -20,8 +19,8 @@ from modeltheft.victim import LoadedVictim
 
 
 def honest_batches(seed: int, n: int = 540, batch: int = 10) -> list[np.ndarray]:
-    order = np.random.default_rng(seed).permutation(len(lab_split().X_test))[:n]
-    X = lab_split().X_test[order]
+    order = np.random.default_rng(seed).permutation(len(digits_task().data.X_eval))[:n]
+    X = digits_task().data.X_eval[order]
     return [X[i : i + batch] for i in range(0, n, batch)]
 
 
@@ -68,8 +67,8 @@ def test_block_action_refuses_the_client_with_blocked(victim: LoadedVictim) -> N
     g.answer("thief", noise(5))
     assert client_status(g.store, "thief") == BLOCKED
     with pytest.raises(Blocked):
-        g.answer("thief", lab_split().X_test[:1])
-    g.answer("someone-else", lab_split().X_test[:1])
+        g.answer("thief", digits_task().data.X_eval[:1])
+    g.answer("someone-else", digits_task().data.X_eval[:1])
 
 
 def test_prada_quiet_on_honest_digits_and_flags_jacobian_style_queries(
@@ -82,7 +81,7 @@ def test_prada_quiet_on_honest_digits_and_flags_jacobian_style_queries(
         assert client_status(g.store, "honest") == NORMAL
     # Papernot-style synthetic queries: real seeds, then small signed steps around them.
     rng = np.random.default_rng(1)
-    seeds = lab_split().X_test[:10]
+    seeds = digits_task().data.X_eval[:10]
     g = guarded(victim, Prada(delta=0.8))
     g.answer("thief", seeds)
     current = seeds
@@ -138,7 +137,7 @@ def test_prada_tests_once_per_test_every_new_distances(
     real = detection.stats.shapiro
     monkeypatch.setattr(detection.stats, "shapiro", lambda d: calls.append(len(d)) or real(d))
     g = guarded(victim, Prada(test_every=10))
-    for row in lab_split().X_test[:200]:
+    for row in digits_task().data.X_eval[:200]:
         g.answer("c", row[None, :])  # one query per request
     distances = len(g.pipeline.stages[0]._clients["c"].distances)
     assert 0 < len(calls) <= distances // 10 + 1
@@ -147,7 +146,7 @@ def test_prada_tests_once_per_test_every_new_distances(
 
 def test_prada_ignores_repeats_of_growing_set_queries(victim: LoadedVictim) -> None:
     g = guarded(victim, Prada())
-    X = lab_split().X_test[:1]
+    X = digits_task().data.X_eval[:1]
     for _ in range(5):  # the first query of its class joins the growing set; repeats are at 0
         g.answer("c", X)
     state = g.pipeline.stages[0]._clients["c"]
@@ -158,9 +157,9 @@ def test_misinformation_answers_real_digits_truthfully_and_noise_misleadingly(
     victim: LoadedVictim,
 ) -> None:
     g = guarded(victim, AdaptiveMisinformation())
-    split = lab_split()
-    truth = victim.model.predict(split.X_test)
-    answered = g.answer("honest", split.X_test).labels
+    split = digits_task().data
+    truth = victim.model.predict(split.X_eval)
+    answered = g.answer("honest", split.X_eval).labels
     assert np.mean(answered != truth) <= 0.005
     X = noise(200)
     reply = g.answer("thief", X)
@@ -183,7 +182,7 @@ def test_relabel_keeps_values_and_puts_label_on_top() -> None:
 def test_watermark_scope_and_records(victim: LoadedVictim) -> None:
     store = MemoryStore()
     g = guarded(victim, AdaptiveMisinformation(), Watermark(rate=0.5), store=store)
-    honest = g.answer("honest", lab_split().X_test[:100])
+    honest = g.answer("honest", digits_task().data.X_eval[:100])
     assert not honest.answers.flagged.any() and watermarked_clients(store) == []
     X = noise(400)
     reply = g.answer("thief", X)
@@ -216,10 +215,10 @@ def test_recommended_preset_end_to_end(victim: LoadedVictim) -> None:
     g = GuardedModel(
         victim.model, load_pipeline("recommended"), store=store, seed=0, task=digits_task()
     )
-    split = lab_split()
-    truth = victim.model.predict(split.X_test)
+    split = digits_task().data
+    truth = victim.model.predict(split.X_eval)
     labels = np.concatenate(
-        [g.answer("honest", X).labels for X in np.array_split(split.X_test, 27)]
+        [g.answer("honest", X).labels for X in np.array_split(split.X_eval, 27)]
     )
     assert np.mean(labels == truth) >= 0.995
     synthetic = make_strategy("owasp-synthetic").propose(
@@ -258,7 +257,7 @@ def test_bad_reference_is_a_config_error(tmp_path) -> None:
 def victim_model():
     from sklearn.linear_model import LogisticRegression
 
-    split = lab_split()
+    split = digits_task().data
     return LogisticRegression(max_iter=200).fit(split.X_train[:300], split.y_train[:300])
 
 
@@ -286,7 +285,7 @@ def test_prada_ignores_exact_repeats_of_any_earlier_query(victim: LoadedVictim) 
     repeats were recognised they filled D with a handful of values and W fell below delta.
     """
     g = guarded(victim, Prada())
-    digits = lab_split().X_test[0::48]  # the load benchmark's first key: W was 0.64 after 21
+    digits = digits_task().data.X_eval[0::48]  # the load benchmark's first key: W was 0.64 after 21
     for _ in range(20):
         for row in digits:
             g.answer("refresher", row[None, :])
@@ -322,7 +321,7 @@ def test_knn_scores_equal_scikit_learn_neighbours(batch: int) -> None:
 
     scorer = knn_scorer("lab", 5, digits_task())
     rng = np.random.default_rng(batch)
-    X = np.vstack([lab_split().X_test, rng.random((200, 64)), rng.random((50, 64)) * 0.1])
+    X = np.vstack([digits_task().data.X_eval, rng.random((200, 64)), rng.random((50, 64)) * 0.1])
     X = np.vstack([X, reference_data("lab")[:20]])  # training digits themselves: a distance 0
     exact = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(reference_data("lab"))
     expected = exact.kneighbors(X)[0].mean(axis=1)
@@ -333,7 +332,7 @@ def test_knn_scores_equal_scikit_learn_neighbours(batch: int) -> None:
 def test_ood_monitor_counts_each_distinct_query_once(victim: LoadedVictim) -> None:
     """The load benchmark's key 47 repeated one odd test digit among 12: 16 of 174 hits."""
     g = guarded(victim, OodRateMonitor())
-    digits = lab_split().X_test[47::48]
+    digits = digits_task().data.X_eval[47::48]
     for _ in range(18):
         for row in digits:
             g.answer("refresher", row[None, :])

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
 
 from modeltheft.errors import ConfigError
-from modeltheft.tasks import BUILTIN, Task, get_task, task_from_model
+from modeltheft.tasks import BUILTIN, Task, digits_task, get_task, task_from_model
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
@@ -30,9 +32,29 @@ def test_builtin_tasks_are_consistent(name: str) -> None:
 
 def test_digits_is_the_lab_split() -> None:
     task = get_task("digits")
+    data = task.data
     assert task.image_shape == (8, 8)
-    assert (len(task.data.y_train), len(task.data.y_eval), task.data.n_public) == (1257, 540, 200)
+    assert (len(data.y_train), len(data.y_eval), data.n_public) == (1257, 540, 200)
+    assert data.X_train.shape == (1257, 64) and data.X_eval.shape == (540, 64)
     assert task.lower.min() == 0 and task.upper.max() == 1
+    assert set(np.unique(data.y_eval)) == set(range(10))
+    # the OWASP lab's split: pixels / 16, 30 % for evaluation, random_state=42, same row order
+    digits = load_digits()
+    X_train, X_eval, y_train, y_eval = train_test_split(
+        digits.data / 16.0, digits.target, test_size=0.3, random_state=42
+    )
+    assert np.array_equal(data.X_train, X_train) and np.array_equal(data.y_train, y_train)
+    assert np.array_equal(data.X_eval, X_eval) and np.array_equal(data.y_eval, y_eval)
+
+
+def test_digits_rows_are_read_only_and_stable() -> None:
+    first = get_task("digits").data
+    second = digits_task.__wrapped__().data  # built afresh, not the cached task
+    assert second is not first
+    assert np.array_equal(first.X_eval, second.X_eval)
+    assert np.array_equal(first.X_public, second.X_public)
+    assert np.array_equal(first.victim_rows(holdout=True)[0], second.victim_rows(holdout=True)[0])
+    assert not first.X_eval.flags.writeable and not first.X_public.flags.writeable
 
 
 def test_schema_round_trip_keeps_bounds_integers_and_string_classes() -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import ClassifierMixin, clone
 
-from modeltheft.attacks.base import QueryHistory, Strategy, default_task
+from modeltheft.attacks.base import QueryHistory, Strategy
 from modeltheft.attacks.labels import fit_substitute, parse_label_mode, soft_targets
 from modeltheft.errors import AttackFailed, ConfigError
 from modeltheft.oracle.base import Oracle
@@ -58,8 +58,7 @@ def attack_task(oracle: Oracle, task: Task | None = None) -> Task:
     ``task`` (the thief's own description, e.g. with attacker-public rows) must match the
     discovered width and classes; it is taken in the target's class order. Without one, a
     target that names a built-in task (whose attacker-public rows are public by definition)
-    gets that task's rows, and a target that tells only its width and classes (a bare model)
-    is taken for the default task when it matches it, as :meth:`Oracle.discover` assumes.
+    gets that task's rows; any other target is attacked as it describes itself.
     """
     found = oracle.discover()
     if task is not None:
@@ -70,14 +69,9 @@ def attack_task(oracle: Oracle, task: Task | None = None) -> Task:
                 f"{found.n_classes} classes)"
             )
         return task.with_classes(found.classes)
-    if found.data is not None:
+    if found.data is not None or found.name not in BUILTIN:
         return found
-    if found.name in BUILTIN:
-        known = BUILTIN[found.name]()
-    elif found.image_shape is None and not found.bounded and not found.categories:
-        known = default_task()
-    else:
-        return found
+    known = BUILTIN[found.name]()
     if known.n_features == found.n_features and _same_classes(known, found):
         return known.with_classes(found.classes)
     return found
