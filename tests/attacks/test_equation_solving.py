@@ -124,3 +124,20 @@ def test_strategy_proposals_are_seeded_points_of_the_unit_cube() -> None:
     assert (a >= 0).all() and (a <= 1).all()
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.linalg.matrix_rank(np.hstack([a, np.ones((65, 1))])) == 65
+
+
+def test_saturated_full_precision_answers_are_not_taken_for_rounded_ones() -> None:
+    """A binary victim whose answers are all within 1e-9 of 0 or 1 (but not 0 or 1) is still
+    solved: a value like 1e-14 cannot come from rounding, which would have made it 0."""
+    from modeltheft.attacks.equation_solving import _rounded_decimals
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(31, 30))
+    w = rng.normal(size=30) * 20
+    logits = np.clip(X @ w, 25, 40)  # every answer saturated: p_min between 2e-18 and 1e-11
+    p1 = 1.0 / (1.0 + np.exp(-logits))
+    p0 = np.exp(-logits) / (1.0 + np.exp(-logits))
+    P = np.column_stack([p0, p1])
+    assert _rounded_decimals(P) is None
+    assert _rounded_decimals(np.round(P, 3)) == 0
+    assert _rounded_decimals(np.array([[0.25, 0.75], [0.5, 0.5]])) == 2

@@ -32,6 +32,9 @@ MIN_DISTINCT_FRACTION = 0.9
 def _rounded_decimals(P: np.ndarray) -> int | None:
     """The fewest decimals ``k`` such that every value is a multiple of ``10**-k``, or None."""
     for k in range(MAX_DECIMALS + 1):
+        half = 0.5 * 10.0**-k
+        if np.any((P > 0) & (half > P)) or np.any((P < 1) & (half > 1 - P)):
+            continue  # rounded to k decimals, such a value would be exactly 0 or 1
         scaled = P * 10.0**k
         if np.all(np.abs(scaled - np.rint(scaled)) <= max(1e-9, 10.0**k * 1e-15)):
             return k
