@@ -217,12 +217,25 @@ def serve(
                 factory=True,
                 workers=workers,
                 **server_options,
+                **_worker_start_timeout(),
             )
     finally:
         if previous is None:
             os.environ.pop(SETTINGS_ENV, None)
         else:
             os.environ[SETTINGS_ENV] = previous
+
+
+def _worker_start_timeout() -> dict[str, Any]:
+    """Give each worker a minute to load the model and its task's rows (uvicorn ≥ 0.33 kills a
+    worker not ready within 5 s, which a loaded 2-core machine can exceed)."""
+    import inspect
+
+    import uvicorn
+
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        return {"timeout_worker_healthcheck": 60}
+    return {}
 
 
 def _exit_zero_on_sigterm() -> None:
