@@ -22,7 +22,6 @@ from tests.oracle.standins import (
     kserve_app,
     oip_app,
     ours_app,
-    reset,
 )
 
 IRIS = get_task("iris").without_data()
@@ -44,16 +43,6 @@ def servers(models: dict[str, ClassifierMixin]) -> Iterator[dict[str, Background
     yield running
     for server in running.values():
         server.stop()
-
-
-@pytest.fixture
-def serve(servers: dict[str, BackgroundServer]) -> Callable[..., BackgroundServer]:
-    def configure(protocol: str, **config: Any) -> BackgroundServer:
-        server = servers[protocol]
-        reset(server.app, **config)
-        return server
-
-    return configure
 
 
 def eval_rows(task: str, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from modeltheft.oracle import (
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.tasks import get_task
 from modeltheft.victim import LoadedVictim
-from tests.oracle.standins import error, kserve_app, oip_app, reset
+from tests.oracle.standins import error, kserve_app, oip_app
 
 MODEL = "digits"
 SECRET = "server-key-0123"
@@ -43,18 +43,6 @@ def servers(victim: LoadedVictim) -> Iterator[dict[str, BackgroundServer]]:
     yield running
     for server in running.values():
         server.stop()
-
-
-@pytest.fixture
-def serve(servers: dict[str, BackgroundServer]) -> Callable[..., BackgroundServer]:
-    """``serve(protocol, **config)``: that protocol's server, reset and configured."""
-
-    def configure(protocol: str, **config: Any) -> BackgroundServer:
-        server = servers[protocol]
-        reset(server.app, **config)
-        return server
-
-    return configure
 
 
 def connect(protocol: str, server: BackgroundServer, budget: int, **options: Any) -> HttpOracleBase:
