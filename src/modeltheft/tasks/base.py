@@ -342,6 +342,19 @@ class Task:
         """The schema-only copy of this task."""
         return replace(self, data=None)
 
+    def held_out(self) -> "Task":
+        """The task as a victim trained without the attacker-public rows sees it.
+
+        Its training rows are ``victim_rows(holdout=True)`` (``holdout`` cleared), so a
+        defense whose reference is the task's training rows never counts the public rows as
+        in-distribution. The evaluation and public rows are unchanged; a task without data
+        or without held-out rows is returned as it is.
+        """
+        if self.data is None or self.data.holdout is None:
+            return self
+        X, y = self.data.victim_rows(holdout=True)
+        return replace(self, data=replace(self.data, X_train=X, y_train=y, holdout=None))
+
     def with_classes(self, classes: Sequence[Any] | np.ndarray) -> "Task":
         """This task answering with ``classes`` (a model's own ``classes_`` order)."""
         return replace(self, classes=np.asarray(classes))
