@@ -246,3 +246,17 @@ def test_check_rows_follow_the_task() -> None:
     assert rows.shape == (256, 2) and (rows[:, 1] >= 0).all() and (rows[:, 0] < 0).any()
     digits = check_rows(get_task("digits"))
     assert np.array_equal(digits[:256], np.random.default_rng(0).random((256, 64)))
+
+
+@pytest.mark.parametrize("holdout", [False, True])
+def test_a_held_out_victim_is_served_with_its_own_training_rows(
+    tmp_path: Path, holdout: bool
+) -> None:
+    trained = train_victim("lr", "wine", holdout=holdout)
+    path = tmp_path / "wine.skops"
+    save_victim(trained.model, path, trained.metadata)
+    task = load_model(path).task
+    full = get_task("wine").data
+    X, _ = full.victim_rows(holdout=holdout)
+    np.testing.assert_array_equal(task.data.X_train, X)
+    assert (len(task.data.X_train) < len(full.X_train)) == (holdout and full.n_public > 0)

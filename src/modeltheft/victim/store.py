@@ -55,21 +55,27 @@ class LoadedVictim:
 def metadata_task(metadata: dict[str, object]) -> Task | None:
     """The task a model's metadata names: a built-in (with its data), else its saved schema.
 
-    Metadata written before tasks existed names the digits data set in its split: digits.
+    A model trained without the attacker-public rows (``split.name == "holdout"``) gets the
+    task's :meth:`~modeltheft.tasks.Task.held_out` view, so its defenses' reference rows are
+    the rows it was trained on. Metadata written before tasks existed names the digits data
+    set in its split: digits.
     """
+    split = metadata.get("split")
+    held_out = isinstance(split, dict) and split.get("name") == "holdout"
     name = metadata.get("task")
     if isinstance(name, str) and name in BUILTIN:
-        return get_task(name)
+        task = get_task(name)
+        return task.held_out() if held_out else task
     task_file = metadata.get("task_file")
     if isinstance(task_file, str):
         try:
-            return get_task(task_file)  # the owner's TOML task, with its rows
+            task = get_task(task_file)  # the owner's TOML task, with its rows
+            return task.held_out() if held_out else task
         except ConfigError as exc:
             log.warning("task file of the model unusable (%s); serving from its saved schema", exc)
     schema = metadata.get("task_schema")
     if isinstance(schema, dict):
         return Task.from_schema(schema)
-    split = metadata.get("split")
     legacy = name is None and isinstance(split, dict)
     if legacy and split.get("dataset") == "sklearn.datasets.load_digits":  # type: ignore[union-attr]
         return get_task("digits")
