@@ -9,7 +9,9 @@ import logging
 import time
 from typing import Literal
 
-from modeltheft.defenses.base import DefenseContext
+import numpy as np
+
+from modeltheft.defenses.base import Answers, DefenseContext
 from modeltheft.state.base import StateStore
 
 log = logging.getLogger("modeltheft.alerts")
@@ -68,3 +70,11 @@ def flagged_clients(store: StateStore) -> set[str]:
 def alerts(store: StateStore) -> list[dict[str, object]]:
     """Every alert recorded so far, oldest first."""
     return [json.loads(item) for item in store.items("alerts")]
+
+
+def escalate(answers: Answers, ctx: DefenseContext, action: str) -> Answers:
+    """After an alert that puts ``ctx``'s client under the strict policy, treat this batch as
+    the strict policy treats later ones (every detector calls this after raising its alert)."""
+    if ACTIONS[action] > 0:
+        return answers.mark(np.ones(len(answers.original), dtype=bool))
+    return answers

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import special, stats
 
-from modeltheft.defenses.alerts import ACTIONS, client_status, raise_alert
+from modeltheft.defenses.alerts import ACTIONS, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.keyed import label_prefix, split_label
 from modeltheft.defenses.ood import (
@@ -40,13 +40,6 @@ def _acted(ctx: DefenseContext, detector: str, action: str) -> bool:
     if not ctx.store.get(f"alerted:{detector}:{ctx.client_id}"):
         return False
     return client_status(ctx.store, ctx.client_id) >= ACTIONS[action]
-
-
-def _escalate(answers: Answers, action: str) -> Answers:
-    """After an alert that puts the client under the strict policy, this batch is suspicious too."""
-    if ACTIONS[action] > 0:
-        return answers.mark(np.ones(len(answers.original), dtype=bool))
-    return answers
 
 
 @STAGES.register
@@ -134,7 +127,7 @@ class OodRateMonitor(OutputStage):
             return answers
         reason = f"{hits} of {n} queries out of distribution (p = {p_value:.2g})"
         raise_alert(ctx, self.name, reason, self.on_alert)
-        return _escalate(answers, self.on_alert)
+        return escalate(answers, ctx, self.on_alert)
 
 
 _RECORD = struct.Struct(">BBd8s")  # class, flags, distance, digest of the row
@@ -365,4 +358,4 @@ class Prada(OutputStage):
             return answers
         reason = f"Shapiro-Wilk W = {w:.3f} < {self.delta} over {len(state.distances)} distances"
         raise_alert(ctx, self.name, reason, self.on_alert)
-        return _escalate(answers, self.on_alert)
+        return escalate(answers, ctx, self.on_alert)
