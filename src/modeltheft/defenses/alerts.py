@@ -78,3 +78,27 @@ def escalate(answers: Answers, ctx: DefenseContext, action: str) -> Answers:
     if ACTIONS[action] > 0:
         return answers.mark(np.ones(len(answers.original), dtype=bool))
     return answers
+
+
+SERVICE = "*service*"
+"""Pseudo-client of service-wide alerts in the ``alerts`` list (no API key should be named so)."""
+
+
+def raise_service_alert(
+    store: StateStore, detector: str, reason: str, action: str, episode: int, **facts: object
+) -> bool:
+    """Record a service-wide detection (one per detector and ``episode``); True if new.
+
+    Same channels as :func:`raise_alert`: logged, counted under ``alerts:<detector>``, kept in
+    the ``alerts`` list with ``client`` = :data:`SERVICE`. No client's status changes here.
+    """
+    first = store.incr(f"alerted:{detector}:{SERVICE}:{episode}") == 1
+    if first:
+        store.incr(f"alerts:{detector}")
+        record = {"time": time.time(), "client": SERVICE, "detector": detector}
+        record |= {"reason": reason, "action": action, "episode": episode, **facts}
+        store.append("alerts", [json.dumps(record).encode()])
+        log.warning(
+            "service-wide extraction alert: detector=%s action=%s: %s", detector, action, reason
+        )
+    return first

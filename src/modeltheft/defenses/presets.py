@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import modeltheft.defenses.service_monitor as service_monitor
+
 # Importing the stage modules registers their stages in STAGES.
 from modeltheft.defenses import detection, misinformation, output, perturb, ratelimit, watermark
 from modeltheft.defenses.base import STAGES, Pipeline, Stage
@@ -19,6 +21,7 @@ from modeltheft.tomlfile import read_toml
 
 STAGE_MODULES = (ratelimit, output, detection, misinformation, watermark, perturb)
 """The modules whose stages are registered (imported for that effect)."""
+STAGE_MODULES += (service_monitor,)
 
 
 def preset_names() -> list[str]:
