@@ -43,7 +43,14 @@ import numpy as np
 from scipy import special
 from sklearn.cluster import KMeans
 
-from modeltheft.defenses.alerts import STRICT, escalate, raise_service_alert, served_key, status_key
+from modeltheft.defenses.alerts import (
+    STRICT,
+    client_status,
+    escalate,
+    raise_service_alert,
+    served_key,
+    status_key,
+)
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.detection import RATE, REFERENCE
 from modeltheft.defenses.ood import SCALES, KnnScorer, knn_scorer
@@ -108,6 +115,7 @@ class ServiceMonitor(OutputStage):
         "alpha": [RATE],
         "young_queries": [Interval(int, 1, None)],
         "window": [Interval(int, 10, None)],
+        "short_window": [Interval(int, 0, None)],
         "min_rows": [Interval(int, 1, None)],
         "clusters": [Interval(int, 0, 255)],
         "effective_rows": [Interval(int, 10, None)],
@@ -126,9 +134,10 @@ class ServiceMonitor(OutputStage):
         alpha: float = 1e-6,
         young_queries: int = 20,
         window: int = 600,
+        short_window: int = 150,
         min_rows: int = 50,
         clusters: int = 12,
-        effective_rows: int = 150,
+        effective_rows: int = 100,
         key_rate: float = 0.0,
         quiet: int = 200,
         on_alert: str = "strict",
@@ -142,6 +151,7 @@ class ServiceMonitor(OutputStage):
         self.alpha = alpha
         self.young_queries = young_queries
         self.window = window
+        self.short_window = short_window
         self.min_rows = min_rows
         self.clusters = clusters
         self.effective_rows = effective_rows
@@ -201,7 +211,7 @@ class ServiceMonitor(OutputStage):
         if self.key_rate > 0:
             keys = len(np.unique(rows["key"]))
             out["new_keys"] = float(special.bdtrc(keys - 1, n, self.key_rate))
-        if len(self._shares) and n >= 5 * len(self._shares):
+        if len(self._shares) and n >= 12 * len(self._shares):  # ~10 rows expected per cell
             counts = np.bincount(rows["cluster"], minlength=len(self._shares))
             expected = self._shares * n
             seen = counts > 0
@@ -218,7 +228,10 @@ class ServiceMonitor(OutputStage):
         young = min(n, max(0, self.young_queries - before))
         if young == 0:
             return answers
-        records = self._records(ctx.inputs[:young], answers.flagged[:young], ctx.client_id)
+        # Rows marked only because the key is already strict (by this watch with mark_keys, or
+        # an earlier alert) are not new evidence: counting them would keep a watch alive.
+        flagged = answers.flagged[:young] & (client_status(ctx.store, ctx.client_id) < STRICT)
+        records = self._records(ctx.inputs[:young], flagged, ctx.client_id)
         seq = ctx.store.incr(SEQ, young)
         start = seq - young
         ctx.store.append(f"svc:rows:{start // self.window}", [records.tobytes()])
@@ -226,6 +239,11 @@ class ServiceMonitor(OutputStage):
         watching = ctx.store.get(WATCH) > start  # the watch covers young rows up to it
         if len(rows) >= self.min_rows:
             p = self.p_values(rows)
+            if self.min_rows <= self.short_window < len(rows):
+                p |= {
+                    f"{t} (last {self.short_window})": v
+                    for t, v in self.p_values(rows[-self.short_window :]).items()
+                }
             test, smallest = min(p.items(), key=lambda item: item[1])
             if smallest * len(p) < self.alpha:
                 ctx.store.raise_to(WATCH, seq + self.quiet)

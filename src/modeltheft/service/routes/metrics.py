@@ -15,10 +15,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from modeltheft.defenses.alerts import flagged_clients
 from modeltheft.defenses.detection import OodRateMonitor, Prada
 from modeltheft.defenses.guarded import GuardedModel
+from modeltheft.defenses.service_monitor import ServiceMonitor
 from modeltheft.service.deps import Guarded
 
 router = APIRouter()
 DETECTORS = (OodRateMonitor.name, Prada.name)
+DETECTORS += (ServiceMonitor.name,)  # service-wide alerts: one per watch
 
 
 class StoreCollector:
