@@ -105,6 +105,21 @@ def test_the_watch_ends_after_quiet_rows_and_mark_keys_keeps_keys_strict(
     assert len(service_alerts(g)) == 1
 
 
+def test_two_workers_sharing_a_store_see_one_window_and_one_watch(
+    model: LogisticRegression,
+) -> None:
+    first = guarded(model, window=200, short_window=0)
+    second = GuardedModel(
+        model, Pipeline([ServiceMonitor(window=200, short_window=0)]), first.store, task=TASK
+    )
+    for i, row in enumerate(thief_rows(250)):
+        (first, second)[i % 2].answer(f"sybil-{i // 9}", row[None])
+    assert len(service_alerts(first)) == 1  # one alert for the watch, whichever worker saw it
+    assert len(second.pipeline.stages[0]._cache.sync(first.store, 1)) == 250
+    for worker in (first, second):
+        assert worker.answer("newcomer", TASK.data.X_eval[:2]).answers.flagged.all()
+
+
 def test_bad_parameters_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="min_rows"):
         ServiceMonitor(window=100, min_rows=200)

@@ -231,7 +231,8 @@ class ServiceMonitor(OutputStage):
         # Rows marked only because the key is already strict (by this watch with mark_keys, or
         # an earlier alert) are not new evidence: counting them would keep a watch alive.
         flagged = answers.flagged[:young] & (client_status(ctx.store, ctx.client_id) < STRICT)
-        records = self._records(ctx.inputs[:young], flagged, ctx.client_id)
+        X = ctx.inputs if young == n else ctx.inputs[:young]  # the same array: scores memoised
+        records = self._records(X, flagged, ctx.client_id)
         seq = ctx.store.incr(SEQ, young)
         start = seq - young
         ctx.store.append(f"svc:rows:{start // self.window}", [records.tobytes()])
