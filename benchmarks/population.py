@@ -283,10 +283,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, small populations")
     parser.add_argument("--records", default="runs/population.json")
     parser.add_argument("--from-records", action="store_true", help="only re-render")
+    parser.add_argument("--part", choices=("all", "honest", "thief"), default="all")
+    parser.add_argument("--merge", nargs="*", default=[], help="records of other parts to add")
     args = parser.parse_args()
     records = Path(args.records)
     if args.from_records:
         saved = json.loads(records.read_text())
+        for other in args.merge:
+            more = json.loads(Path(other).read_text())
+            saved["honest"] |= more["honest"]
+            saved["thief"] += more["thief"]
     else:
         saved = run(args)
         records.parent.mkdir(parents=True, exist_ok=True)
@@ -306,13 +312,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         sizes["50 × 1,000"] = (10, 300, 10)
     for label, (clients, length, active) in sizes.items():
+        if args.part == "thief":
+            break
         saved["honest"][label] = [
             honest_population(s, clients, length, active) for s in range(seeds)
         ]
         print(f"{label}: {saved['honest'][label]} {time.perf_counter() - start:.0f}s", flush=True)
     runs = [("none", "none"), ("recommended-no-monitor", "none")]
     runs += [("recommended", b) for b in BACKGROUND]
-    for defense, background in runs:
+    for defense, background in runs if args.part != "honest" else []:
         for s in range(seeds):
             result = thief_run(s, defense, background, max(BUDGETS))
             saved["thief"].append(result)
