@@ -98,8 +98,8 @@ class ServiceMonitor(OutputStage):
 
     name = "service_monitor"
     paper = (
-        "Extends Juuti et al., PRADA, EuroS&P 2019 (per-client query-distribution tests) to "
-        "the pooled traffic of young keys, against Sybil thieves (Douceur, IPTPS 2002)"
+        "Colluding (distributed) extraction: Yao et al., FDINet, arXiv:2306.11338, 2023; here "
+        "Juuti et al.'s PRADA (EuroS&P 2019) idea of testing query distributions, pooled over keys"
     )
     honest_cost = (
         "none without an alert; during a watch, keys younger than young_queries are strict"
