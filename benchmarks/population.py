@@ -225,7 +225,7 @@ def fmt(values: list[float | None]) -> str:
 
 def table(saved: dict[str, Any]) -> list[str]:
     lines = [
-        "| honest population | clients | queries | service alerts | per-client alerts | accuracy |",
+        "| honest population | clients (all seeds) | queries | service alerts | per-client alerts | accuracy |",
         "|---|---|---|---|---|---|",
     ]
     for label, runs in saved["honest"].items():
@@ -306,6 +306,8 @@ def main() -> None:
             more = json.loads(Path(other).read_text())
             saved["honest"] |= more["honest"]
             saved["thief"] += more["thief"]
+        if args.merge:
+            records.write_text(json.dumps(saved, indent=1))  # one file for every part
     else:
         saved = run(args)
         records.parent.mkdir(parents=True, exist_ok=True)
