@@ -225,7 +225,8 @@ def fmt(values: list[float | None]) -> str:
 
 def table(saved: dict[str, Any]) -> list[str]:
     lines = [
-        "| honest population | clients (all seeds) | queries | service alerts | per-client alerts | accuracy |",
+        "| honest population | clients (all seeds) | queries | service alerts "
+        "| per-client alerts | accuracy |",
         "|---|---|---|---|---|---|",
     ]
     for label, runs in saved["honest"].items():
