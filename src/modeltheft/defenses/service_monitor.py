@@ -22,7 +22,8 @@ An alert needs the smallest p-value, times the number of tests run (Bonferroni),
 ``alpha``. It is recorded once per *watch* as a service-wide alert
 (:func:`~modeltheft.defenses.alerts.raise_service_alert`), then every batch of a young key is
 escalated (``alerts.escalate``, as a per-client detector does) until ``quiet`` young rows
-have passed without evidence. With ``mark_keys``, every key that is young during a watch
+have passed without evidence. Keys already strict by a per-client detector's alert are left
+out (their detector acts on them). With ``mark_keys``, every key that is young during a watch
 also keeps the strict status for good (a thief that rotates every 25 keys then gains
 nothing by outliving ``young_queries``; honest newcomers during a watch pay for it).
 
@@ -228,9 +229,14 @@ class ServiceMonitor(OutputStage):
         young = min(n, max(0, self.young_queries - before))
         if young == 0:
             return answers
-        # Rows marked only because the key is already strict (by this watch with mark_keys, or
-        # an earlier alert) are not new evidence: counting them would keep a watch alive.
-        flagged = answers.flagged[:young] & (client_status(ctx.store, ctx.client_id) < STRICT)
+        status = client_status(ctx.store, ctx.client_id)
+        if status >= STRICT and not ctx.store.get(f"svc:marked:{ctx.client_id}"):
+            # A per-client detector already caught this key: its rows are its detector's
+            # business, and counting them would start watches that cost honest newcomers.
+            return answers
+        # Rows marked only because this watch made the key strict are not new evidence:
+        # counting them would keep a watch alive.
+        flagged = answers.flagged[:young] & (status < STRICT)
         X = ctx.inputs if young == n else ctx.inputs[:young]  # the same array: scores memoised
         records = self._records(X, flagged, ctx.client_id)
         seq = ctx.store.incr(SEQ, young)
@@ -268,5 +274,6 @@ class ServiceMonitor(OutputStage):
         if not watching or self.on_alert == "log":
             return answers
         if self.mark_keys:
+            ctx.store.raise_to(f"svc:marked:{ctx.client_id}", 1)
             ctx.store.raise_to(status_key(ctx.client_id), STRICT)
         return escalate(answers, ctx, "strict")
