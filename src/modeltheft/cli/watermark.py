@@ -99,7 +99,7 @@ def verify_command(
             f"note: pooled {len(poolable)} of {len(records)} clients; the others' watermarks "
             "were made under another class list and cannot be pooled with them"
         )
-    best = int(adjusted.argmin())
+    best = min(range(len(family)), key=lambda i: (adjusted[i], family[i].p_value))
     strongest = family[best]
     where = (
         f"the pool of {len(poolable)} clients ({strongest.n_watermarks} distinct watermarks)"
