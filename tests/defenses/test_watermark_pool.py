@@ -10,11 +10,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from modeltheft.cli.app import main
 from modeltheft.defenses import Pipeline
 from modeltheft.defenses.base import DefenseContext, StageEnv
+from modeltheft.defenses.keyed import label_prefix
 from modeltheft.defenses.watermark import (
     Watermark,
     WatermarkRecords,
     holm,
     load_records,
+    records_key,
+    store_classes,
     verify,
     verify_pooled,
 )
@@ -101,3 +104,14 @@ def test_a_client_with_records_under_two_class_lists_is_never_pooled() -> None:
     assert mixed.mixed and len(mixed.labels) == 10
     with pytest.raises(ConfigError, match="c had watermarks under several class lists"):
         verify_pooled([mixed], [mixed.labels])
+
+
+def test_untagged_records_are_pooled_only_if_the_state_served_one_class_list() -> None:
+    """Records from before the tags: their class list is known only if the state served one."""
+    store = MemoryStore(np.random.default_rng(0))
+    row = np.random.default_rng(1).random(64)
+    store.append(records_key("c"), [label_prefix(3) + row.tobytes()])
+    store_classes(store, list(range(10)))
+    assert not load_records(store, "c").mixed
+    store_classes(store, [f"d{i}" for i in range(10)])
+    assert load_records(store, "c").mixed

@@ -157,8 +157,9 @@ class WatermarkRecords:
     ``classes`` are the served model's class labels (what a suspect answers), when known:
     the list the records were made under, or for a state that did not tag its records with
     one, the list last recorded. ``mixed`` says the client's records were made under more than
-    one class list (the served model changed): ``classes`` is then the last list, right for
-    some records only, and such records are never pooled.
+    one class list (the served model changed), or may have been (untagged records of a state
+    that served several): ``classes`` is then the last list, perhaps right for some records
+    only, and such records are never pooled.
     """
 
     client_id: str
@@ -176,11 +177,12 @@ def load_records(store: StateStore, client_id: str) -> WatermarkRecords:
         seen.setdefault(row, label)
     classes = stored_classes(store)
     tags = store.members(lists_key(client_id))
+    lists = [json.loads(item) for item in store.items(CLASS_LIST_KEY)]
     if len(tags) == 1:
         [tag] = tags
-        lists = [json.loads(item) for item in store.items(CLASS_LIST_KEY)]
         classes = next((np.asarray(v) for v in lists if class_list_tag(v) == tag), classes)
-    mixed = len(tags) > 1
+    # untagged records (an older state) of a state that served several lists: unknown list
+    mixed = len(tags) > 1 or (not tags and len({json.dumps(v) for v in lists}) > 1)
     if not seen:
         empty = np.empty((0, 0)), np.empty(0, dtype=int)
         return WatermarkRecords(client_id, *empty, classes, mixed)
@@ -281,6 +283,12 @@ POOLED = "pooled"
 """The client name of the pooled verdict."""
 
 
+def pool_key(row: np.ndarray) -> bytes:
+    """What makes two recorded rows "the same" in the pool: the bytes the keyed label was
+    drawn from (the row's float64 bytes), so a repeat carries no second, independent label."""
+    return np.asarray(row, dtype=np.float64).tobytes()
+
+
 def verify_pooled(
     records_list: Sequence[WatermarkRecords],
     suspect_labels_list: Sequence[np.ndarray],
@@ -320,7 +328,7 @@ def verify_pooled(
                 f"watermarks of {records.client_id}"
             )
         for row, label, answer in zip(records.X, records.labels, answers, strict=True):
-            seen.setdefault(row.tobytes(), (row, int(label), answer))
+            seen.setdefault(pool_key(row), (row, int(label), answer))
     rows = list(seen.values())
     X = np.array([r[0] for r in rows]) if rows else np.empty((0, 0))
     pooled = WatermarkRecords(POOLED, X, np.array([r[1] for r in rows], dtype=int))
