@@ -71,9 +71,9 @@ class StreamTest(OutputStage):
 
     def __init__(
         self,
-        score: Sequence[str] = ("gmm",),
+        score: Sequence[str] = ("gmm", "knn"),
         alpha: float = 1e-6,
-        tolerance: float = 0.25,
+        tolerance: float = 0.1,
         min_queries: int = 20,
         on_alert: str = "strict",
         reference: str = "task",
