@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import special
 
-from modeltheft.defenses.alerts import escalate, raise_alert
+from modeltheft.defenses.alerts import ACTIONS, NORMAL, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted
 from modeltheft.defenses.naturalness import KINDS, Scorer, make_scorer
@@ -122,12 +122,20 @@ class StreamTest(OutputStage):
         )
         return counts, ctx.store.get(f"stream:n:{ctx.client_id}")
 
+    def _under_policy(self, ctx: DefenseContext) -> bool:
+        """The client is already under this stage's policy (set by any detector): nothing to
+        learn from testing it, and nothing to score."""
+        level = ACTIONS[self.on_alert]
+        if level > NORMAL and client_status(ctx.store, ctx.client_id) >= level:
+            return True
+        return _acted(ctx, self.name, self.on_alert)
+
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
         if not self._scorers:
             raise ConfigError(f"stage {self.name!r} was used before setup")
-        if _acted(ctx, self.name, self.on_alert):
+        if self._under_policy(ctx):
             return answers
         new = ctx.store.add_new_members(
             f"stream:seen:{ctx.client_id}", [d.hex() for d in ctx.digests]
