@@ -43,6 +43,8 @@ from modeltheft.tasks import digits_task
 CHECKPOINTS = (300, 1000)
 DEFENSES = ("none", "recommended without stream_test", "recommended")
 OUT = Path("runs/naturalness.json")
+VARIANTS = ((0.1, 0.0), (0.25, 0.5), (0.25, 0.75))
+"""Adaptive variants (render filter share kept, share of near-copies of its real digits)."""
 
 
 def pipeline(defense: str) -> Pipeline:
@@ -54,14 +56,33 @@ def pipeline(defense: str) -> Pipeline:
 
 
 def thief_rows(
-    n: int, public: np.ndarray, rng: np.random.Generator, keep: float = 0.25
+    n: int,
+    public: np.ndarray,
+    rng: np.random.Generator,
+    keep: float = 0.25,
+    natural_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The thief's queries after its real digits: filtered renders and blends, alternating.
 
     Renders are kept when their distance to the nearest real digit is in the lowest ``keep``
     share of a pool; each blend mixes a kept render with its nearest real digit, lambda in
-    [0.3, 0.8]. Returns the rows and whether each is a blend.
+    [0.3, 0.8]. With ``natural_share``, that share of the rows (at random) are instead
+    near-copies of a real digit (two pixels moved by 1/16), sent to dilute the stream test.
+    Returns the rows and whether each is a blend.
     """
+    rows, blend = _render_and_blend(n, public, rng, keep)
+    natural = rng.random(n) < natural_share
+    for i in np.flatnonzero(natural):
+        row = public[rng.integers(len(public))].copy()
+        pixels = rng.choice(len(row), 2, replace=False)
+        row[pixels] = np.clip(row[pixels] + rng.choice([-1, 1], 2) / 16, 0.0, 1.0)
+        rows[i] = row
+    return rows, blend & ~natural
+
+
+def _render_and_blend(
+    n: int, public: np.ndarray, rng: np.random.Generator, keep: float
+) -> tuple[np.ndarray, np.ndarray]:
     pool, _ = RenderedDigits().render(int(np.ceil(n / 2 / keep)) + 8, rng)
     distances = np.sqrt(((pool[:, None, :] - public[None, :, :]) ** 2).sum(axis=2))
     nearest = distances.min(axis=1)
@@ -99,7 +120,9 @@ def scorer_aucs(seed: int, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def thief(defense: str, seed: int, budget: int = 1000) -> dict[str, Any]:
+def thief(
+    defense: str, seed: int, budget: int = 1000, keep: float = 0.25, natural_share: float = 0.0
+) -> dict[str, Any]:
     """The single-key in-distribution thief of issue #12, one row per request."""
     task = digits_task().held_out()
     model = victim("rf", "holdout")
@@ -108,7 +131,7 @@ def thief(defense: str, seed: int, budget: int = 1000) -> dict[str, Any]:
     store = MemoryStore(np.random.default_rng([22, seed]))
     guarded = GuardedModel(model, pipeline(defense), store=store, seed=seed, task=task)
     public = task.data.public_rows(20, rng)
-    rows, _ = thief_rows(budget - len(public), public, rng)
+    rows, _ = thief_rows(budget - len(public), public, rng, keep, natural_share)
     queries = np.vstack([public, rows])
     labels: list[Any] = []
     curve: dict[int, float] = {}
@@ -129,6 +152,8 @@ def thief(defense: str, seed: int, budget: int = 1000) -> dict[str, Any]:
     return {
         "defense": defense,
         "seed": seed,
+        "keep": keep,
+        "natural_share": natural_share,
         "fidelity": curve,
         "flagged_after": min((a["after_queries"] for a in flagged), default=None),
         "detectors": sorted({a["detector"] for a in flagged}),
@@ -182,6 +207,12 @@ def main() -> None:
     start = time.perf_counter()
     aucs = scorer_aucs(0, 300 if args.quick else 1000)
     thefts = [thief(d, s) for d in DEFENSES for s in range(seeds)]
+    variants = [
+        thief(d, s, keep=keep, natural_share=share)
+        for keep, share in VARIANTS
+        for d in ("none", "recommended")
+        for s in range(seeds)
+    ]
     n_long, n_pop = (10, 100) if args.quick else (50, 500)
     rng = np.random.default_rng(41)
     population = [int(v) for v in rng.integers(20, 301, size=n_pop)]
@@ -192,6 +223,7 @@ def main() -> None:
     record = {
         "aucs": aucs,
         "thefts": thefts,
+        "variants": variants,
         "honest": honest,
         "seeds": seeds,
         "seconds": time.perf_counter() - start,
@@ -222,6 +254,27 @@ def report(record: dict[str, Any]) -> str:
         lines.append(
             f"| {defense} | {fid[300]:.3f} | {fid[1000]:.3f} | {median} | "
             f"{len(flags)}/{len(runs)} {', '.join(detectors)} |"
+        )
+    lines += [
+        "",
+        "| thief variant (kept, near-copies) | fidelity @1000 none | fidelity @300 / @1000 "
+        "recommended | flagged after (median) |",
+        "|---|---|---|---|",
+    ]
+    for keep, share in VARIANTS:
+        runs = [
+            r
+            for r in record.get("variants", [])
+            if r["keep"] == keep and r["natural_share"] == share
+        ]
+        none = [r["fidelity"].get(1000, np.nan) for r in runs if r["defense"] == "none"]
+        rec = [r for r in runs if r["defense"] == "recommended"]
+        flags = [r["flagged_after"] for r in rec if r["flagged_after"] is not None]
+        lines.append(
+            f"| {keep:.0%}, {share:.0%} | {np.mean(none):.3f} | "
+            f"{np.mean([r['fidelity'].get(300, np.nan) for r in rec]):.3f} / "
+            f"{np.mean([r['fidelity'].get(1000, np.nan) for r in rec]):.3f} | "
+            f"{np.median(flags) if flags else 'not flagged'} ({len(flags)}/{len(rec)}) |"
         )
     lines += [
         "",
