@@ -43,8 +43,13 @@ from modeltheft.tasks import digits_task
 CHECKPOINTS = (300, 1000)
 DEFENSES = ("none", "recommended without stream_test", "recommended")
 OUT = Path("runs/naturalness.json")
-VARIANTS = ((0.1, 0.0), (0.25, 0.5), (0.25, 0.75))
-"""Adaptive variants (render filter share kept, share of near-copies of its real digits)."""
+VARIANTS = (
+    (0.1, 0.0, "copies"),
+    (0.25, 0.5, "copies"),
+    (0.25, 0.75, "copies"),
+    (0.25, 0.5, "pairs"),
+)
+"""Adaptive variants: render filter share kept, share of dilution rows, their kind."""
 
 
 def pipeline(defense: str) -> Pipeline:
@@ -61,18 +66,25 @@ def thief_rows(
     rng: np.random.Generator,
     keep: float = 0.25,
     natural_share: float = 0.0,
+    dilution: str = "copies",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The thief's queries after its real digits: filtered renders and blends, alternating.
 
     Renders are kept when their distance to the nearest real digit is in the lowest ``keep``
     share of a pool; each blend mixes a kept render with its nearest real digit, lambda in
     [0.3, 0.8]. With ``natural_share``, that share of the rows (at random) are instead
-    near-copies of a real digit (two pixels moved by 1/16), sent to dilute the stream test.
+    near-copies of a real digit (two pixels moved by 1/16; ``dilution = "copies"``) or blends
+    of two real digits (lambda in [0.3, 0.7]; ``"pairs"``), sent to dilute the stream test.
     Returns the rows and whether each is a blend.
     """
     rows, blend = _render_and_blend(n, public, rng, keep)
     natural = rng.random(n) < natural_share
     for i in np.flatnonzero(natural):
+        if dilution == "pairs":
+            a, b = public[rng.choice(len(public), 2, replace=False)]
+            lam = rng.uniform(0.3, 0.7)
+            rows[i] = lam * a + (1 - lam) * b
+            continue
         row = public[rng.integers(len(public))].copy()
         pixels = rng.choice(len(row), 2, replace=False)
         row[pixels] = np.clip(row[pixels] + rng.choice([-1, 1], 2) / 16, 0.0, 1.0)
@@ -121,7 +133,12 @@ def scorer_aucs(seed: int, n: int) -> dict[str, dict[str, float]]:
 
 
 def thief(
-    defense: str, seed: int, budget: int = 1000, keep: float = 0.25, natural_share: float = 0.0
+    defense: str,
+    seed: int,
+    budget: int = 1000,
+    keep: float = 0.25,
+    natural_share: float = 0.0,
+    dilution: str = "copies",
 ) -> dict[str, Any]:
     """The single-key in-distribution thief of issue #12, one row per request."""
     task = digits_task().held_out()
@@ -131,7 +148,7 @@ def thief(
     store = MemoryStore(np.random.default_rng([22, seed]))
     guarded = GuardedModel(model, pipeline(defense), store=store, seed=seed, task=task)
     public = task.data.public_rows(20, rng)
-    rows, _ = thief_rows(budget - len(public), public, rng, keep, natural_share)
+    rows, _ = thief_rows(budget - len(public), public, rng, keep, natural_share, dilution)
     queries = np.vstack([public, rows])
     labels: list[Any] = []
     curve: dict[int, float] = {}
@@ -154,6 +171,7 @@ def thief(
         "seed": seed,
         "keep": keep,
         "natural_share": natural_share,
+        "dilution": dilution,
         "fidelity": curve,
         "flagged_after": min((a["after_queries"] for a in flagged), default=None),
         "detectors": sorted({a["detector"] for a in flagged}),
@@ -208,8 +226,8 @@ def main() -> None:
     aucs = scorer_aucs(0, 300 if args.quick else 1000)
     thefts = [thief(d, s) for d in DEFENSES for s in range(seeds)]
     variants = [
-        thief(d, s, keep=keep, natural_share=share)
-        for keep, share in VARIANTS
+        thief(d, s, keep=keep, natural_share=share, dilution=dilution)
+        for keep, share, dilution in VARIANTS
         for d in ("none", "recommended")
         for s in range(seeds)
     ]
@@ -257,21 +275,21 @@ def report(record: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| thief variant (kept, near-copies) | fidelity @1000 none | fidelity @300 / @1000 "
-        "recommended | flagged after (median) |",
+        "| thief variant (kept, dilution share, kind) | fidelity @1000 none "
+        "| fidelity @300 / @1000 recommended | flagged after (median) |",
         "|---|---|---|---|",
     ]
-    for keep, share in VARIANTS:
+    for keep, share, dilution in VARIANTS:
         runs = [
             r
             for r in record.get("variants", [])
-            if r["keep"] == keep and r["natural_share"] == share
+            if (r["keep"], r["natural_share"], r["dilution"]) == (keep, share, dilution)
         ]
         none = [r["fidelity"].get(1000, np.nan) for r in runs if r["defense"] == "none"]
         rec = [r for r in runs if r["defense"] == "recommended"]
         flags = [r["flagged_after"] for r in rec if r["flagged_after"] is not None]
         lines.append(
-            f"| {keep:.0%}, {share:.0%} | {np.mean(none):.3f} | "
+            f"| {keep:.0%}, {share:.0%}, {dilution} | {np.mean(none):.3f} | "
             f"{np.mean([r['fidelity'].get(300, np.nan) for r in rec]):.3f} / "
             f"{np.mean([r['fidelity'].get(1000, np.nan) for r in rec]):.3f} | "
             f"{np.median(flags) if flags else 'not flagged'} ({len(flags)}/{len(rec)}) |"
