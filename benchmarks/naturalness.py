@@ -34,7 +34,9 @@ from attacks import one_thread, victim
 from modeltheft.attacks.sources.rendered_digits import RenderedDigits
 from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
 from modeltheft.defenses.alerts import alerts
+from modeltheft.defenses.base import DefenseContext
 from modeltheft.defenses.naturalness import KINDS, make_scorer
+from modeltheft.defenses.streams import StreamTest
 from modeltheft.errors import Blocked, RateLimited
 from modeltheft.evaluation.metrics import fidelity
 from modeltheft.state.memory import MemoryStore
@@ -200,6 +202,12 @@ def honest_clients(defense: str, n_clients: int, lengths: list[int], seed: int) 
                 refused += len(idx)
             sent += len(idx)
         accuracy.append(correct / queries)
+    stages = [s for s in guarded.pipeline.stages if isinstance(s, StreamTest)]
+    worst = 1.0
+    for stage in stages:  # the margin left: each client's p-value at the end of its session
+        for c in range(n_clients):
+            ctx = DefenseContext(f"honest-{c}", np.random.default_rng(0), store)
+            worst = min(worst, stage.p_value(*stage.counts(ctx)))
     flagged = sorted({a["client"] for a in alerts(store)})
     by_detector: dict[str, int] = {}
     for a in alerts(store):
@@ -211,6 +219,7 @@ def honest_clients(defense: str, n_clients: int, lengths: list[int], seed: int) 
         "accuracy": float(np.mean(accuracy)),
         "refused": refused,
         "false_alarms": len(flagged),
+        "min_stream_p": worst if stages else None,
         "by_detector": by_detector,
     }
 
@@ -296,13 +305,15 @@ def report(record: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| defense | honest clients | queries | accuracy | refused | false alarms |",
-        "|---|---|---|---|---|---|",
+        "| defense | honest clients | queries | accuracy | refused | false alarms "
+        "| smallest stream_test p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for h in record["honest"]:
         lines.append(
             f"| {h['defense']} | {h['clients']} ({h['kind']}) | {h['queries']} | "
-            f"{h['accuracy']:.4f} | {h['refused']} | {h['false_alarms']} {h['by_detector']} |"
+            f"{h['accuracy']:.4f} | {h['refused']} | {h['false_alarms']} {h['by_detector']} | "
+            f"{'-' if h.get('min_stream_p') is None else format(h['min_stream_p'], '.2g')} |"
         )
     return "\n".join(lines)
 

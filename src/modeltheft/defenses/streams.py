@@ -5,6 +5,14 @@ their thresholds. What it cannot keep is the *distribution* of its queries: unde
 traffic, the naturalness ranks of :mod:`~modeltheft.defenses.naturalness` (conformal p-values
 against the training rows) are uniform, so a stream drawn elsewhere shows too many small
 ranks, however each one was filtered.
+
+Measured (``benchmarks/naturalness.py``, 3 seeds, ``recommended``, victim without the public
+digits): the in-distribution thief of issue #12 is flagged after 143-211 queries (median 208;
+fidelity 0.28 at 1,000 against 0.89 undefended and 0.88 under ``recommended`` without this
+stage); a stricter filter (10% kept) after 309-343, diluted with 50% near-copies of its
+digits after 287-496, with 50% blends of two of its digits after 105-208; 0 false alarms over
+50 honest clients x 1,000 queries and over a 500-client population (80,754 queries), with
+no honest accuracy lost.
 """
 
 from collections.abc import Sequence
