@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 # Importing the stage modules registers their stages in STAGES.
-from modeltheft.defenses import detection, misinformation, output, perturb, ratelimit, watermark
+from modeltheft.defenses import (
+    detection,
+    misinformation,
+    output,
+    perturb,
+    ratelimit,
+    streams,
+    watermark,
+)
 from modeltheft.defenses.base import STAGES, Pipeline, Stage
 from modeltheft.errors import ConfigError
 from modeltheft.tomlfile import read_toml
 
 STAGE_MODULES = (ratelimit, output, detection, misinformation, watermark, perturb)
 """The modules whose stages are registered (imported for that effect)."""
+STAGE_MODULES += (streams,)
 
 
 def preset_names() -> list[str]:
