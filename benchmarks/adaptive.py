@@ -9,8 +9,9 @@ row per request, refits its copy every 25 queries and counts every query it pays
 - `in-distribution`: one key; its 20 digits, then renders near them and blends with them;
 - `rotation-9 + twins`: the same queries, a new key every 9 queries, each answer asked with a
   `-0.0` twin and dropped if they disagree;
-- `prada-replay`: one key; replays PRADA on its own stream and replaces rows that would
-  bring W below 0.85; sends renders not filtered towards its digits (more diverse);
+- `prada-replay`: one key, the same queries, screened by a replay of PRADA on its own stream:
+  a row that would bring W below 0.85 is replaced by the best of 8 others (Jacobian-based
+  exploration screened this way, tried too, was slower and weaker: 0.74 at 1,000 undefended);
 - `canary`: one key at a time; every 50 queries two twins of its own digits; a wrong answer
   means the key is flagged: drop the answers since the last clean canary, take a new key.
 
@@ -41,6 +42,7 @@ from modeltheft.attacks.adaptive import (
 )
 from modeltheft.attacks.sources.rendered_digits import RenderedDigits
 from modeltheft.defenses import GuardedModel, Pipeline
+from modeltheft.defenses.alerts import STRICT, alerts, status_key
 from modeltheft.defenses.detection import Prada
 from modeltheft.evaluation.metrics import fidelity
 from modeltheft.oracle import LocalOracle, OracleAnswers
@@ -49,6 +51,8 @@ from modeltheft.tasks import digits_task
 
 BUDGETS = (300, 1000)
 THIEVES = ("in-distribution", "rotation-9 + twins", "prada-replay", "canary")
+STATELESS_THIEVES = ("in-distribution", "rotation-9 + twins")
+"""Against output defenses without detectors, keys, canaries and PRADA change nothing."""
 STRONGEST = THIEVES
 """Thieves considered for a defense's "adaptive" column (the best mean fidelity at 1,000)."""
 RENDERS = 3000
@@ -101,7 +105,7 @@ def make_thief(name: str, pipeline: Pipeline, seed: int) -> tuple[Thief, int | N
         stages = [s for s in pipeline.stages if isinstance(s, Prada)]
         stage = stages[0] if stages else Prada()
         replay = PradaReplay.of(stage, digits_task().held_out(), margin=0.1)
-        strategy = make_strategy("in-distribution", renders=pool, keep=1.0, blend_share=0.3)
+        strategy = make_strategy("in-distribution", renders=pool)
         return Thief(strategy, substitute, prada=replay), None, False
     if name == "canary":
         strategy = make_strategy("in-distribution", renders=pool)
@@ -142,16 +146,62 @@ def run_thief(thief: str, defense: str, seed: int, budget: int = max(BUDGETS)) -
         evaluate=lambda m: {"fidelity": fidelity(m.predict(split.X_eval), truth)},
         task=task,
     )
-    alerted = {a["client"] for a in (json.loads(x) for x in store.items("alerts"))}
+    alerted = {a["client"] for a in alerts(store)}
     out = describe(run) | {"thief": thief, "defense": defense, "seed": seed}
     out["flagged_after"] = watch.first_alert
+    out["detectors"] = sorted({a["detector"] for a in alerts(store)})
+    out["twin_probed"] = built.twins.probed if built.twins is not None else 0
+    out["prada_w"] = built.prada.statistic() if built.prada is not None else None
     out["keys_flagged"] = len(alerted)
     out["seconds"] = time.perf_counter() - start
     return out
 
 
+def canary_rates(defense: str, seed: int, keys: int = 10) -> dict[str, Any]:
+    """Canary probes (2 twins of the thief's own digits) on flagged and on clean keys.
+
+    The thief's digits are answered first by a clean key; then half of ``keys`` keys are put
+    under the strict policy (what any detector's alert does) and every key is probed once.
+    """
+    from defenses import pipeline as build_pipeline
+
+    from modeltheft.attacks.adaptive import Canary
+
+    task = digits_task().held_out()
+    store = MemoryStore(np.random.default_rng([SEED, seed, 1]))
+    guarded = GuardedModel(
+        victim("rf", "holdout"), build_pipeline(defense), store=store, seed=seed, task=task
+    )
+    rng = np.random.default_rng([SEED, seed, 2])
+    rows = task.data.public_rows(20, rng)
+    owner = LocalOracle(guarded, budget=20, client_id="owner")
+    canary = Canary(rows, owner.query(rows).labels, n=2)
+    flagged = [i < keys // 2 for i in range(keys)]
+    hits = []
+    for i, strict in enumerate(flagged):
+        if strict:
+            store.raise_to(status_key(f"key-{i}"), STRICT)
+        hits.append(canary.probe(LocalOracle(guarded, budget=2, client_id=f"key-{i}"), rng))
+    detected = [h for h, f in zip(hits, flagged, strict=True) if f]
+    false = [h for h, f in zip(hits, flagged, strict=True) if not f]
+    return {
+        "defense": defense,
+        "seed": seed,
+        "detected": float(np.mean(detected)),
+        "false": float(np.mean(false)),
+    }
+
+
 def tasks(defenses: list[str], seeds: int) -> list[tuple[str, str, int]]:
-    return [(t, d, s) for d in defenses for t in THIEVES for s in range(seeds)]
+    """Every thief against the stateful defenses; the two that matter against the others."""
+    from defenses import STATEFUL
+
+    return [
+        (t, d, s)
+        for d in defenses
+        for t in (THIEVES if d in STATEFUL else STATELESS_THIEVES)
+        for s in range(seeds)
+    ]
 
 
 def _run(task: tuple[str, str, int]) -> dict[str, Any]:
@@ -201,7 +251,7 @@ def strongest(runs: list[dict], defense: str) -> tuple[str, list[float], bool] |
     return best
 
 
-def render(runs: list[dict], defenses: list[str]) -> list[str]:
+def render(runs: list[dict], defenses: list[str], canaries: list[dict] | None = None) -> list[str]:
     """The "Adaptive thieves" section (markdown lines)."""
     seeds = len({r["seed"] for r in runs})
     lines = [
@@ -238,11 +288,44 @@ def render(runs: list[dict], defenses: list[str]) -> list[str]:
                 f"| {thief} | {defense} | {cells[0]} | {cells[1]} | {flagged} | {keys:.0f} | "
                 f"{twin:.0f} / {canary:.0f} | {flags:.1f} |"
             )
+    twin_runs = [r for r in runs if r.get("twin_probed")]
+    if twin_runs:
+        by_defense = {
+            d: [r for r in twin_runs if r["defense"] == d]
+            for d in defenses
+            if any(r["defense"] == d for r in twin_runs)
+        }
+        lines += [
+            "",
+            "Twins that disagreed with their original (share of probed answers): "
+            + ", ".join(
+                f"`{d}` {share:.1%}"
+                for d, g in by_defense.items()
+                for share in [
+                    sum(r["dropped"]["twin"] for r in g) / sum(r["twin_probed"] for r in g)
+                ]
+            )
+            + ".",
+        ]
+    if canaries:
+        lines += [
+            "",
+            "Canary (2 twins of the thief's own digits) on 5 keys put under the strict policy "
+            "and 5 clean keys per seed: "
+            + ", ".join(
+                f"`{d}` {np.mean([c['detected'] for c in canaries if c['defense'] == d]):.0%} "
+                f"of flagged keys detected, "
+                f"{np.mean([c['false'] for c in canaries if c['defense'] == d]):.0%} of clean "
+                "keys wrongly"
+                for d in dict.fromkeys(c["defense"] for c in canaries)
+            )
+            + ".",
+        ]
     return lines
 
 
 def main() -> None:
-    from defenses import DEFENSES
+    from defenses import DEFENSES, STATEFUL
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -255,14 +338,20 @@ def main() -> None:
     records = Path(args.records)
     defenses = args.defenses or (["none", "recommended"] if args.quick else list(DEFENSES))
     if args.from_records:
-        runs = json.loads(records.read_text())["runs"]
+        saved = json.loads(records.read_text())
     else:
-        runs = run_all(defenses, 1 if args.quick else args.seeds, args.workers)
+        seeds = 1 if args.quick else args.seeds
+        saved = {"runs": run_all(defenses, seeds, args.workers), "args": vars(args)}
+        saved["canaries"] = [
+            canary_rates(d, s) for d in defenses if d in STATEFUL for s in range(seeds)
+        ]
         records.parent.mkdir(parents=True, exist_ok=True)
-        records.write_text(json.dumps({"runs": runs, "args": vars(args)}))
+        records.write_text(json.dumps(saved))
+    runs = saved["runs"]
     for r in runs:
         r["curve"] = {int(k): v for k, v in r["curve"].items()}
-    print("\n".join(render(runs, [d for d in DEFENSES if any(r["defense"] == d for r in runs)])))
+    shown = [d for d in DEFENSES if any(r["defense"] == d for r in runs)]
+    print("\n".join(render(runs, shown, saved.get("canaries"))))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ class Thief:
       (the first ``canary_rows`` answers, asked while the key was clean: the strategy's own
       rows) are asked; if the key looks flagged, the answers since the last clean check are
       dropped and, on a :class:`RotatingOracle`, the thief moves to a new key;
-    - ``prada``: a :class:`PradaReplay` that screens each batch before it is sent;
+    - ``prada``: a :class:`PradaReplay` that screens each batch before it is sent; rows it
+      turns down are replaced by proposals of ``fallback`` (default: the strategy itself);
     - ``metrics``: a :class:`MetricsReader` read around each request; a request during which
       answers were altered is dropped;
     - the working copy is refitted every ``refit_every`` queries when something reads it (it
@@ -74,6 +75,7 @@ class Thief:
         canary_rows: int = 20,
         prada: PradaReplay | None = None,
         metrics: MetricsReader | None = None,
+        fallback: Strategy | None = None,
         refit_every: int = 25,
         batch_size: int = 1,
         min_answers: int = MIN_ANSWERS,
@@ -90,6 +92,7 @@ class Thief:
         self.canary_rows = canary_rows
         self.prada = prada
         self.metrics = metrics
+        self.fallback = fallback
         self.refit_every = refit_every
         self.batch_size = batch_size
         self.min_answers = min_answers
@@ -138,8 +141,12 @@ class Thief:
                 return np.zeros(len(X), dtype=int)
             return np.array([index.get(v, 0) for v in history.model.predict(X).tolist()])
 
-        def propose(n: int) -> np.ndarray:
-            return task.clip(np.asarray(self.strategy.propose(n, rng, history), dtype=float))
+        def propose(n: int, strategy: Strategy = self.strategy) -> np.ndarray:
+            return task.clip(np.asarray(strategy.propose(n, rng, history), dtype=float))
+
+        fallback = self.fallback or self.strategy
+        if self.fallback is not None:
+            self.fallback.setup(task, budget)
 
         needs_model = self.strategy.needs_model or self.prada is not None
         needs_model |= self.twins is not None and self.twins.policy == "disagree"
@@ -159,7 +166,7 @@ class Thief:
                 n = min(self.batch_size, (stop - spent()) // cost)
                 X = propose(n)
                 if self.prada is not None:
-                    X = task.clip(self.prada.screen(X, guess, propose))
+                    X = task.clip(self.prada.screen(X, guess, lambda m: propose(m, fallback)))
                 before = self.metrics.read() if self.metrics is not None else None
                 sent, labels = self._ask(oracle, X, rng, guess, dropped, task, stop - spent())
                 if self.metrics is not None:
