@@ -204,7 +204,8 @@ def tasks(defenses: list[str], seeds: int) -> list[tuple[str, str, int]]:
     ]
 
 
-def _run(task: tuple[str, str, int]) -> dict[str, Any]:
+def run_task(task: tuple[str, str, int]) -> dict[str, Any]:
+    """:func:`run_thief` of one ``(thief, defense, seed)`` (for process pools)."""
     return run_thief(*task)
 
 
@@ -214,7 +215,7 @@ def run_all(defenses: list[str], seeds: int, workers: int) -> list[dict[str, Any
     todo = tasks(defenses, seeds)
     start = time.perf_counter()
     with ProcessPoolExecutor(workers, initializer=one_thread) as pool:
-        futures = [pool.submit(_run, t) for t in todo]
+        futures = [pool.submit(run_task, t) for t in todo]
         for i, future in enumerate(as_completed(futures), 1):
             r = future.result()
             out.append(r)
