@@ -289,6 +289,20 @@ def render(runs: list[dict], defenses: list[str], canaries: list[dict] | None = 
                 f"| {thief} | {defense} | {cells[0]} | {cells[1]} | {flagged} | {keys:.0f} | "
                 f"{twin:.0f} / {canary:.0f} | {flags:.1f} |"
             )
+    replays = [r for r in runs if r["thief"] == "prada-replay" and r.get("prada_w") is not None]
+    if replays:
+        lines += [
+            "",
+            "PRADA replay: the thief's own W at the end "
+            + ", ".join(
+                f"`{d}` {min(r['prada_w'] for r in g):.3f} (min; "
+                f"{np.mean([r['prada_replaced'] for r in g]):.0f} rows replaced)"
+                for d in defenses
+                for g in [[r for r in replays if r["defense"] == d]]
+                if g
+            )
+            + "; it replaces a row only when W would fall below 0.85.",
+        ]
     twin_runs = [r for r in runs if r.get("twin_probed")]
     if twin_runs:
         by_defense = {
