@@ -192,6 +192,38 @@ def canary_rates(defense: str, seed: int, keys: int = 10) -> dict[str, Any]:
     }
 
 
+def twin_agreement(defense: str, seed: int, n: int = 100) -> dict[str, Any]:
+    """``-0.0`` twins of ``n`` renders (most out of distribution) and ``n`` test digits, asked on
+    one key right after their originals: how often a twin agrees, on the answers that were
+    altered (misinformed, watermarked) and on the true ones."""
+    from defenses import pipeline as build_pipeline
+
+    from modeltheft.attacks.adaptive import twins
+
+    task = digits_task().held_out()
+    model = victim("rf", "holdout")
+    store = MemoryStore(np.random.default_rng([SEED, seed, 3]))
+    guarded = GuardedModel(model, build_pipeline(defense), store=store, seed=seed, task=task)
+    rng = np.random.default_rng([SEED, seed, 4])
+    X = np.vstack([renders(seed)[-n:], task.data.X_eval[rng.choice(len(task.data.X_eval), n)]])
+    oracle = LocalOracle(guarded, budget=4 * n, client_id="twins")
+    labels, twin_labels = [], []
+    for row in X:
+        answer = oracle.query(np.vstack([row, twins(row[None, :], rng)])).labels
+        labels.append(answer[0])
+        twin_labels.append(answer[1])
+    got, twin_got = np.array(labels), np.array(twin_labels)
+    altered = got != model.predict(X)
+    agree = got == twin_got
+    return {
+        "defense": defense,
+        "seed": seed,
+        "altered": int(altered.sum()),
+        "agree_altered": float(agree[altered].mean()) if altered.any() else None,
+        "agree_true": float(agree[~altered].mean()) if (~altered).any() else None,
+    }
+
+
 def tasks(defenses: list[str], seeds: int) -> list[tuple[str, str, int]]:
     """Every thief against the stateful defenses; the two that matter against the others."""
     from defenses import STATEFUL
@@ -252,7 +284,12 @@ def strongest(runs: list[dict], defense: str) -> tuple[str, list[float], bool] |
     return best
 
 
-def render(runs: list[dict], defenses: list[str], canaries: list[dict] | None = None) -> list[str]:
+def render(
+    runs: list[dict],
+    defenses: list[str],
+    canaries: list[dict] | None = None,
+    twin_rates: list[dict] | None = None,
+) -> list[str]:
     """The "Adaptive thieves" section (markdown lines)."""
     seeds = len({r["seed"] for r in runs})
     lines = [
@@ -322,6 +359,26 @@ def render(runs: list[dict], defenses: list[str], canaries: list[dict] | None = 
             )
             + ".",
         ]
+    if twin_rates:
+        cells = []
+        for d in dict.fromkeys(t["defense"] for t in twin_rates):
+            group = [t for t in twin_rates if t["defense"] == d]
+            altered = sum(t["altered"] for t in group)
+            on_altered = [t["agree_altered"] for t in group if t["agree_altered"] is not None]
+            on_true = [t["agree_true"] for t in group if t["agree_true"] is not None]
+            cells.append(
+                f"`{d}` {np.mean(on_altered):.1%} of {altered} altered answers, "
+                f"{np.mean(on_true):.1%} of true ones"
+                if on_altered
+                else f"`{d}` no altered answers, {np.mean(on_true):.1%} of true ones"
+            )
+        lines += [
+            "",
+            "A `-0.0` twin asked right after its original (100 renders, mostly out of "
+            "distribution, and 100 test digits per seed, one key) agrees with it on: "
+            + "; ".join(cells)
+            + ".",
+        ]
     if canaries:
         lines += [
             "",
@@ -360,13 +417,14 @@ def main() -> None:
         saved["canaries"] = [
             canary_rates(d, s) for d in defenses if d in STATEFUL for s in range(seeds)
         ]
+        saved["twins"] = [twin_agreement(d, s) for d in defenses for s in range(seeds)]
         records.parent.mkdir(parents=True, exist_ok=True)
         records.write_text(json.dumps(saved))
     runs = saved["runs"]
     for r in runs:
         r["curve"] = {int(k): v for k, v in r["curve"].items()}
     shown = [d for d in DEFENSES if any(r["defense"] == d for r in runs)]
-    print("\n".join(render(runs, shown, saved.get("canaries"))))
+    print("\n".join(render(runs, shown, saved.get("canaries"), saved.get("twins"))))
 
 
 if __name__ == "__main__":

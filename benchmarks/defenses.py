@@ -476,6 +476,7 @@ def render(
     args: Any,
     thieves: list[dict] | None = None,
     canaries: list[dict] | None = None,
+    twin_rates: list[dict] | None = None,
 ) -> list[str]:
     """The section's markdown (``thieves``: runs of `benchmarks/adaptive.py`, if any)."""
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in thefts)]
@@ -589,7 +590,7 @@ def render(
         else "- No watermark records.",
     ]
     if thieves:
-        lines += ["", *thieves_bench.render(thieves, defenses, canaries)]
+        lines += ["", *thieves_bench.render(thieves, defenses, canaries, twin_rates)]
     lines += http_lines(args)
     sybil = [a for a in adaptives if a["kind"] == "sybil"]
     real = [a for a in adaptives if a["kind"] == "real digits"]
@@ -689,7 +690,9 @@ def http_lines(args: Any) -> list[str]:
     return lines
 
 
-def adaptive_targets(thieves: list[dict]) -> list[tuple[str, str, str, bool]]:
+def adaptive_targets(
+    thieves: list[dict], twin_rates: list[dict] | None = None
+) -> list[tuple[str, str, str, bool]]:
     """Issue 12's targets for the adaptive thieves against `recommended`."""
     rows = []
     top = max(BUDGETS)
@@ -714,15 +717,22 @@ def adaptive_targets(thieves: list[dict]) -> list[tuple[str, str, str, bool]]:
         caught = [a is not None and a <= limit for a in after]
         shown = ", ".join("never" if a is None else str(a) for a in after)
         rows.append((f"{name}, flagged", f"before {limit:,} queries", shown, all(caught)))
-    twin = [r for r in thieves if r["defense"] == "recommended" and r.get("twin_probed")]
-    if twin:
-        agree = 1 - sum(r["dropped"]["twin"] for r in twin) / sum(r["twin_probed"] for r in twin)
-        rows.append(("twins agree with their original", "≥ 99%", f"{agree:.1%}", agree >= 0.99))
+    rec = [t for t in twin_rates or [] if t["defense"] == "recommended"]
+    for key, what in (("agree_altered", "misinformed"), ("agree_true", "true")):
+        values = [t[key] for t in rec if t[key] is not None]
+        if values:
+            agree = float(np.mean(values))
+            name = f"a twin agrees with its original, {what} answers"
+            rows.append((name, "≥ 99%", f"{agree:.1%}", agree >= 0.99))
     return rows
 
 
 def targets(
-    thefts: list[dict], honests: list[dict], detection: list, thieves: list[dict] | None = None
+    thefts: list[dict],
+    honests: list[dict],
+    detection: list,
+    thieves: list[dict] | None = None,
+    twin_rates: list[dict] | None = None,
 ) -> list[str]:
     rec = [r for r in thefts if r["defense"] == "recommended"]
     clients = [c for h in honests if h["defense"] == "recommended" for c in h["clients"]]
@@ -784,7 +794,7 @@ def targets(
         "| target | goal | measured | met |",
         "|---|---|---|---|",
     ]
-    rows += adaptive_targets(thieves or [])
+    rows += adaptive_targets(thieves or [], twin_rates)
     lines += [f"| {n} | {g} | {m} | {'yes' if ok else '**no**'} |" for n, g, m, ok in rows]
     return lines
 
@@ -796,9 +806,9 @@ def extras(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"detection": lab_attack_as_the_lab(5 if quick else 20)}
     out["overhead"] = overhead()
     out["dawn"] = dawn_as_published(1 if quick else 3)
-    out["canaries"] = [
-        thieves_bench.canary_rates(d, s) for d in STATEFUL for s in range(1 if quick else 3)
-    ]
+    seeds = range(1 if quick else 3)
+    out["canaries"] = [thieves_bench.canary_rates(d, s) for d in STATEFUL for s in seeds]
+    out["twins"] = [thieves_bench.twin_agreement(d, s) for d in DEFENSES for s in seeds]
     with tempfile.TemporaryDirectory() as workdir:
         out["http"] = http_check(Path(workdir))
     return out
@@ -826,6 +836,9 @@ def main() -> None:
             saved["thieves"] = thieves_bench.run_all(list(DEFENSES), seeds, args.workers)
             saved["canaries"] = [
                 thieves_bench.canary_rates(d, s) for d in STATEFUL for s in range(seeds)
+            ]
+            saved["twins"] = [
+                thieves_bench.twin_agreement(d, s) for d in DEFENSES for s in range(seeds)
             ]
             records.write_text(json.dumps(saved))
         if args.redo_extras:
@@ -910,8 +923,13 @@ def main() -> None:
         ns,
         thieves,
         saved.get("canaries"),
+        saved.get("twins"),
     )
-    lines += ["", *targets(saved["thefts"], saved["honests"], saved["detection"], thieves)]
+    twin_rates = saved.get("twins")
+    lines += [
+        "",
+        *targets(saved["thefts"], saved["honests"], saved["detection"], thieves, twin_rates),
+    ]
     lines += ["", f"![Pareto plot]({plot.relative_to(DOC.parent).as_posix()})"]
     print(write_section("defenses", "\n".join(lines)))
 
