@@ -131,6 +131,7 @@ class Thief:
         flags: list[int] = []
         clean_from = 0  # history batches from here on came after the last clean canary
         last_fit = 0
+        final: ClassifierMixin | None = None
         index = {c: i for i, c in enumerate(task.classes.tolist())}
 
         def spent() -> int:
@@ -183,11 +184,13 @@ class Thief:
                     history.model = self._fit(history, task) or history.model
                     last_fit = spent()
             n_kept = int((np.concatenate(history.labels) >= 0).sum()) if history.labels else 0
+            final = None
             if evaluate is not None and n_kept >= self.min_answers:
-                model = self._fit(history, task)
-                if model is not None:
-                    curve[stop] = evaluate(model)
-        final = self._fit(history, task)
+                final = self._fit(history, task)
+                if final is not None:
+                    curve[stop] = evaluate(final)
+        if final is None:  # the last stop (the budget) fitted no copy to evaluate
+            final = self._fit(history, task)
         kept = int((np.concatenate(history.labels) >= 0).sum()) if history.labels else 0
         return ThiefRun(
             model=final,
