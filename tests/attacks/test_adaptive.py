@@ -234,3 +234,22 @@ def test_a_rotating_thief_with_twins_counts_every_query(model) -> None:  # type:
     )
     assert run.spent == 120 and run.keys_used == 14
     assert set(run.curve) == {60, 120} and run.kept <= 60
+
+
+def test_a_thief_reading_metrics_over_http_drops_altered_answers(
+    make_app: Callable[..., FastAPI],
+) -> None:
+    from modeltheft.oracle import HttpOracle
+
+    with TestClient(make_app("recommended")) as client:
+        reader = MetricsReader("http://testserver", client=client)
+        oracle = HttpOracle("http://testserver", KEYS["bob"], budget=60, client=client)
+        # Its 20 digits (true answers), then noise (misinformed once flagged or out of range).
+        strategy = make_strategy("in-distribution", renders=noise(200, 11), keep=1.0)
+        thief = Thief(strategy, make_substitute("lr", seed=0), metrics=reader, min_answers=10)
+        run = thief.run(oracle, 60, np.random.default_rng(12), task=TASK)
+        if reader.status == "refused":  # /metrics closed to thieves (issue 12, part 2)
+            assert run.dropped["metrics"] == 0 and run.metrics_status == "refused"
+        else:
+            assert run.metrics_status == "ok" and run.dropped["metrics"] >= 30
+            assert run.kept <= 30
