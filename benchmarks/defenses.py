@@ -9,7 +9,12 @@ on four things, in-process through the same `GuardedModel` the service runs:
 - theft: fidelity of every attack of the suite, hard and soft labels, at 300 and 1,000;
 - detection: queries until the thief is flagged; false alarms over the 50 honest clients;
 - watermarks: the verification p-value of each stolen copy, and of models trained
-  independently on real digits.
+  independently on real digits;
+- adaptive thieves (`benchmarks/adaptive.py`): thieves that know the defenses, per defense.
+
+Thefts and honest clients use the victim trained without the 200 attacker-public digits and
+the task's held-out view (its OOD reference excludes them), so no attack gets credit for rows
+the victim was trained on.
 
     python benchmarks/defenses.py [--seeds 3] [--workers 2] [--quick]
 """
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import adaptive as thieves_bench
 from _doc import DOC, write_section
 from attacks import ATTACKS, Attack, one_thread, victim
 
@@ -92,7 +98,7 @@ def theft(task: tuple[str, Attack, str, np.random.SeedSequence]) -> dict[str, An
     """One attack against one defense: fidelity, watermark p-values, detection."""
     defense, attack, mode, seed = task
     split = digits_task().data
-    model = victim("rf", "holdout" if attack.real_digits else "lab")
+    model = victim("rf", "holdout")
     truth = model.predict(split.X_eval)
     server_seed, attack_seed = seed.spawn(2)
     store = MemoryStore(np.random.default_rng(server_seed))
@@ -101,7 +107,7 @@ def theft(task: tuple[str, Attack, str, np.random.SeedSequence]) -> dict[str, An
         pipeline(defense),
         store=store,
         seed=int(server_seed.generate_state(1)[0]),
-        task=digits_task(),
+        task=digits_task().held_out(),
     )
     oracle = LocalOracle(guarded, budget=max(BUDGETS), client_id="thief")
 
@@ -149,10 +155,10 @@ def honest(task: tuple[str, int, int, int]) -> dict[str, Any]:
     """``n_clients`` honest clients: test digits in their own random order, batches of 1–20."""
     defense, first_client, n_clients, queries = task
     split = digits_task().data
-    model = victim("rf", "lab")
+    model = victim("rf", "holdout")
     store = MemoryStore(np.random.default_rng([11, first_client]))
     guarded = GuardedModel(
-        model, pipeline(defense), store=store, seed=first_client, task=digits_task()
+        model, pipeline(defense), store=store, seed=first_client, task=digits_task().held_out()
     )
     out = []
     for c in range(first_client, first_client + n_clients):
@@ -463,9 +469,16 @@ def fid(results: list[dict], defense: str, attack: str, mode: str, budget: int) 
 
 
 def render(
-    thefts: list[dict], honests: list[dict], detection: list, adaptives: list[dict], args: Any
+    thefts: list[dict],
+    honests: list[dict],
+    detection: list,
+    adaptives: list[dict],
+    args: Any,
+    thieves: list[dict] | None = None,
+    canaries: list[dict] | None = None,
+    twin_rates: list[dict] | None = None,
 ) -> list[str]:
-    """The section's markdown."""
+    """The section's markdown (``thieves``: runs of `benchmarks/adaptive.py`, if any)."""
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in thefts)]
     attacks = [a.label for a in THEFT_ATTACKS if any(r["attack"] == a.label for r in thefts)]
     utility: dict[str, dict[str, float]] = {}
@@ -481,13 +494,16 @@ def render(
             "alarms": len(alarms),
         }
     victim_accuracy = float(
-        np.mean(victim("rf", "lab").predict(digits_task().data.X_eval) == digits_task().data.y_eval)
+        np.mean(
+            victim("rf", "holdout").predict(digits_task().data.X_eval) == digits_task().data.y_eval
+        )
     )
     lines = [
         "## Defenses (`benchmarks/defenses.py`)",
         "",
-        f"RF victim (test accuracy {victim_accuracy:.3f}); attacks with real digits use the "
-        f"victim trained without the 200 attacker-public digits. {len(thefts)} theft runs "
+        f"RF victim trained without the 200 attacker-public digits (test accuracy "
+        f"{victim_accuracy:.3f}), served with the task's held-out view (its OOD reference "
+        f"excludes those digits), for thefts and honest clients. {len(thefts)} theft runs "
         f"({args.n_seeds} seed(s)), {sum(r['seconds'] for r in thefts) / 60:.1f} min of run time. "
         "In-process, through the `GuardedModel` the service runs; `none` and `lab` are the "
         "baselines of the same run.",
@@ -497,17 +513,20 @@ def render(
         "Each honest client sends the 540 test digits in its own random order (batches of "
         f"1–20); the stateful presets get {args.n_honest} clients of {HONEST_QUERIES:,} queries "
         "(the digits again, reshuffled, after the first 540). Accuracy counts refused digits "
-        "as not answered.",
+        "as not answered. *Adaptive*: fidelity at 1,000 queries of the strongest adaptive "
+        'thief (mean over seeds; see "Adaptive thieves" below), and whether any of its runs '
+        "was flagged.",
         "",
         "| defense | honest accuracy (mean / worst) | refused (first 540) | clients | clients "
-        "refused at least once | false alarms |",
-        "|---|---|---|---|---|---|",
+        "refused at least once | false alarms | adaptive |",
+        "|---|---|---|---|---|---|---|",
     ]
     for d in defenses:
         u = utility[d]
         lines.append(
             f"| {d} | {u['accuracy']:.4f} / {u['worst']:.4f} | {u['refused']:.1%} | "
-            f"{u['clients']} | {u['refused_clients']} | {u['alarms']} |"
+            f"{u['clients']} | {u['refused_clients']} | {u['alarms']} | "
+            f"{adaptive_cell(thieves or [], d)} |"
         )
     for budget in BUDGETS:
         lines += [
@@ -570,6 +589,8 @@ def render(
         if independent
         else "- No watermark records.",
     ]
+    if thieves:
+        lines += ["", *thieves_bench.render(thieves, defenses, canaries, twin_rates)]
     lines += http_lines(args)
     sybil = [a for a in adaptives if a["kind"] == "sybil"]
     real = [a for a in adaptives if a["kind"] == "real digits"]
@@ -591,6 +612,15 @@ def render(
             "only the query budget (the `token_bucket` stage) bounds it."
         )
     return lines
+
+
+def adaptive_cell(thieves: list[dict], defense: str) -> str:
+    """The strongest adaptive thief's fidelity at 1,000 against ``defense``, and flagged?"""
+    best = thieves_bench.strongest(thieves, defense)
+    if best is None:
+        return "—"
+    name, values, flagged = best
+    return f"{np.mean(values):.3f} ({name}; {'flagged' if flagged else 'not flagged'})"
 
 
 def http_lines(args: Any) -> list[str]:
@@ -660,7 +690,50 @@ def http_lines(args: Any) -> list[str]:
     return lines
 
 
-def targets(thefts: list[dict], honests: list[dict], detection: list) -> list[str]:
+def adaptive_targets(
+    thieves: list[dict], twin_rates: list[dict] | None = None
+) -> list[tuple[str, str, str, bool]]:
+    """Issue 12's targets for the adaptive thieves against `recommended`."""
+    rows = []
+    top = max(BUDGETS)
+    for thief, name in (
+        ("in-distribution", "single-key in-distribution thief"),
+        ("rotation-9 + twins", "key rotation every 9 + twins"),
+    ):
+        group = [r for r in thieves if (r["thief"], r["defense"]) == (thief, "recommended")]
+        values = [r["curve"][top]["fidelity"] for r in group if top in r["curve"]]
+        if not values:
+            continue
+        rows.append(
+            (
+                f"{name}, fidelity at 1,000",
+                "≤ 0.80",
+                f"{np.mean(values):.3f}",
+                np.mean(values) <= 0.80,
+            )
+        )
+        limit = top if thief == "in-distribution" else 300
+        after = [r["flagged_after"] for r in group]
+        caught = [a is not None and a <= limit for a in after]
+        shown = ", ".join("never" if a is None else str(a) for a in after)
+        rows.append((f"{name}, flagged", f"before {limit:,} queries", shown, all(caught)))
+    rec = [t for t in twin_rates or [] if t["defense"] == "recommended"]
+    for key, what in (("agree_altered", "misinformed"), ("agree_true", "true")):
+        values = [t[key] for t in rec if t[key] is not None]
+        if values:
+            agree = float(np.mean(values))
+            name = f"a twin agrees with its original, {what} answers"
+            rows.append((name, "≥ 99%", f"{agree:.1%}", agree >= 0.99))
+    return rows
+
+
+def targets(
+    thefts: list[dict],
+    honests: list[dict],
+    detection: list,
+    thieves: list[dict] | None = None,
+    twin_rates: list[dict] | None = None,
+) -> list[str]:
     rec = [r for r in thefts if r["defense"] == "recommended"]
     clients = [c for h in honests if h["defense"] == "recommended" for c in h["clients"]]
     base = [c for h in honests if h["defense"] == "none" for c in h["clients"]]
@@ -721,6 +794,7 @@ def targets(thefts: list[dict], honests: list[dict], detection: list) -> list[st
         "| target | goal | measured | met |",
         "|---|---|---|---|",
     ]
+    rows += adaptive_targets(thieves or [], twin_rates)
     lines += [f"| {n} | {g} | {m} | {'yes' if ok else '**no**'} |" for n, g, m, ok in rows]
     return lines
 
@@ -732,6 +806,9 @@ def extras(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"detection": lab_attack_as_the_lab(5 if quick else 20)}
     out["overhead"] = overhead()
     out["dawn"] = dawn_as_published(1 if quick else 3)
+    seeds = range(1 if quick else 3)
+    out["canaries"] = [thieves_bench.canary_rates(d, s) for d in STATEFUL for s in seeds]
+    out["twins"] = [thieves_bench.twin_agreement(d, s) for d in DEFENSES for s in seeds]
     with tempfile.TemporaryDirectory() as workdir:
         out["http"] = http_check(Path(workdir))
     return out
@@ -747,10 +824,23 @@ def main() -> None:
     parser.add_argument(
         "--redo-extras", action="store_true", help="re-run detection, overhead, HTTP check only"
     )
+    parser.add_argument(
+        "--redo-thieves", action="store_true", help="re-run the adaptive thieves only"
+    )
     args = parser.parse_args()
     records = Path(args.records)
-    if args.from_records or args.redo_extras:
+    if args.from_records or args.redo_extras or args.redo_thieves:
         saved = json.loads(records.read_text())
+        if args.redo_thieves:
+            seeds = saved["args"].get("n_seeds", args.seeds)
+            saved["thieves"] = thieves_bench.run_all(list(DEFENSES), seeds, args.workers)
+            saved["canaries"] = [
+                thieves_bench.canary_rates(d, s) for d in STATEFUL for s in range(seeds)
+            ]
+            saved["twins"] = [
+                thieves_bench.twin_agreement(d, s) for d in DEFENSES for s in range(seeds)
+            ]
+            records.write_text(json.dumps(saved))
         if args.redo_extras:
             saved |= extras(args.quick)
             records.write_text(json.dumps(saved))
@@ -768,11 +858,13 @@ def main() -> None:
         ] + [(d, 0, 1, 540) for d in DEFENSES if d not in STATEFUL]
         adaptive_tasks = [("sybil", s) for s in range(len(children))]
         adaptive_tasks += [("real digits", s) for s in range(len(children))]
-        saved = {"thefts": [], "honests": [], "adaptives": []}
+        thief_tasks = thieves_bench.tasks(list(DEFENSES), len(children))
+        saved = {"thefts": [], "honests": [], "adaptives": [], "thieves": []}
         start = time.perf_counter()
         with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
             futures = {pool.submit(honest, t): "honests" for t in honest_tasks}
             futures |= {pool.submit(adaptive, t): "adaptives" for t in adaptive_tasks}
+            futures |= {pool.submit(thieves_bench.run_task, t): "thieves" for t in thief_tasks}
             futures |= {pool.submit(theft, t): "thefts" for t in theft_tasks}
             for i, future in enumerate(as_completed(futures), 1):
                 result = future.result()
@@ -780,7 +872,7 @@ def main() -> None:
                 summary = {
                     k: v
                     for k, v in result.items()
-                    if k in ("defense", "attack", "mode", "kind", "seconds")
+                    if k in ("defense", "attack", "mode", "kind", "thief", "seconds")
                 }
                 print(
                     f"[{i}/{len(futures)}] {futures[future]} {summary} "
@@ -797,6 +889,9 @@ def main() -> None:
     for a in saved["adaptives"]:
         if "curve" in a:
             a["curve"] = {int(k): v for k, v in a["curve"].items()}
+    thieves = saved.get("thieves", [])  # records from before the adaptive thieves have none
+    for r in thieves:
+        r["curve"] = {int(k): v for k, v in r["curve"].items()}
     extra = {key: saved.get(key) for key in ("http", "overhead", "dawn")}
     ns = argparse.Namespace(**saved["args"], **extra)
     points = []
@@ -820,8 +915,21 @@ def main() -> None:
         DOC.parent / "img" / "defenses_pareto.png",
         "Defenses: honest accuracy vs. thief fidelity (300 queries, hard labels)",
     )
-    lines = render(saved["thefts"], saved["honests"], saved["detection"], saved["adaptives"], ns)
-    lines += ["", *targets(saved["thefts"], saved["honests"], saved["detection"])]
+    lines = render(
+        saved["thefts"],
+        saved["honests"],
+        saved["detection"],
+        saved["adaptives"],
+        ns,
+        thieves,
+        saved.get("canaries"),
+        saved.get("twins"),
+    )
+    twin_rates = saved.get("twins")
+    lines += [
+        "",
+        *targets(saved["thefts"], saved["honests"], saved["detection"], thieves, twin_rates),
+    ]
     lines += ["", f"![Pareto plot]({plot.relative_to(DOC.parent).as_posix()})"]
     print(write_section("defenses", "\n".join(lines)))
 

@@ -1,4 +1,5 @@
-"""`modeltheft watermark verify` against model files and a served copy, for 10 classes and 2."""
+"""`modeltheft watermark verify` against model files and a served copy, for 10 classes and 2,
+and pooled over the many keys of a rotating thief."""
 
 import json
 from pathlib import Path
@@ -8,16 +9,20 @@ import pytest
 import skops.io as sio
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.tree import DecisionTreeClassifier
 
+from modeltheft.attacks.sources.rendered_digits import RenderedDigits
 from modeltheft.cli.app import main
 from modeltheft.defenses import GuardedModel, load_pipeline
+from modeltheft.defenses.watermark import load_records, verify_pooled, watermarked_clients
 from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.state import SqliteStore
 from modeltheft.tasks import digits_task, get_task
-from modeltheft.victim import LoadedVictim, save_victim
+from modeltheft.victim import LoadedVictim, save_victim, train_victim
 from tests.conftest import KEYS
 
 
@@ -137,3 +142,73 @@ def test_watermark_verify_on_a_binary_task_with_string_labels(
     assert main([*argv, "--suspect", str(tmp_path / "own.skops")]) == 0
     assert "shows no evidence of copying" in capsys.readouterr().out
     assert json.loads(report.read_text())["clients"][0]["p_value"] > 0.001
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """A thief rotating keys every 9 queries (40 keys, one row per request) against
+    `recommended`, asking rendered digits; its copy is a 1-NN on the answers.
+
+    The victim is trained without the attacker-public rows and served with its held-out task.
+    Returns the state, the copy's file and the thief's queries.
+    """
+    tmp_path = tmp_path_factory.mktemp("rotated")
+    task = digits_task().held_out()
+    model = train_victim("rf", split_name="holdout").model
+    db = tmp_path / "state.db"
+    store = SqliteStore(db)
+    guarded = GuardedModel(model, load_pipeline("recommended"), store=store, seed=0, task=task)
+    X = RenderedDigits().draw(360, np.random.default_rng(5), task)
+    labels = np.concatenate(
+        [guarded.answer(f"key-{i // 9:02d}", X[i : i + 1]).labels for i in range(len(X))]
+    )
+    store.close()
+    sio.dump(KNeighborsClassifier(1).fit(X, labels), tmp_path / "copy.skops")
+    return db, tmp_path / "copy.skops", X
+
+
+def test_a_30_key_rotated_copy_is_caught_by_the_pooled_test(
+    rotated: tuple[Path, Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each key holds a few watermarks (weak alone, even before correction); the pool holds
+    them all. Holm over the clients + pooled keeps the family-wise error at alpha."""
+    db, copy_path, _ = rotated
+    report = tmp_path / "verdict.json"
+    argv = ["watermark", "verify", "--state", f"sqlite:///{db}", "--json", str(report)]
+    assert main([*argv, "--suspect", str(copy_path)]) == 0
+    out = capsys.readouterr().out
+    assert "suspect is a copy: strongest evidence from the pool of" in out and "Holm" in out
+    verdict = json.loads(report.read_text())
+    clients, pooled = verdict["clients"], verdict["pooled"]
+    assert len(clients) >= 30 and verdict["tests"] == len(clients) + 1
+    assert all(c["p_value"] > 1e-6 and c["holm_p"] > 1e-4 for c in clients)
+    assert pooled["holm_p"] == verdict["p_value"] < 1e-6 and verdict["copy"] is True
+    assert pooled["holm_p"] == pytest.approx(pooled["p_value"] * verdict["tests"])
+    assert pooled["watermarks"] == sum(c["watermarks"] for c in clients)  # no row twice
+    assert pooled["clients_pooled"] == [c["client"] for c in clients]
+
+
+def test_independent_models_show_no_pooled_evidence(
+    rotated: tuple[Path, Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five models trained on real digits, never on our answers: pooled p > 0.01 each."""
+    db, _, _ = rotated
+    store = SqliteStore(db)
+    records = [load_records(store, name) for name in watermarked_clients(store)]
+    store.close()
+    split = digits_task().data
+    models = [
+        LogisticRegression(max_iter=1000),
+        KNeighborsClassifier(3),
+        RandomForestClassifier(50, random_state=1),
+        GaussianNB(),
+        DecisionTreeClassifier(random_state=2),
+    ]
+    for model in models:
+        model.fit(split.X_train, split.y_train)
+        pooled = verify_pooled(records, [model.predict(r.X) for r in records])
+        assert pooled.p_value > 0.01, type(model).__name__
+    sio.dump(models[0], tmp_path / "own.skops")
+    argv = ["watermark", "verify", "--state", f"sqlite:///{db}", "--suspect"]
+    assert main([*argv, str(tmp_path / "own.skops")]) == 0
+    assert "shows no evidence of copying" in capsys.readouterr().out

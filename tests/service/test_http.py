@@ -63,7 +63,7 @@ def test_modeltheft_serve_process(victim_path: Path, tmp_path: Path) -> None:
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # as processes.py: the serve process may start slowly
         while True:
             try:
                 if httpx.get(f"{url}/healthz").status_code == 200:

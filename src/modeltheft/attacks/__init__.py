@@ -17,3 +17,5 @@ __all__ = [
     "make_strategy",
     "make_substitute",
 ]
+
+from modeltheft.attacks import adaptive  # noqa: F401 - registers the in-distribution recipe

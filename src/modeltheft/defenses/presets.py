@@ -11,16 +11,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import modeltheft.defenses.service_monitor as service_monitor
-
 # Importing the stage modules registers their stages in STAGES.
-from modeltheft.defenses import detection, misinformation, output, perturb, ratelimit, watermark
+from modeltheft.defenses import (
+    detection,
+    misinformation,
+    output,
+    perturb,
+    ratelimit,
+    service_monitor,
+    streams,
+    watermark,
+)
 from modeltheft.defenses.base import STAGES, Pipeline, Stage
 from modeltheft.errors import ConfigError
 from modeltheft.tomlfile import read_toml
 
 STAGE_MODULES = (ratelimit, output, detection, misinformation, watermark, perturb)
 """The modules whose stages are registered (imported for that effect)."""
+STAGE_MODULES += (streams,)
 STAGE_MODULES += (service_monitor,)
 
 

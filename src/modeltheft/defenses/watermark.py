@@ -11,6 +11,7 @@ over both classes instead (half of them agree with the victim): a model that nev
 answers matches each with probability exactly 1/2, and the same binomial test is exact.
 """
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ COIN_NULL = (
 def records_key(client_id: str) -> str:
     """Store key of a client's watermark records."""
     return f"watermark:{client_id}"
+
+
+def lists_key(client_id: str) -> str:
+    """Store key of the class lists (:func:`class_list_tag`) a client's records were made under."""
+    return f"watermark-lists:{client_id}"
+
+
+def class_list_tag(classes: Sequence[Any] | np.ndarray) -> str:
+    """A short digest naming one class list, as :func:`store_classes` encodes it."""
+    return hashlib.sha256(json.dumps(np.asarray(classes).tolist()).encode()).hexdigest()[:16]
 
 
 def store_classes(store: StateStore, classes: Sequence[Any] | np.ndarray) -> None:
@@ -105,10 +116,12 @@ class Watermark(OutputStage):
         self.scope = scope
         self.validate_params()
         self._key: bytes | None = None
+        self._list_tag: str | None = None
 
     def setup(self, env: StageEnv) -> None:
         self._key = env.store.secret("watermark-key")
         store_classes(env.store, env.task.classes)
+        self._list_tag = class_list_tag(env.task.classes)
 
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
@@ -132,6 +145,8 @@ class Watermark(OutputStage):
             ],
         )
         ctx.store.add_member(CLIENTS_KEY, ctx.client_id)
+        if self._list_tag is not None:  # which class list these labels index (for pooling)
+            ctx.store.add_member(lists_key(ctx.client_id), self._list_tag)
         return answers.with_probabilities(relabel(answers.probabilities, chosen, labels, digests))
 
 
@@ -139,13 +154,19 @@ class Watermark(OutputStage):
 class WatermarkRecords:
     """The distinct watermarked queries of one client and the class indices they were given.
 
-    ``classes`` are the served model's class labels (what a suspect answers), when known.
+    ``classes`` are the served model's class labels (what a suspect answers), when known:
+    the list the records were made under, or for a state that did not tag its records with
+    one, the list last recorded. ``mixed`` says the client's records were made under more than
+    one class list (the served model changed), or may have been (untagged records of a state
+    that served several): ``classes`` is then the last list, perhaps right for some records
+    only, and such records are never pooled.
     """
 
     client_id: str
     X: np.ndarray
     labels: np.ndarray
     classes: np.ndarray | None = None
+    mixed: bool = False
 
 
 def load_records(store: StateStore, client_id: str) -> WatermarkRecords:
@@ -155,10 +176,19 @@ def load_records(store: StateStore, client_id: str) -> WatermarkRecords:
         label, row = split_label(item)
         seen.setdefault(row, label)
     classes = stored_classes(store)
+    tags = store.members(lists_key(client_id))
+    lists = [json.loads(item) for item in store.items(CLASS_LIST_KEY)]
+    if len(tags) == 1:
+        [tag] = tags
+        classes = next((np.asarray(v) for v in lists if class_list_tag(v) == tag), classes)
+    # untagged records (an older state) of a state that served several lists: unknown list
+    mixed = len(tags) > 1 or (not tags and len({json.dumps(v) for v in lists}) > 1)
     if not seen:
-        return WatermarkRecords(client_id, np.empty((0, 0)), np.empty(0, dtype=int), classes)
+        empty = np.empty((0, 0)), np.empty(0, dtype=int)
+        return WatermarkRecords(client_id, *empty, classes, mixed)
     X = np.array([np.frombuffer(row, dtype=np.float64) for row in seen])
-    return WatermarkRecords(client_id, X, np.array(list(seen.values()), dtype=int), classes)
+    labels = np.array(list(seen.values()), dtype=int)
+    return WatermarkRecords(client_id, X, labels, classes, mixed)
 
 
 def watermarked_clients(store: StateStore) -> list[str]:
@@ -247,3 +277,75 @@ def verify(
     return Verdict(
         records.client_id, n, matches, chance, p_value, k, COIN_NULL if k == 2 else DAWN_NULL
     )
+
+
+POOLED = "pooled"
+"""The client name of the pooled verdict."""
+
+
+def pool_key(row: np.ndarray) -> bytes:
+    """What makes two recorded rows "the same" in the pool: the bytes the keyed label was
+    drawn from (the row's float64 bytes), so a repeat carries no second, independent label."""
+    return np.asarray(row, dtype=np.float64).tobytes()
+
+
+def verify_pooled(
+    records_list: Sequence[WatermarkRecords],
+    suspect_labels_list: Sequence[np.ndarray],
+    classes: int | Sequence[Any] | np.ndarray | None = None,
+) -> Verdict:
+    """One binomial test over every client's records at once (:func:`verify`'s null).
+
+    A thief who rotates API keys leaves a few watermarks under each: weak per client, strong
+    together. A row watermarked for several clients carries the same keyed label each time and
+    counts once (its first record), so the trials stay independent under the null. Records
+    made under different class lists (their ``classes``, or ``mixed``) cannot be pooled: their
+    labels index different classes and their chance differs; that is a ConfigError.
+    """
+    if len(records_list) != len(suspect_labels_list):
+        raise ConfigError(
+            f"{len(suspect_labels_list)} suspect answer lists for {len(records_list)} clients"
+        )
+    if any(r.mixed for r in records_list):
+        mixed = ", ".join(r.client_id for r in records_list if r.mixed)
+        raise ConfigError(f"cannot pool: {mixed} had watermarks under several class lists")
+    known = [r.classes for r in records_list if r.classes is not None]
+    if classes is not None:
+        known.append(class_list(classes))
+    lists = {class_list_tag(values) for values in known}
+    if len(lists) > 1:
+        raise ConfigError(
+            f"cannot pool watermarks made under {len(lists)} different class lists: "
+            "verify the clients of each list apart (--client)"
+        )
+    if classes is None:
+        classes = next((r.classes for r in records_list if r.classes is not None), None)
+    seen: dict[bytes, tuple[np.ndarray, int, Any]] = {}
+    for records, answers in zip(records_list, suspect_labels_list, strict=True):
+        if len(answers) != len(records.labels):
+            raise ConfigError(
+                f"the suspect gave {len(answers)} answers for {len(records.labels)} "
+                f"watermarks of {records.client_id}"
+            )
+        for row, label, answer in zip(records.X, records.labels, answers, strict=True):
+            seen.setdefault(pool_key(row), (row, int(label), answer))
+    rows = list(seen.values())
+    X = np.array([r[0] for r in rows]) if rows else np.empty((0, 0))
+    pooled = WatermarkRecords(POOLED, X, np.array([r[1] for r in rows], dtype=int))
+    return verify(pooled, np.array([r[2] for r in rows]), classes)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error), in the order given.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1, made monotone and capped at 1;
+    rejecting every hypothesis whose adjusted p is below alpha keeps the chance of any false
+    rejection below alpha (Holm, Scand. J. Statistics 1979).
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    adjusted = np.empty(m)
+    adjusted[order] = scaled
+    return adjusted

@@ -226,7 +226,11 @@ class Synthetic(_AttackerRows):
         if self.mode == "gaussian":
             logged = self._logged(rows, task)
             Z = np.where(logged, np.log(np.where(logged, rows, 1.0)), rows)
-            covariance = LedoitWolf().fit(Z).covariance_
+            # Shrink the correlations, not the raw covariance: shrinking towards one common
+            # variance would inflate every small-scale column to the scale of the largest.
+            scale = Z.std(axis=0)
+            scale = np.where(scale > 0, scale, 1.0)
+            covariance = LedoitWolf().fit(Z / scale).covariance_ * np.outer(scale, scale)
             X = rng.multivariate_normal(
                 Z.mean(axis=0), covariance * self.spread**2, size=n, method="eigh"
             )
