@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from modeltheft.defenses.keyed import canonical, row_digests
 from modeltheft.registry import Plugin, Registry
 from modeltheft.state.audit import row_digest
 from modeltheft.state.base import StateStore
@@ -53,18 +54,53 @@ class DefenseContext:
     store: StateStore
     inputs: np.ndarray | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    resolution: np.ndarray | None = None
+    """Per-feature precision of the model's task (:attr:`~modeltheft.tasks.base.Task.resolution`):
+    keyed choices are made on :attr:`canonical` rows. None: float32 rounding only."""
+    _keyed: dict[bytes, list[bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def digests(self) -> list[bytes]:
-        """:func:`~modeltheft.state.audit.row_digest` of each input row, computed once."""
+        """:func:`~modeltheft.state.audit.row_digest` of each exact input row (the audit log's)."""
         return [] if self.inputs is None else [row_digest(row) for row in self.inputs]
+
+    @cached_property
+    def canonical(self) -> np.ndarray:
+        """The input rows in canonical form (:func:`~modeltheft.defenses.keyed.canonical`),
+        computed once per request (read-only; None-safe: empty without inputs)."""
+        if self.inputs is None:
+            return np.empty((0, 0))
+        rows = canonical(self.inputs, self.resolution)
+        rows.flags.writeable = False
+        return rows
+
+    @cached_property
+    def canonical_digests(self) -> list[bytes]:
+        """:func:`~modeltheft.state.audit.row_digest` of each canonical row ("seen" sets)."""
+        return [row_digest(row) for row in self.canonical]
+
+    def keyed_digests(self, key: bytes) -> list[bytes]:
+        """HMAC-SHA256 under ``key`` of each canonical row, computed once per key."""
+        if key not in self._keyed:
+            self._keyed[key] = row_digests(key, self.canonical)
+        return self._keyed[key]
 
     @classmethod
     def local(
-        cls, rng: np.random.Generator, inputs: np.ndarray | None = None, client_id: str = "local"
+        cls,
+        rng: np.random.Generator,
+        inputs: np.ndarray | None = None,
+        client_id: str = "local",
+        resolution: np.ndarray | None = None,
     ) -> "DefenseContext":
         """A context with fresh in-memory state: for experiments and tests."""
-        return cls(client_id=client_id, rng=rng, store=MemoryStore(), inputs=inputs)
+        return cls(
+            client_id=client_id,
+            rng=rng,
+            store=MemoryStore(),
+            inputs=inputs,
+            resolution=resolution,
+        )
 
 
 @dataclass(frozen=True)

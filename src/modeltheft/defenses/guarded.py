@@ -56,6 +56,7 @@ class GuardedModel:
         self.seed = seed
         self.task = task_from_model(model, task)
         self.classes = np.asarray(self.task.classes)
+        self.resolution = self.task.resolution
         pipeline.setup(StageEnv(self.store, self.task))
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
@@ -77,7 +78,13 @@ class GuardedModel:
         inputs.flags.writeable = False
         with self._lock:
             status = client_status(self.store, client_id)
-            ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
+            ctx = DefenseContext(
+                client_id,
+                self._rng(client_id),
+                self.store,
+                inputs=inputs,
+                resolution=self.resolution,
+            )
             try:
                 if status >= BLOCKED:
                     raise Blocked("this API key is blocked: its queries look like model extraction")

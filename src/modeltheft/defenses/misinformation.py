@@ -7,7 +7,7 @@ import numpy as np
 
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.detection import RATE, REFERENCE
-from modeltheft.defenses.keyed import choose, row_digests
+from modeltheft.defenses.keyed import choose
 from modeltheft.defenses.ood import SCALES, KnnScorer, knn_scorer
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options
@@ -122,10 +122,12 @@ class AdaptiveMisinformation(OutputStage):
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None:
             return answers
-        answers = answers.mark(self.out_of_distribution(ctx.inputs))
+        # Canonical rows: a twin of a query (-0.0, float32, within the task's precision) is
+        # gated, and answered, exactly as the query itself.
+        answers = answers.mark(self.out_of_distribution(ctx.canonical))
         rows = answers.flagged
         if not rows.any():
             return answers
-        digests = row_digests(self._key, ctx.inputs)
+        digests = ctx.keyed_digests(self._key)
         labels = misleading_labels(answers.original, digests)
         return answers.with_probabilities(relabel(answers.probabilities, rows, labels, digests))
