@@ -24,7 +24,7 @@ import pytest
 
 from modeltheft.defenses import load_pipeline
 from modeltheft.defenses.alerts import STRICT, alerts, client_status
-from modeltheft.defenses.keyed import row_digests, unit_interval
+from modeltheft.defenses.keyed import canonical, row_digests, unit_interval
 from modeltheft.defenses.watermark import Watermark, load_records, watermarked_clients
 from modeltheft.state import StateStore, open_store
 from modeltheft.state.audit import row_hashes
@@ -66,7 +66,9 @@ def watermarked_rows(store: StateStore, rows: np.ndarray) -> int:
     """How many of ``rows`` the recommended watermark selects (its rate, under the store's key)."""
     [stage] = [s for s in load_pipeline("recommended").stages if isinstance(s, Watermark)]
     key = store.secret("watermark-key")
-    return int((unit_interval(row_digests(key, rows)) < stage.rate).sum())
+    # Keyed on canonical rows (the served digits task's precision), as the stage does.
+    canonical_rows = canonical(rows, digits_task().resolution)
+    return int((unit_interval(row_digests(key, canonical_rows)) < stage.rate).sum())
 
 
 def predict(url: str, rows: np.ndarray, client: str) -> httpx.Response:
