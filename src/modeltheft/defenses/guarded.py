@@ -58,6 +58,7 @@ class GuardedModel:
         self.classes = np.asarray(self.task.classes)
         self.resolution = self.task.resolution
         pipeline.setup(StageEnv(self.store, self.task))
+        self._remember = pipeline.remembers_clean
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
         self.audit_retention = audit_retention or None
@@ -94,8 +95,9 @@ class GuardedModel:
                 raise
             self.store.incr(served_key(client_id), len(inputs))
             probabilities = self.model.predict_proba(inputs)
-            strict = (np.ones if status >= STRICT else np.zeros)(len(inputs), dtype=bool)
-            answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)
+            answers = self.pipeline.transform(probabilities, ctx, strict=status >= STRICT)
+            if not answers.strict and self._remember:
+                ctx.remember_clean()  # a row sent now keeps this answer if the key is flagged
         labels = self.classes[answers.labels]
         self._audit(ctx, status, answers=answers, labels=labels)
         return Reply(labels, answers, dict(ctx.headers))
