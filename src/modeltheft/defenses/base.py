@@ -168,7 +168,10 @@ class Answers:
         under the normal policy (:attr:`DefenseContext.known`); none if not strict."""
         if not self.strict:
             return np.zeros(len(self.original), dtype=bool)
-        return ~ctx.known
+        known = ctx.known
+        if len(known) != len(self.original):  # a context without the batch's rows
+            return np.ones(len(self.original), dtype=bool)
+        return ~known
 
     def escalated(self, ctx: "DefenseContext") -> "Answers":
         """This batch under the strict policy: its :meth:`strict_rows` marked suspicious,
