@@ -52,9 +52,10 @@ def test_a_canary_of_known_rows_looks_the_same_on_a_flagged_key(model) -> None:
     again = one_by_one(g, "thief", canary)
     twins = one_by_one(g, "thief", np.where(canary == 0, -0.0, canary))
     assert np.array_equal(again, clean) and np.array_equal(twins, clean)
-    # New real digits: misinformed only beyond strict_fpr (measured 4-5 of 490, ~1%).
+    # New real digits: misinformed only beyond strict_fpr (0.2 in recommended: 14-16% of the
+    # test digits score beyond it; 0.02 gave ~1%, but let rendered-digit thieves through).
     flagged, honest = one_by_one(g, "thief", fresh), one_by_one(g, "clean", fresh)
-    assert np.mean(flagged != honest) <= 0.03
+    assert np.mean(flagged != honest) <= 0.25
     # Synthetic queries of the flagged key are still misled, and watermarked.
     noise = np.random.default_rng(9).random((30, 64))
     assert np.all(one_by_one(g, "thief", noise) != model.predict(noise))

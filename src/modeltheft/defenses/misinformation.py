@@ -98,7 +98,7 @@ class AdaptiveMisinformation(OutputStage):
         k: int = 5,
         fpr: float = 0.002,
         scale: str = "auto",
-        strict_fpr: float = 0.02,
+        strict_fpr: float = 0.2,
     ) -> None:
         self.reference = reference
         self.k = k
