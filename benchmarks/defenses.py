@@ -294,6 +294,8 @@ def http_check(workdir: Path) -> dict[str, Any]:
     keys = {"honest": "honest-key-0123456789", "lab": "lab-key-0123456789"}
     keys["renderer"] = "renderer-key-0123456789"
     env = {**os.environ, "MODELTHEFT_API_KEYS": ",".join(f"{k}:{v}" for k, v in keys.items())}
+    metrics_key = "metrics-key-0123456789"  # /metrics is the operator's, never a client's
+    env["MODELTHEFT_METRICS_KEY"] = metrics_key
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -350,7 +352,9 @@ def http_check(workdir: Path) -> dict[str, Any]:
             out[f"{client}_fidelity"] = fidelity(run.model.predict(split.X_eval), truth)
         out["metrics"] = [
             line
-            for line in httpx.get(f"{url}/metrics").text.splitlines()
+            for line in httpx.get(
+                f"{url}/metrics", headers={"Authorization": f"Bearer {metrics_key}"}
+            ).text.splitlines()
             if line.startswith("modeltheft_")
         ]
     finally:

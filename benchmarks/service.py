@@ -54,6 +54,7 @@ LABELS = {
     "recommended-nolog": "service, `recommended`, `--no-access-log`",
 }
 WARM_KEY = "warmup-key-not-used-by-wrk"
+METRICS_KEY = "metrics-key-only-the-operator-knows"
 # (numerator, denominator, label, (issue target, least ratio) or None), in report order.
 RATIOS = [
     ("recommended", "bare", "`recommended` / bare sklearn",
@@ -172,7 +173,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 def flagged(url: str) -> int | None:
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        request = urllib.request.Request(
+            url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return None
@@ -258,6 +262,7 @@ def main() -> None:
     os.environ["MODELTHEFT_API_KEYS"] = ",".join(
         [f"warm:{WARM_KEY}"] + [f"c{i:02d}:{k}" for i, k in enumerate(keys)]
     )
+    os.environ["MODELTHEFT_METRICS_KEY"] = METRICS_KEY  # the served workers inherit it
     conns_list = [8, 32] if args.c32 else [8]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -13,11 +13,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from modeltheft.service import Settings, create_app
-from modeltheft.service.auth import KeyRing
+from modeltheft.service.auth import KeyRing, MetricsKey
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.victim import LoadedVictim, load_victim, save_victim, train_victim
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210"}
+METRICS_KEY = "metrics-key-5550123456789"
+"""The operator's credential for ``GET /metrics`` (``MODELTHEFT_METRICS_KEY``) in tests."""
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,7 @@ def make_app(victim_path: Path) -> Callable[..., FastAPI]:
             model_path=victim_path,
             defense=defense,
             seed=7,
-            **overrides,
+            **{"metrics_key": MetricsKey.from_value(METRICS_KEY), **overrides},
         )
         return create_app(settings)
 
@@ -70,6 +72,11 @@ def live_server(make_app: Callable[..., FastAPI]) -> Callable[..., BackgroundSer
 
 def auth(name: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+def metrics_auth() -> dict[str, str]:
+    """Headers that let the operator read ``GET /metrics``."""
+    return {"Authorization": f"Bearer {METRICS_KEY}"}
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ from modeltheft.attacks.strategies import QueryHistory, make_strategy
 from modeltheft.defenses import GuardedModel, Pipeline, load_pipeline
 from modeltheft.defenses.alerts import BLOCKED, NORMAL, STRICT, alerts, client_status
 from modeltheft.defenses.detection import OodRateMonitor, Prada
+from modeltheft.defenses.keyed import canonical
 from modeltheft.defenses.misinformation import AdaptiveMisinformation, relabel
 from modeltheft.defenses.watermark import Watermark, load_records, verify, watermarked_clients
 from modeltheft.errors import Blocked, ConfigError
@@ -191,7 +192,8 @@ def test_watermark_scope_and_records(victim: LoadedVictim) -> None:
     assert 150 < len(records.labels) < 250 and watermarked_clients(store) == ["thief"]
     victim_labels = victim.model.predict(records.X)
     assert (records.labels != victim_labels).all()
-    index = {row.tobytes(): i for i, row in enumerate(X)}
+    # Records keep each query's canonical row (the one its keyed label was chosen for).
+    index = {row.tobytes(): i for i, row in enumerate(canonical(X, digits_task().resolution))}
     given = np.array([reply.labels[index[row.tobytes()]] for row in records.X])
     assert np.array_equal(given, records.labels)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from modeltheft.service.app import SETTINGS_ENV
-from tests.conftest import KEYS
+from tests.conftest import KEYS, METRICS_KEY
 
 
 def free_port() -> int:
@@ -73,6 +73,7 @@ def serve_processes(
     Keys come from ``MODELTHEFT_API_KEYS``; at exit the logs must not contain any of them.
     """
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']},bob:{KEYS['bob']}"}
+    env["MODELTHEFT_METRICS_KEY"] = METRICS_KEY
     env.pop(SETTINGS_ENV, None)
     started: list[Server] = []
 

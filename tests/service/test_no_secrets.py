@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from modeltheft.defenses.alerts import BLOCKED, status_key
-from tests.conftest import KEYS, auth
+from tests.conftest import KEYS, auth, metrics_auth
 
 SECRET_NAMES = ("watermark-key", "misinformation-key")
 ROW = [0.5] * 64
@@ -68,7 +68,7 @@ def collect(client: TestClient, app: FastAPI) -> dict[str, httpx.Response]:
         "model": client.get("/v1/model"),
         "openapi": client.get("/openapi.json"),
         "healthz": client.get("/healthz"),
-        "metrics": client.get("/metrics"),
+        "metrics": client.get("/metrics", headers=metrics_auth()),
         "ok": client.post("/v1/predict", json={"inputs": [ROW]}, headers=auth()),
         "401 none": client.post("/v1/predict", json={"inputs": [ROW]}),
         "401 unknown": client.post(

@@ -43,7 +43,7 @@ from modeltheft.service.observability import (
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
-from tests.conftest import KEYS, auth
+from tests.conftest import KEYS, METRICS_KEY, auth, metrics_auth
 from tests.service.processes import Server, launch
 
 ROW = [0.5] * 64
@@ -117,7 +117,7 @@ def test_metrics_count_each_request_once_with_its_route_status_and_reason(
     statuses.append(client.get("/healthz").status_code)
     assert statuses == [200, 200, 200, 429, 429, 401, 401, 401, 422, 200, 422, 404, 404, 405, 200]
 
-    scrape = samples(client.get("/metrics").text)
+    scrape = samples(client.get("/metrics", headers=metrics_auth()).text)
     requests = "modeltheft_http_requests_total"
     assert value(scrape, requests, route="/v1/predict", method="POST", status="200") == 4
     assert value(scrape, requests, route="/v1/predict", method="POST", status="401") == 3
@@ -159,7 +159,7 @@ def test_metrics_count_each_request_once_with_its_route_status_and_reason(
 
 def test_a_scrape_counts_the_scrapes_before_it(client: TestClient) -> None:
     for expected in range(3):
-        scrape = samples(client.get("/metrics").text)
+        scrape = samples(client.get("/metrics", headers=metrics_auth()).text)
         assert total(scrape, "modeltheft_http_requests_total", route="/metrics") == expected
 
 
@@ -172,7 +172,7 @@ def test_an_unexpected_error_is_counted_as_500(make_app: Callable[..., FastAPI])
     app.add_api_route("/boom", boom)
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/boom").status_code == 500
-        scrape = samples(client.get("/metrics").text)
+        scrape = samples(client.get("/metrics", headers=metrics_auth()).text)
     requests = "modeltheft_http_requests_total"
     assert value(scrape, requests, route="/boom", method="GET", status="500") == 1
     assert value(scrape, "modeltheft_http_requests_in_progress") == 1  # decremented
@@ -181,7 +181,7 @@ def test_an_unexpected_error_is_counted_as_500(make_app: Callable[..., FastAPI])
 def test_each_app_has_its_own_registry(make_app: Callable[..., FastAPI]) -> None:
     with TestClient(make_app()) as first, TestClient(make_app()) as second:
         assert first.get("/healthz").status_code == 200
-        scrape = samples(second.get("/metrics").text)
+        scrape = samples(second.get("/metrics", headers=metrics_auth()).text)
     assert value(scrape, "modeltheft_http_requests_total", route="/healthz", method="GET") == 0
 
 
@@ -194,7 +194,7 @@ def test_answers_altered_counts_rows_whose_label_a_defense_changed(
     with TestClient(make_app(defense=str(path), inference="sklearn")) as client:
         response = client.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth())
         labels = np.array([p["label"] for p in response.json()["predictions"]])
-        scrape = samples(client.get("/metrics").text)
+        scrape = samples(client.get("/metrics", headers=metrics_auth()).text)
     changed = int(np.count_nonzero(labels != victim.model.predict(X)))
     assert 0 < changed < len(X)
     assert value(scrape, "modeltheft_answers_altered_total") == changed
@@ -232,7 +232,7 @@ def test_no_access_records_when_the_access_log_is_off(
         caplog.at_level(logging.INFO, logger="modeltheft"),
     ):
         assert predict(client, 1, auth()).status_code == 200
-        scrape = samples(client.get("/metrics").text)
+        scrape = samples(client.get("/metrics", headers=metrics_auth()).text)
     assert not [r for r in caplog.records if r.name == "modeltheft.access"]
     assert value(scrape, "modeltheft_queries_total") == 1  # metrics are kept
 
@@ -372,6 +372,7 @@ def test_the_middleware_costs_microseconds() -> None:
 def json_server(victim_path: Path, tmp_path: Path) -> Iterator[Server]:
     """``serve --workers 2 --log-format json`` (stdout and stderr in one log); killed at exit."""
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']},bob:{KEYS['bob']}"}
+    env["MODELTHEFT_METRICS_KEY"] = METRICS_KEY
     env.pop(SETTINGS_ENV, None)
     env.pop(MULTIPROC_ENV, None)
     args = ["--model", str(victim_path), "--state", f"sqlite:///{tmp_path / 's.db'}"]
@@ -430,7 +431,7 @@ def test_two_workers_are_counted_in_one_scrape_and_log_json_without_keys(
     assert httpx.get(f"{url}/{WRONG_KEY}").status_code == 404
 
     for _ in range(4):  # whichever worker answers the scrape, it adds up both
-        scrape = samples(httpx.get(f"{url}/metrics", timeout=30).text)
+        scrape = samples(httpx.get(f"{url}/metrics", headers=metrics_auth(), timeout=30).text)
         requests = "modeltheft_http_requests_total"
         assert value(scrape, requests, route="/v1/predict", method="POST", status="200") == sent
         assert value(scrape, requests, route="/v1/predict", method="POST", status="401") == 3
@@ -474,7 +475,7 @@ def test_a_client_that_leaves_mid_body_is_a_499_not_a_500(
         time.sleep(0.2)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        text = httpx.get(server.url + "/metrics").text
+        text = httpx.get(server.url + "/metrics", headers=metrics_auth()).text
         if 'status="499"' in text:
             break
         time.sleep(0.05)

@@ -13,7 +13,7 @@ from modeltheft.oracle import HttpOracle
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
-from tests.conftest import KEYS, auth
+from tests.conftest import KEYS, auth, metrics_auth
 
 
 def test_honest_client_over_http_gets_the_victims_answers(
@@ -53,7 +53,7 @@ def test_lab_thief_over_http_is_flagged_and_misled(
     [alert] = alerts(store)
     assert alert["client"] == "bob" and alert["after_queries"] <= 10
     assert client_status(store, "bob") == STRICT
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics", headers=metrics_auth()).text
     assert 'modeltheft_extraction_alerts_total{detector="ood_monitor"} 1.0' in metrics
     assert "modeltheft_flagged_clients 1.0" in metrics
     X = digits_task().data.X_eval

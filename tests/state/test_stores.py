@@ -113,6 +113,17 @@ def test_add_new_members_says_which_were_new_across_stores(open_backend: Opener)
     assert second.add_new_members("other", ["a"]) == [True]
 
 
+def test_has_members_reads_without_adding(open_backend: Opener) -> None:
+    first, second = open_backend(), open_backend()
+    first.add_new_members("seen", ["a", "b"])
+    assert second.has_members("seen", ["b", "x", "a", "b"]) == [True, False, True, True]
+    assert second.has_members("seen", []) == [] and second.has_members("none", ["a"]) == [False]
+    assert first.members("seen") == {"a", "b"}
+    many = [str(i) for i in range(1200)]
+    first.add_new_members("many", many[::2])
+    assert first.has_members("many", many) == [i % 2 == 0 for i in range(1200)]
+
+
 def test_secret_is_stable_and_shared(open_backend: Opener) -> None:
     first, second = open_backend(), open_backend()
     secret = first.secret("hmac")

@@ -154,7 +154,7 @@ def serve(
 
     from modeltheft.service import Settings, create_app
     from modeltheft.service.app import SETTINGS_ENV, settings_env
-    from modeltheft.service.auth import KeyRing
+    from modeltheft.service.auth import KeyRing, MetricsKey
     from modeltheft.service.observability import log_config, multiprocess_metrics
     from modeltheft.service.timeouts import header_timeout_protocol
     from modeltheft.state import redact_url
@@ -180,6 +180,7 @@ def serve(
         request_timeout=request_timeout,
         audit_retention=parse_duration(audit_retention, "--audit-retention"),
         access_log=access_log,
+        metrics_key=MetricsKey.from_env(),
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)

@@ -1,15 +1,15 @@
 """Detections: log them, count them, and move the client to a stricter policy if asked.
 
-A client's *status* only ever rises: ``NORMAL`` → ``STRICT`` (every later answer is treated
-as suspicious: misinformed and watermarked if those stages run) → ``BLOCKED`` (403).
+A client's *status* only ever rises: ``NORMAL`` → ``STRICT`` (later answers are treated as
+suspicious, misinformed and watermarked if those stages run: with adaptive misinformation,
+the new rows that look synthetic by its looser ``strict_fpr`` gate; rows the client sent
+while ``NORMAL`` keep their answers) → ``BLOCKED`` (403).
 """
 
 import json
 import logging
 import time
 from typing import Literal
-
-import numpy as np
 
 from modeltheft.defenses.base import Answers, DefenseContext
 from modeltheft.state.base import StateStore
@@ -74,9 +74,14 @@ def alerts(store: StateStore) -> list[dict[str, object]]:
 
 def escalate(answers: Answers, ctx: DefenseContext, action: str) -> Answers:
     """After an alert that puts ``ctx``'s client under the strict policy, treat this batch as
-    the strict policy treats later ones (every detector calls this after raising its alert)."""
+    the strict policy treats later ones (every detector calls this after raising its alert).
+
+    Rows the client sent earlier under the normal policy keep their answers; of the others,
+    a pipeline with adaptive misinformation misinforms those beyond its looser ``strict_fpr``
+    gate, any other pipeline marks them all suspicious (:meth:`Answers.escalated`).
+    """
     if ACTIONS[action] > 0:
-        return answers.mark(np.ones(len(answers.original), dtype=bool))
+        return answers.escalated(ctx)
     return answers
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from modeltheft.defenses.keyed import canonical, row_digests
 from modeltheft.registry import Plugin, Registry
 from modeltheft.state.audit import row_digest
 from modeltheft.state.base import StateStore
@@ -40,6 +41,11 @@ class StageEnv:
         return self.task.n_features
 
 
+def seen_key(client_id: str) -> str:
+    """Store key of the set of canonical rows (digests) a client sent under the normal policy."""
+    return f"seen:{client_id}"
+
+
 @dataclass(frozen=True)
 class DefenseContext:
     """One request as the stages see it.
@@ -53,18 +59,69 @@ class DefenseContext:
     store: StateStore
     inputs: np.ndarray | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    resolution: np.ndarray | None = None
+    """Per-feature precision of the model's task (:attr:`~modeltheft.tasks.base.Task.resolution`):
+    keyed choices are made on :attr:`canonical` rows. None: float32 rounding only."""
+    _keyed: dict[bytes, list[bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def digests(self) -> list[bytes]:
-        """:func:`~modeltheft.state.audit.row_digest` of each input row, computed once."""
+        """:func:`~modeltheft.state.audit.row_digest` of each exact input row (the audit log's)."""
         return [] if self.inputs is None else [row_digest(row) for row in self.inputs]
+
+    @cached_property
+    def canonical(self) -> np.ndarray:
+        """The input rows in canonical form (:func:`~modeltheft.defenses.keyed.canonical`),
+        computed once per request (read-only; None-safe: empty without inputs)."""
+        if self.inputs is None:
+            return np.empty((0, 0))
+        rows = canonical(self.inputs, self.resolution)
+        rows.flags.writeable = False
+        return rows
+
+    @cached_property
+    def canonical_digests(self) -> list[bytes]:
+        """:func:`~modeltheft.state.audit.row_digest` of each canonical row ("seen" sets)."""
+        return [row_digest(row) for row in self.canonical]
+
+    @cached_property
+    def known(self) -> np.ndarray:
+        """Rows (canonical) the client already sent under the normal policy: under the strict
+        policy they keep the answer they had then, so a thief cannot probe its key's status
+        with rows it knows the answers to. Read from the store on first use only."""
+        if len(self.canonical) == 0:
+            return np.zeros(0, dtype=bool)
+        digests = [digest.hex() for digest in self.canonical_digests]
+        return np.array(self.store.has_members(seen_key(self.client_id), digests), dtype=bool)
+
+    def remember_clean(self) -> None:
+        """Record this batch's rows as answered under the normal policy."""
+        if len(self.canonical):
+            digests = [digest.hex() for digest in self.canonical_digests]
+            self.store.add_new_members(seen_key(self.client_id), digests)
+
+    def keyed_digests(self, key: bytes) -> list[bytes]:
+        """HMAC-SHA256 under ``key`` of each canonical row, computed once per key."""
+        if key not in self._keyed:
+            self._keyed[key] = row_digests(key, self.canonical)
+        return self._keyed[key]
 
     @classmethod
     def local(
-        cls, rng: np.random.Generator, inputs: np.ndarray | None = None, client_id: str = "local"
+        cls,
+        rng: np.random.Generator,
+        inputs: np.ndarray | None = None,
+        client_id: str = "local",
+        resolution: np.ndarray | None = None,
     ) -> "DefenseContext":
         """A context with fresh in-memory state: for experiments and tests."""
-        return cls(client_id=client_id, rng=rng, store=MemoryStore(), inputs=inputs)
+        return cls(
+            client_id=client_id,
+            rng=rng,
+            store=MemoryStore(),
+            inputs=inputs,
+            resolution=resolution,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,12 +132,19 @@ class Answers:
     the current, defended one. ``expose_probabilities`` is False once a stage decides that only
     labels may leave the service. ``suspicious`` marks the rows that detection stages consider
     part of an extraction attempt (misinformation and watermarking act on those rows only).
+
+    ``strict`` says the client is under the strict policy (or a detector put it there during
+    this batch). Which rows that policy acts on is :meth:`strict_rows`; in a pipeline whose
+    stages grade them (``graded``: adaptive misinformation misinforms those that look
+    synthetic), escalation marks none wholesale, otherwise it marks them all suspicious.
     """
 
     original: np.ndarray
     probabilities: np.ndarray
     expose_probabilities: bool = True
     suspicious: np.ndarray | None = None
+    strict: bool = False
+    graded: bool = False
 
     @property
     def labels(self) -> np.ndarray:
@@ -98,6 +162,22 @@ class Answers:
         if self.suspicious is None:
             return np.zeros(len(self.original), dtype=bool)
         return self.suspicious
+
+    def strict_rows(self, ctx: "DefenseContext") -> np.ndarray:
+        """Rows the strict policy may act on: all but those the client sent while it was
+        under the normal policy (:attr:`DefenseContext.known`); none if not strict."""
+        if not self.strict:
+            return np.zeros(len(self.original), dtype=bool)
+        known = ctx.known
+        if len(known) != len(self.original):  # a context without the batch's rows
+            return np.ones(len(self.original), dtype=bool)
+        return ~known
+
+    def escalated(self, ctx: "DefenseContext") -> "Answers":
+        """This batch under the strict policy: its :meth:`strict_rows` marked suspicious,
+        unless a stage of the pipeline grades them (``graded``)."""
+        answers = replace(self, strict=True)
+        return answers if self.graded else answers.mark(answers.strict_rows(ctx))
 
     def with_probabilities(self, probabilities: np.ndarray) -> "Answers":
         """A copy with new probabilities."""
@@ -125,6 +205,8 @@ class Stage(Plugin):
     """The stage never changes a row's top class."""
     keeps_simplex: bool = False
     """Given rows that sum to 1, the stage returns rows that sum to 1."""
+    grades_strict: bool = False
+    """The stage decides itself which rows of a strict client to act on (:class:`Answers`)."""
 
     def setup(self, env: StageEnv) -> None:
         """Called once before the first request (load reference data, secrets, …)."""
@@ -164,6 +246,16 @@ class Pipeline:
         self.name = name
 
     @property
+    def remembers_clean(self) -> bool:
+        """Whether a client's rows answered under the normal policy are worth remembering
+        (:meth:`DefenseContext.remember_clean`): some stage may put it under the strict policy
+        (an ``on_alert`` parameter) or grades a strict client's rows."""
+        return any(
+            stage.grades_strict or "on_alert" in stage._parameter_constraints
+            for stage in self.stages
+        )
+
+    @property
     def stage_names(self) -> list[str]:
         """Names of the stages, in order."""
         return [stage.name for stage in self.stages]
@@ -183,15 +275,19 @@ class Pipeline:
         probabilities: np.ndarray,
         ctx: DefenseContext,
         suspicious: np.ndarray | None = None,
+        strict: bool = False,
     ) -> Answers:
         """Run every stage over the victim's ``(n, k)`` probabilities.
 
-        ``suspicious`` marks rows known to be suspicious before any stage runs (every row of a
-        client already under the strict policy).
+        ``suspicious`` marks rows known to be suspicious before any stage runs; ``strict``
+        says the client is already under the strict policy (see :meth:`Answers.escalated`).
         """
         original = np.array(probabilities, dtype=float)
         original.flags.writeable = False
-        answers = Answers(original, original.copy(), suspicious=suspicious)
+        graded = any(stage.grades_strict for stage in self.stages)
+        answers = Answers(original, original.copy(), suspicious=suspicious, graded=graded)
+        if strict:
+            answers = answers.escalated(ctx)
         for stage in self.stages:
             answers = stage.transform(answers, ctx)
         return answers

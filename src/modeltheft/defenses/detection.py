@@ -112,11 +112,13 @@ class OodRateMonitor(OutputStage):
             return answers
         # Only queries the client never sent before count: repeating one odd digit (a page
         # refreshing) is not evidence of extraction, and teaches a thief nothing new.
-        digests = [digest.hex() for digest in ctx.digests]
+        # Canonical rows: a twin of an earlier query (-0.0, float32, within the task's
+        # precision) is that query again, and scores as it does.
+        digests = [digest.hex() for digest in ctx.canonical_digests]
         new = np.array(ctx.store.add_new_members(f"ood:seen:{ctx.client_id}", digests))
         if not new.any():
             return answers
-        hits_now = int(self.out_of_distribution(ctx.inputs)[new].sum())
+        hits_now = int(self.out_of_distribution(ctx.canonical)[new].sum())
         n = ctx.store.incr(f"ood:n:{ctx.client_id}", int(new.sum()))
         hits = ctx.store.incr(f"ood:hits:{ctx.client_id}", hits_now)
         if n < self.min_queries or _acted(ctx, self.name, self.on_alert):

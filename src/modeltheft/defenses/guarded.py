@@ -56,7 +56,9 @@ class GuardedModel:
         self.seed = seed
         self.task = task_from_model(model, task)
         self.classes = np.asarray(self.task.classes)
+        self.resolution = self.task.resolution
         pipeline.setup(StageEnv(self.store, self.task))
+        self._remember = pipeline.remembers_clean
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
         self.audit_retention = audit_retention or None
@@ -77,7 +79,13 @@ class GuardedModel:
         inputs.flags.writeable = False
         with self._lock:
             status = client_status(self.store, client_id)
-            ctx = DefenseContext(client_id, self._rng(client_id), self.store, inputs=inputs)
+            ctx = DefenseContext(
+                client_id,
+                self._rng(client_id),
+                self.store,
+                inputs=inputs,
+                resolution=self.resolution,
+            )
             try:
                 if status >= BLOCKED:
                     raise Blocked("this API key is blocked: its queries look like model extraction")
@@ -87,8 +95,9 @@ class GuardedModel:
                 raise
             self.store.incr(served_key(client_id), len(inputs))
             probabilities = self.model.predict_proba(inputs)
-            strict = (np.ones if status >= STRICT else np.zeros)(len(inputs), dtype=bool)
-            answers = self.pipeline.transform(probabilities, ctx, suspicious=strict)
+            answers = self.pipeline.transform(probabilities, ctx, strict=status >= STRICT)
+            if not answers.strict and self._remember:
+                ctx.remember_clean()  # a row sent now keeps this answer if the key is flagged
         labels = self.classes[answers.labels]
         self._audit(ctx, status, answers=answers, labels=labels)
         return Reply(labels, answers, dict(ctx.headers))

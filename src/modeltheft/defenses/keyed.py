@@ -6,6 +6,24 @@ import hmac
 import numpy as np
 
 
+def canonical(X: np.ndarray, resolution: np.ndarray | float | None = None) -> np.ndarray:
+    """The canonical form of rows, on which every keyed choice is made.
+
+    Each value is rounded to float32, then to the nearest multiple of its column's
+    ``resolution`` (0 or None: no grid), and ``-0.0`` becomes ``0.0``; so a ``-0.0`` twin, a
+    float32 round-trip and a near-twin within the task's precision all share one canonical
+    row (a grid cell's edge still separates two values a hair apart on either side of it).
+    """
+    Z = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
+    if resolution is not None:
+        step = np.broadcast_to(np.asarray(resolution, dtype=np.float64), Z.shape[-1:])
+        grid = step > 0
+        if grid.any():
+            safe = np.where(grid, step, 1.0)
+            Z = np.where(grid, np.round(Z / safe) * safe, Z)
+    return Z + 0.0  # -0.0 + 0.0 is 0.0
+
+
 def row_digests(key: bytes, X: np.ndarray) -> list[bytes]:
     """HMAC-SHA256 of each row's float64 bytes."""
     rows = np.ascontiguousarray(X, dtype=np.float64)

@@ -7,7 +7,7 @@ import numpy as np
 
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.detection import RATE, REFERENCE
-from modeltheft.defenses.keyed import choose, row_digests
+from modeltheft.defenses.keyed import choose
 from modeltheft.defenses.ood import SCALES, KnnScorer, knn_scorer
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options
@@ -49,7 +49,7 @@ def relabel(
 
 @STAGES.register
 class AdaptiveMisinformation(OutputStage):
-    """Answer out-of-distribution queries (and every query of a flagged client) misleadingly.
+    """Answer out-of-distribution queries (and a flagged client's odd ones) misleadingly.
 
     A query whose k-NN distance to the reference rows (the task's training rows by default,
     in the standardised space of :mod:`~modeltheft.defenses.ood`) exceeds the quantile
@@ -63,9 +63,17 @@ class AdaptiveMisinformation(OutputStage):
     ``fpr``; digits has 1,257): with fewer, no threshold read from them can keep honest rows
     misinformed at rate ``fpr`` (a new row exceeds the largest of n with probability about
     1 / (n + 1)), so the gate stays shut, a warning says so, and only rows that other stages
-    marked suspicious (clients flagged by a detector) are misinformed. Measured on the
-    ``wine`` (124 training rows) and ``breast-cancer`` (398) tasks, the open gate
-    misinformed one honest evaluation row in each: more than half a point of accuracy.
+    marked suspicious are misinformed. Measured on the ``wine`` (124 training rows) and
+    ``breast-cancer`` (398) tasks, the open gate misinformed one honest evaluation row in
+    each: more than half a point of accuracy.
+
+    For a client under the strict policy (flagged by a detector), rows it already sent while
+    clean keep the answer they had, and of its new rows those beyond the looser quantile
+    ``1 - strict_fpr`` are misinformed (and marked suspicious, so a watermark stage acts on
+    them), not every row: a thief's canary of real rows it owns then looks the same on a
+    flagged key as on a clean one, while its synthetic queries are misled. ``strict_fpr = 1``
+    misinforms every new row of a strict client (as before), and so does a reference too
+    small to resolve ``strict_fpr`` (fewer than ``1 / strict_fpr - 1`` rows).
     """
 
     name = "adaptive_misinformation"
@@ -75,23 +83,38 @@ class AdaptiveMisinformation(OutputStage):
     )
     honest_cost = "wrong answers on the fraction fpr of real rows that look out of distribution"
     keeps_simplex = True
+    grades_strict = True
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "reference": [REFERENCE],
         "scale": [Options(*SCALES)],
         "k": [Interval(int, 1, None)],
         "fpr": [RATE],
+        "strict_fpr": [Interval(float, 0, 1, closed="right")],
     }
 
     def __init__(
-        self, reference: str = "task", k: int = 5, fpr: float = 0.002, scale: str = "auto"
+        self,
+        reference: str = "task",
+        k: int = 5,
+        fpr: float = 0.002,
+        scale: str = "auto",
+        strict_fpr: float = 0.2,
     ) -> None:
         self.reference = reference
         self.k = k
         self.fpr = fpr
         self.scale = scale
+        self.strict_fpr = strict_fpr
         self.validate_params()
+        if strict_fpr < fpr:
+            raise ConfigError(
+                f"defense stage {self.name!r}: strict_fpr must be >= fpr ({fpr}): the strict "
+                f"policy's gate is the looser one, got {strict_fpr!r}"
+            )
         self._scorer: KnnScorer | None = None
         self.threshold = float("inf")
+        self.strict_threshold = -float("inf")
+        """Score above which a new row of a strict client is misinformed (-inf: every row)."""
         self.gated = False
         """Whether the per-row out-of-distribution gate is open (enough reference rows)."""
         self._key = b""
@@ -99,6 +122,8 @@ class AdaptiveMisinformation(OutputStage):
     def setup(self, env: StageEnv) -> None:
         self._scorer = knn_scorer(self.reference, self.k, env.task, self.scale)
         self.gated = self._scorer.resolves(self.fpr)
+        if self.strict_fpr < 1.0 and self._scorer.resolves(self.strict_fpr):
+            self.strict_threshold = self._scorer.threshold(self.strict_fpr)
         if self.gated:
             self.threshold = self._scorer.threshold(self.fpr)
         else:
@@ -119,13 +144,29 @@ class AdaptiveMisinformation(OutputStage):
             return np.zeros(len(X), dtype=bool)
         return self._scorer.score(X) > self.threshold
 
+    def strict_gate(self, X: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows this stage misinforms for a client under the strict policy
+        (rows it did not send while clean): beyond the quantile ``1 - strict_fpr``."""
+        if self._scorer is None:
+            raise ConfigError(f"stage {self.name!r} was used before setup")
+        if self.strict_threshold == -float("inf"):
+            return np.ones(len(X), dtype=bool)
+        return self._scorer.score(X) > self.strict_threshold
+
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None:
             return answers
-        answers = answers.mark(self.out_of_distribution(ctx.inputs))
+        # Canonical rows: a twin of a query (-0.0, float32, within the task's precision) is
+        # gated, and answered, exactly as the query itself.
+        answers = answers.mark(self.out_of_distribution(ctx.canonical))
+        strict = answers.strict_rows(ctx)
+        if strict.any():
+            # A flagged client's real rows still get true answers (a canary of digits the
+            # thief owns looks like a clean key's); what looks synthetic is misinformed.
+            answers = answers.mark(strict & self.strict_gate(ctx.canonical))
         rows = answers.flagged
         if not rows.any():
             return answers
-        digests = row_digests(self._key, ctx.inputs)
+        digests = ctx.keyed_digests(self._key)
         labels = misleading_labels(answers.original, digests)
         return answers.with_probabilities(relabel(answers.probabilities, rows, labels, digests))

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
-from modeltheft.defenses.keyed import choose, label_prefix, row_digests, split_label, unit_interval
+from modeltheft.defenses.keyed import choose, label_prefix, split_label, unit_interval
 from modeltheft.defenses.misinformation import relabel
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options
@@ -130,7 +130,7 @@ class Watermark(OutputStage):
             return answers  # nothing to watermark: skip the HMACs
         if self._key is None:
             self._key = ctx.store.secret("watermark-key")
-        digests = row_digests(self._key, ctx.inputs)
+        digests = ctx.keyed_digests(self._key)  # of canonical rows: twins are chosen alike
         chosen = unit_interval(digests) < self.rate
         if self.scope == "suspicious":
             chosen &= answers.flagged
@@ -140,7 +140,7 @@ class Watermark(OutputStage):
         ctx.store.append(
             records_key(ctx.client_id),
             [
-                label_prefix(int(labels[i])) + np.asarray(ctx.inputs[i], np.float64).tobytes()
+                label_prefix(int(labels[i])) + np.asarray(ctx.canonical[i], np.float64).tobytes()
                 for i in np.flatnonzero(chosen)
             ],
         )

@@ -6,6 +6,7 @@ keys come from ``--keys-file`` or the inherited ``MODELTHEFT_API_KEYS``).
 """
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from modeltheft.defenses.guarded import GuardedModel
 from modeltheft.defenses.presets import load_pipeline
 from modeltheft.errors import ConfigError
 from modeltheft.service import observability
-from modeltheft.service.auth import KeyRing
+from modeltheft.service.auth import METRICS_HINT, KeyRing, MetricsKey
 from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, predict
 from modeltheft.service.settings import Settings
@@ -31,6 +32,7 @@ from modeltheft.victim import load_model, train_victim
 from modeltheft.victim.fast import fast_model
 
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
+log = logging.getLogger("modeltheft.service")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,6 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="modeltheft prediction service", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.keys = settings.keys
+    app.state.metrics_key = settings.metrics_key
+    if settings.metrics_key is None:
+        log.info("GET /metrics is disabled (404): %s", METRICS_HINT)
     app.state.model_name = name
     app.state.inference = inference.engine
     app.state.store = store
@@ -142,6 +147,7 @@ def app_from_env() -> FastAPI:
             audit_retention=float(data.get("audit_retention", DEFAULT_RETENTION)),
             request_timeout=float(data.get("request_timeout", DEFAULT_TIMEOUT)),
             access_log=bool(data.get("access_log", True)),
+            metrics_key=MetricsKey.from_env(),  # inherited, like the API keys
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None

@@ -157,3 +157,54 @@ class KeyRing:
                 self._verified.clear()
             self._verified[tag] = found
         return found
+
+
+METRICS_ENV = "MODELTHEFT_METRICS_KEY"
+METRICS_HINT = (
+    f"set {METRICS_ENV} to a secret (or its stored form sha256$<salt>$<digest>, as "
+    "'modeltheft keys new' prints) to enable GET /metrics"
+)
+
+
+class MetricsKey:
+    """The credential of ``GET /metrics``, separate from every client's API key.
+
+    Per-request counters (rows altered, refusals) would tell a client which of its answers
+    were misinformed, so ``/metrics`` is for the operator only. Kept as a salted SHA-256 and
+    compared in constant time, as API keys are.
+    """
+
+    def __init__(self, salt: bytes, digest: bytes) -> None:
+        self._salt = salt
+        self._digest = digest
+
+    @classmethod
+    def from_value(cls, value: str) -> "MetricsKey":
+        """From the plain secret, or its stored form ``sha256$<salt hex>$<digest hex>``."""
+        value = value.strip()
+        if not value:
+            raise ConfigError(f"{METRICS_ENV} is empty: {METRICS_HINT}")
+        if value.startswith(f"{SCHEME}$"):
+            entry = _parse_hash(METRICS_ENV, value)
+            return cls(entry.salt, entry.digest)
+        try:
+            raw = value.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(f"{METRICS_ENV} is not valid UTF-8 text") from None
+        salt = secrets.token_bytes(16)
+        return cls(salt, hashlib.sha256(salt + raw).digest())
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "MetricsKey | None":
+        """From ``MODELTHEFT_METRICS_KEY``; None if it is unset (``/metrics`` disabled)."""
+        env = os.environ if env is None else env
+        value = env.get(METRICS_ENV)
+        return None if value is None else cls.from_value(value)
+
+    def verify(self, token: str) -> bool:
+        """Whether ``token`` is the metrics credential (constant-time comparison)."""
+        try:
+            raw = token.encode()
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(hashlib.sha256(self._salt + raw).digest(), self._digest)

@@ -5,7 +5,7 @@ from math import inf
 from pathlib import Path
 
 from modeltheft.errors import ConfigError
-from modeltheft.service.auth import KeyRing
+from modeltheft.service.auth import KeyRing, MetricsKey
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT
 from modeltheft.state.audit import DEFAULT_RETENTION
 
@@ -42,6 +42,8 @@ class Settings:
     """Seconds a client has to send a request head, and then its body; else 408 and close."""
     access_log: bool = True
     """One ``modeltheft.access`` log record per request (metrics are kept either way)."""
+    metrics_key: MetricsKey | None = None
+    """The credential ``GET /metrics`` asks for (``MODELTHEFT_METRICS_KEY``); None: 404."""
 
     def __post_init__(self) -> None:
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):

@@ -60,6 +60,10 @@ class StateStore(Protocol):
         """Add ``members`` to set ``key``; for each, whether it was new (a repeat is not)."""
         ...
 
+    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """For each of ``members``, whether it is in set ``key`` (the set is not changed)."""
+        ...
+
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
         ...

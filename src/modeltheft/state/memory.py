@@ -74,6 +74,12 @@ class MemoryStore:
                 present.add(member)
             return new
 
+    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """For each of ``members``, whether it is in set ``key``."""
+        with self._lock:
+            present = self._sets.get(key, set())
+            return [member in present for member in members]
+
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         with self._lock:

@@ -204,6 +204,16 @@ class RedisStore:
         return [bool(n) for n in self._add_new(keys=[self._key("s", key)], args=list(members))]
 
     @_available
+    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """For each of ``members``, whether it is in set ``key`` (one pipelined round trip)."""
+        if not members:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for member in members:
+            pipe.sismember(self._key("s", key), member)
+        return [bool(n) for n in pipe.execute()]
+
+    @_available
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         return {

@@ -248,6 +248,22 @@ class SqliteStore:
                 for member in members
             ]
 
+    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """For each of ``members``, whether it is in set ``key`` (one read)."""
+        if not members:
+            return []
+        wanted = list(dict.fromkeys(members))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            chunk = wanted[start : start + 500]
+            sql = (
+                "SELECT member FROM sets WHERE key = ? AND member IN "
+                f"({', '.join('?' * len(chunk))})"
+            )
+            rows = self._read(lambda conn, s=sql, c=chunk: conn.execute(s, [key, *c]).fetchall())
+            found.update(row[0] for row in rows)
+        return [member in found for member in members]
+
     def members(self, key: str) -> set[str]:
         """Members of set ``key``."""
         rows = self._read(

@@ -16,6 +16,8 @@ import numpy as np
 from modeltheft.errors import ConfigError
 
 SCHEMA_VERSION = 1
+RESOLUTION_STEPS = 4096
+"""A bounded or spread-scaled column is resolved into this many steps (:attr:`Task.resolution`)."""
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -238,6 +240,40 @@ class Task:
     def bounded(self) -> bool:
         """Whether every feature has finite bounds (schema-only attacks need them)."""
         return bool(np.isfinite(self.lower).all() and np.isfinite(self.upper).all())
+
+    @cached_property
+    def resolution(self) -> np.ndarray:
+        """Per feature, the precision within which two values count as the same row.
+
+        Keyed defense choices (misinformation, watermarks) are made on rows rounded to this
+        grid (:func:`~modeltheft.defenses.keyed.canonical`), so that a near-twin of a query
+        cannot tell a keyed answer from a true one. Per column: ``1`` for an integer column
+        (declared, or every training value an integer); ``(upper - lower) / 4096`` for a
+        column with finite bounds; otherwise ``spread / 4096`` with ``spread`` the training
+        rows' interquartile range (robust to outliers; their standard deviation if that is
+        0, the largest absolute value if that is 0 too); ``0`` (no grid, float32 only) for
+        an unbounded column of a task without training rows.
+        """
+        d = self.n_features
+        out = np.zeros(d)
+        rows = None if self.data is None else np.asarray(self.data.X_train, dtype=float)
+        for j in range(d):
+            column = None if rows is None or len(rows) == 0 else rows[:, j]
+            if (self.integer is not None and self.integer[j]) or (
+                column is not None and np.all(column == np.round(column))
+            ):
+                out[j] = 1.0
+            elif (
+                np.isfinite(self.lower[j])
+                and np.isfinite(self.upper[j])
+                and (self.upper[j] > self.lower[j])
+            ):
+                out[j] = (self.upper[j] - self.lower[j]) / RESOLUTION_STEPS
+            elif column is not None:
+                q1, q3 = np.percentile(column, [25, 75])
+                spread = q3 - q1 or float(column.std()) or float(np.abs(column).max())
+                out[j] = spread / RESOLUTION_STEPS
+        return _frozen(out)
 
     def clip(self, X: np.ndarray) -> np.ndarray:
         """Rows clipped into the bounds (integer columns rounded)."""
