@@ -25,7 +25,6 @@ from modeltheft.attacks.base import QueryHistory
 from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.defenses.alerts import STRICT, served_key, status_key
 from modeltheft.defenses.detection import Prada
-from modeltheft.defenses.keyed import row_digests
 from modeltheft.defenses.presets import pipeline_from_dict
 from modeltheft.errors import ConfigError
 from modeltheft.oracle import LocalOracle
@@ -55,12 +54,6 @@ def noise(n: int, seed: int) -> np.ndarray:
     return X
 
 
-def canonical() -> bool:
-    """Whether keyed choices already treat a ``-0.0`` twin as its original (issue 12, part 2)."""
-    row = noise(1, 0)
-    return row_digests(b"key", row) == row_digests(b"key", twins(row, np.random.default_rng(0)))
-
-
 def test_a_twin_is_value_equal_with_other_bytes() -> None:
     rng = np.random.default_rng(0)
     row = np.array([0.0, 0.5, 1.0, 0.0])
@@ -83,11 +76,15 @@ def test_the_twin_filter_drops_misinformed_answers_only(model) -> None:  # type:
     keep = TwinFilter().keep(labels, twin_labels)
     misinformed = labels != model.predict(X)
     assert misinformed[:60].all() and not misinformed[60:].any()
-    assert keep[60:].all()  # no true answer is dropped
-    if canonical():  # keyed on a canonical row: the twin tells nothing any more
-        assert keep.all()
-    else:  # keyed on exact bytes (main before issue 12): most faked answers are unmasked
-        assert (~keep[:60]).mean() >= 0.7
+    # Keyed choices read the canonical row (issue 12): the twin gets the same faked answer,
+    # so the filter unmasks nothing and keeps every answer, true or not.
+    assert keep.all() and np.array_equal(labels, twin_labels)
+    # The filter itself drops exactly the answers whose twin disagrees.
+    assert TwinFilter().keep(np.array([1, 2, 3]), np.array([1, 0, 3])).tolist() == [
+        True,
+        False,
+        True,
+    ]
 
 
 def test_key_rotation_changes_client_ids_in_process(model) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +114,8 @@ def test_key_rotation_over_http(make_app: Callable[..., FastAPI]) -> None:
             oracle.query(TASK.data.X_eval[12:13])
 
 
-def test_the_canary_detects_a_flagged_key_under_the_strict_policy(model) -> None:  # type: ignore[no-untyped-def]
+def test_the_canary_sees_nothing_on_rows_sent_while_clean(model) -> None:  # type: ignore[no-untyped-def]
+    """Under `recommended` a flagged key answers rows it was sent while clean as it did then."""
     g = guarded(model, "recommended")
     rows = TASK.data.X_public[:10]
     clean = LocalOracle(g, budget=100, client_id="thief")
@@ -125,15 +123,26 @@ def test_the_canary_detects_a_flagged_key_under_the_strict_policy(model) -> None
     rng = np.random.default_rng(3)
     assert not canary.probe(clean, rng)
     g.store.raise_to(status_key("thief"), STRICT)  # what any detector's alert does
-    assert canary.probe(clean, rng)
-    assert [flagged for _, flagged in canary.checks] == [False, True]
-    other = LocalOracle(g, budget=100, client_id="fresh")
-    assert not canary.probe(other, rng)
+    assert not canary.probe(clean, rng)
+    assert [flagged for _, flagged in canary.checks] == [False, False]
 
 
-def test_a_canary_thief_moves_to_a_new_key_when_flagged(model) -> None:  # type: ignore[no-untyped-def]
-    g = guarded(model, "recommended")
-    # Its own 20 digits first (clean answers, the canary's rows), then noise the gate flags.
+def test_the_canary_detects_a_key_whose_new_rows_are_all_misled(model) -> None:  # type: ignore[no-untyped-def]
+    """With ``strict_fpr = 1`` every new row of a flagged key is misled: rows the thief owns
+    but never sent give it away."""
+    g = guarded(model, {"stages": [{"type": "adaptive_misinformation", "strict_fpr": 1.0}]})
+    rows = TASK.data.X_eval[:10]
+    canary = Canary(rows, model.predict(rows), every=5, n=10)
+    rng = np.random.default_rng(3)
+    g.store.raise_to(status_key("thief"), STRICT)
+    assert canary.probe(LocalOracle(g, budget=100, client_id="thief"), rng)
+    assert not canary.probe(LocalOracle(g, budget=100, client_id="fresh"), rng)
+
+
+def test_a_canary_thief_moves_to_a_new_key_when_refused(model) -> None:  # type: ignore[no-untyped-def]
+    stages = [{"type": "ood_monitor", "min_queries": 10, "on_alert": "block"}]
+    g = guarded(model, {"stages": stages})
+    # Its own 20 digits first (clean answers, the canary's rows), then noise the monitor flags.
     strategy = make_strategy("in-distribution", renders=noise(400, 4), keep=1.0, blend_share=0.0)
     thief = Thief(strategy, make_substitute("lr", seed=0), canary_every=15, canary_n=2)
     oracle = RotatingOracle(local_keys(g), budget=120, every=None)

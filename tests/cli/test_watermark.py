@@ -147,7 +147,8 @@ def test_watermark_verify_on_a_binary_task_with_string_labels(
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
     """A thief rotating keys every 9 queries (40 keys, one row per request) against
-    `recommended`, asking rendered digits; its copy is a 1-NN on the answers.
+    `recommended` without its service monitor, asking rendered digits; its copy is a 1-NN
+    on the answers.
 
     The victim is trained without the attacker-public rows and served with its held-out task.
     Returns the state, the copy's file and the thief's queries.
@@ -157,7 +158,11 @@ def rotated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.nd
     model = train_victim("rf", split_name="holdout").model
     db = tmp_path / "state.db"
     store = SqliteStore(db)
-    guarded = GuardedModel(model, load_pipeline("recommended"), store=store, seed=0, task=task)
+    # Without the service-wide monitor, whose watch would make each key's evidence strong on
+    # its own: the pool must catch a rotating thief that no detector noticed.
+    pipeline = load_pipeline("recommended")
+    pipeline.stages = [s for s in pipeline.stages if s.name != "service_monitor"]
+    guarded = GuardedModel(model, pipeline, store=store, seed=0, task=task)
     X = RenderedDigits().draw(360, np.random.default_rng(5), task)
     labels = np.concatenate(
         [guarded.answer(f"key-{i // 9:02d}", X[i : i + 1]).labels for i in range(len(X))]

@@ -16,6 +16,7 @@ from modeltheft.defenses.service_monitor import ServiceMonitor
 from modeltheft.errors import ConfigError
 from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import digits_task
+from tests.conftest import metrics_auth
 
 TASK = digits_task().held_out()
 
@@ -142,6 +143,6 @@ def test_service_alerts_are_counted_at_metrics(make_app: Callable[..., FastAPI])
         store = client.app.state.guarded.store
         assert raise_service_alert(store, "service_monitor", "test", "watch", 1)
         assert not raise_service_alert(store, "service_monitor", "test", "watch", 1)
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=metrics_auth()).text
     assert 'modeltheft_extraction_alerts_total{detector="service_monitor"} 1.0' in text
     assert "modeltheft_flagged_clients 0.0" in text  # the service is not a client
