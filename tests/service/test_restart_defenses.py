@@ -254,7 +254,8 @@ def test_sigkill_mid_traffic_loses_no_defense_state(
         # 3. Restart on the same state: bob is still strict, alice still gets the truth.
         second = start_server(state_url)
         # New odd rows (not the real digits: a strict key gets true answers to those too).
-        odd = odd_rows()
+        # Five: a burst of 20 such rows from alice is itself flagged by stream_test.
+        odd = odd_rows(5)
         digits = np.arange(len(odd))
         bob = labels_of(predict(second.url, odd, "bob"))
         alice = labels_of(predict(second.url, odd, "alice"))
