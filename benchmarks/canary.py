@@ -8,6 +8,8 @@ between the flagged key and the clean key, for the canary it sent while clean, a
 real digits it never sent before (the looser ``strict_fpr`` gate misinforms a few of them).
 
     python benchmarks/canary.py [--seeds 3] [--canary 50]
+
+Swept over ``strict_fpr`` (the shipped 0.2 and others); writes its docs/benchmarks.md section.
 """
 
 import argparse
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _doc import write_section
 from attacks import victim
 
 from modeltheft.defenses import GuardedModel, load_pipeline
@@ -30,7 +33,10 @@ def one_by_one(g: GuardedModel, client: str, X: np.ndarray) -> np.ndarray:
     return np.concatenate([g.answer(client, row[None, :]).labels for row in X])
 
 
-def run(seed: int, n_canary: int) -> dict[str, int]:
+STRICT_FPRS = (0.02, 0.1, 0.2, 0.3)
+
+
+def run(seed: int, n_canary: int, strict_fpr: float) -> dict[str, int]:
     """One seed: answers that differ between a flagged and a clean key."""
     task = digits_task().held_out()
     model = victim("rf", "holdout")
@@ -38,7 +44,11 @@ def run(seed: int, n_canary: int) -> dict[str, int]:
     X = task.data.X_eval[rng.permutation(len(task.data.X_eval))]
     canary, fresh = X[:n_canary], X[n_canary:]
     store = MemoryStore(np.random.default_rng(seed))
-    g = GuardedModel(model, load_pipeline("recommended"), store, seed=seed, task=task)
+    pipeline = load_pipeline("recommended")
+    for stage in pipeline.stages:
+        if stage.name == "adaptive_misinformation":
+            stage.strict_fpr = strict_fpr
+    g = GuardedModel(model, pipeline, store, seed=seed, task=task)
     clean = one_by_one(g, "clean", canary)
     one_by_one(g, "thief", canary)
     sent = 0
@@ -63,14 +73,34 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--canary", type=int, default=50)
     args = parser.parse_args()
-    for seed in range(args.seeds):
-        r = run(seed, args.canary)
-        print(
-            f"seed {seed}: canary sent while clean: {r['canary_differ']}/{args.canary} differ "
-            f"(twins {r['twin_differ']}); new real digits: {r['fresh_differ']}/{r['fresh']} "
-            f"differ; clean key wrong on {r['clean_fresh_wrong']}; flagged after "
-            f"{r['noise_to_flag']} noise queries"
+    lines = [
+        "## A canary against a flagged key (`benchmarks/canary.py`)",
+        "",
+        f"`recommended`, victim trained without the attacker-public digits, {args.seeds} seeds. "
+        f"A clean key and a thief's key each send {args.canary} real test digits one per "
+        "request; the thief then sends noise until it is flagged (strict policy) and asks its "
+        "canary again, as `-0.0` twins too, and the test digits it never sent. Counted: answers "
+        "that differ between the flagged and the clean key (sum over seeds). `strict_fpr` is "
+        "`adaptive_misinformation`'s looser gate for a flagged key's new rows (0.2 shipped): "
+        "lower hides a flagged key better from a canary of fresh digits, and lets a flagged "
+        "thief's real-looking queries through (see `recommended.toml`).",
+        "",
+        "| strict_fpr | canary sent while clean: differ | its `-0.0` twins: differ "
+        "| fresh real digits: differ |",
+        "|---|---|---|---|",
+    ]
+    for strict_fpr in STRICT_FPRS:
+        runs = [run(seed, args.canary, strict_fpr) for seed in range(args.seeds)]
+        total = args.canary * len(runs)
+        fresh = sum(r["fresh"] for r in runs)
+        lines.append(
+            f"| {strict_fpr} | {sum(r['canary_differ'] for r in runs)} / {total} | "
+            f"{sum(r['twin_differ'] for r in runs)} / {total} | "
+            f"{sum(r['fresh_differ'] for r in runs)} / {fresh} "
+            f"({sum(r['fresh_differ'] for r in runs) / fresh:.1%}) |"
         )
+        print(lines[-1], flush=True)
+    write_section("canary", "\n".join(lines))
 
 
 if __name__ == "__main__":
