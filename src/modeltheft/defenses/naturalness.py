@@ -36,7 +36,13 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
 
-from modeltheft.defenses.ood import FeatureSpace, KnnScorer, feature_space, reference_rows
+from modeltheft.defenses.ood import (
+    FeatureSpace,
+    KnnScorer,
+    feature_space,
+    lru_get,
+    reference_rows,
+)
 from modeltheft.errors import ConfigError
 from modeltheft.tasks.base import Task
 
@@ -151,7 +157,6 @@ class Scorer:
 
 
 _CACHE: "OrderedDict[str, Scorer]" = OrderedDict()
-_CACHE_SIZE = 8
 
 
 def make_scorer(
@@ -167,13 +172,4 @@ def make_scorer(
     digest.update(np.ascontiguousarray(rows, dtype=np.float64).tobytes())
     digest.update(space.fingerprint())
     digest.update(repr((kind, sorted(params.items()))).encode())
-    key = digest.hexdigest()
-    scorer = _CACHE.get(key)
-    if scorer is None:
-        scorer = Scorer(kind, rows, space, **params)
-        _CACHE[key] = scorer
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return scorer
+    return lru_get(_CACHE, digest.hexdigest(), lambda: Scorer(kind, rows, space, **params))

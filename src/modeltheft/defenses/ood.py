@@ -35,7 +35,9 @@ blow up near-constant border pixels, hence ``"range"`` for images.
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
@@ -265,7 +267,7 @@ class KnnScorer:
 
 
 _CACHE: "OrderedDict[tuple[str, int], KnnScorer]" = OrderedDict()
-_CACHE_SIZE = 8
+V = TypeVar("V")
 
 
 def _fingerprint(rows: np.ndarray, space: FeatureSpace) -> str:
@@ -283,13 +285,17 @@ def knn_scorer(reference: str, k: int, task: Task, scale: str = "auto") -> KnnSc
     """
     rows = reference_rows(reference, task)
     space = feature_space(scale, task, rows)
-    key = (_fingerprint(rows, space), k)
-    scorer = _CACHE.get(key)
-    if scorer is None:
-        scorer = KnnScorer(rows, k, space)
-        _CACHE[key] = scorer
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+    return lru_get(_CACHE, (_fingerprint(rows, space), k), lambda: KnnScorer(rows, k, space))
+
+
+def lru_get(cache: "OrderedDict[Any, V]", key: Any, build: Callable[[], V], size: int = 8) -> V:
+    """``cache[key]``, built by ``build()`` if missing; at most ``size`` entries, least recently
+    used out first."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = build()
+        while len(cache) > size:
+            cache.popitem(last=False)
     else:
-        _CACHE.move_to_end(key)
-    return scorer
+        cache.move_to_end(key)
+    return value
