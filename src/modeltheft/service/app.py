@@ -8,6 +8,7 @@ keys come from ``--keys-file`` or the inherited ``MODELTHEFT_API_KEYS``).
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from modeltheft.errors import ConfigError
 from modeltheft.service import observability
 from modeltheft.service.auth import METRICS_HINT, KeyRing, MetricsKey
 from modeltheft.service.errors import install_error_handlers
-from modeltheft.service.routes import meta, metrics, predict
+from modeltheft.service.routes import meta, metrics, oip, predict
 from modeltheft.service.settings import Settings
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT, BodyTimeoutMiddleware
 from modeltheft.state import MemoryStore, open_store
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_key is None:
         log.info("GET /metrics is disabled (404): %s", METRICS_HINT)
     app.state.model_name = name
+    app.state.oip_name = oip_name(settings.model_path)
     app.state.inference = inference.engine
     app.state.store = store
     app.state.guarded = guarded
@@ -91,11 +93,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(meta.router)
     # First: its fast path is the innermost middleware.
     predict.install(app, guarded.task, settings.max_batch)
+    oip.install(app, guarded.task, settings.max_batch)  # /v2/… and KServe v1's :predict
     app.include_router(metrics.router)
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_timeout)
     # Last, so outermost: it sees the status of every answer, the middlewares' refusals too.
     observability.install(app, access_log=settings.access_log)
     return app
+
+
+def oip_name(model_path: Path | None) -> str:
+    """The model's name on the OIP v2 and KServe v1 routes: its file's stem made URL-safe
+    (``victim.skops``: ``victim``), ``rf`` for the victim trained at start-up."""
+    if model_path is None:
+        return "rf"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", model_path.stem).strip("-.") or "model"
 
 
 def settings_env(settings: Settings, keys_file: Path | None) -> str:

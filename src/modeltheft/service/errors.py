@@ -1,4 +1,8 @@
-"""Domain errors mapped to HTTP answers in one place; every error body is ``{"detail": str}``."""
+"""Domain errors mapped to HTTP answers in one place.
+
+Every error body is ``{"detail": str}``, except on the Open Inference Protocol and KServe
+routes (``/v2…``, ``/v1/models/…``), whose clients read ``{"error": str}``.
+"""
 
 import logging
 import math
@@ -34,8 +38,19 @@ STATUS: list[tuple[type[ModelTheftError], int]] = [
 UNAVAILABLE = "the service cannot record requests right now (state store unavailable); retry later"
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+OIP_PREFIXES = ("/v2/", "/v1/models/")
+
+
+def error_key(path: str) -> str:
+    """The key of the error message in an error body on ``path``: ``error`` or ``detail``."""
+    return "error" if path == "/v2" or path.startswith(OIP_PREFIXES) else "detail"
+
+
+def _error(
+    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    key = error_key(request.scope.get("path", ""))
+    return JSONResponse({key: detail}, status_code=status, headers=headers)
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
@@ -49,24 +64,24 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
                 # The reason (a path, a host) is for the operator's log, not for clients.
                 log.warning("state store unavailable: %s", exc)
                 after = str(max(1, math.ceil(exc.retry_after)))
-                return _error(status, UNAVAILABLE, {"Retry-After": after})
+                return _error(request, status, UNAVAILABLE, {"Retry-After": after})
             elif isinstance(exc, AuthError):
                 headers = {"WWW-Authenticate": "Bearer"}
-            return _error(status, str(exc), headers)
+            return _error(request, status, str(exc), headers)
     log.error("unmapped domain error: %s", type(exc).__name__)
-    return _error(500, "internal error")
+    return _error(request, 500, "internal error")
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()))
-    return _error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+    return _error(request, 422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
 async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
@@ -75,12 +90,12 @@ async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
     499 (nginx's "client closed request") keeps it out of the 5xx counts and the error log.
     """
     log.info("client disconnected before its request body was complete")
-    return _error(499, "client closed the request")
+    return _error(request, 499, "client closed the request")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _error(500, "internal error")
+    return _error(request, 500, "internal error")
 
 
 HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]] = [

@@ -103,21 +103,26 @@ def _shown(classes: list[object], limit: int = 10) -> str:
 
 
 class PredictFastPath:
-    """Pure ASGI: ``POST /v1/predict`` straight to its handler; anything else to the app.
+    """Pure ASGI: ``POST /v1/predict`` (or ``path``) straight to its handler; else to the app.
 
     Add it before any other middleware (so it is the innermost). It sets ``scope["route"]``
     as FastAPI's router would, for the route label of the metrics.
     """
 
     def __init__(
-        self, app: ASGIApp, handler: Callable[[Request], Awaitable[Response]], route: BaseRoute
+        self,
+        app: ASGIApp,
+        handler: Callable[[Request], Awaitable[Response]],
+        route: BaseRoute,
+        path: str = PATH,
     ) -> None:
         self.app = app
         self.handler = handler
         self.route = route
+        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
