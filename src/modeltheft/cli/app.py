@@ -146,7 +146,8 @@ def serve(
         typer.Option(help="Log one line per request: method, route, status, client, rows, time."),
     ] = True,
 ) -> None:
-    """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz."""
+    """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz,
+    and the Open Inference Protocol v2 (/v2/models/NAME/infer) and KServe v1 routes."""
     import logging.config
     import os
 
@@ -189,7 +190,8 @@ def serve(
         f"serving {application.state.model_name} (task {served.name}: {served.n_features} "
         f"features, {served.n_classes} classes) with defense {defense!r} on http://{host}:{port} "
         f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s), "
-        f"{application.state.inference} inference"
+        f"{application.state.inference} inference; OIP v2 model name "
+        f"{application.state.oip_name!r}"
     )
     if log_format == "json":
         logging.getLogger("modeltheft.service").info(banner)

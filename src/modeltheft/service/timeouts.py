@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modeltheft.errors import ConfigError
+from modeltheft.service.errors import error_key
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -45,8 +46,8 @@ def _seconds(value: float) -> str:
     return f"{value:g}"
 
 
-def _timeout_response(detail: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    body = json.dumps({"detail": detail}).encode()
+def _timeout_response(detail: str, key: str = "detail") -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = json.dumps({key: detail}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -118,7 +119,8 @@ class BodyTimeoutMiddleware:
             if response_started:
                 return  # too late for a 408; uvicorn closes an unfinished response
             body, headers = _timeout_response(
-                f"request body not received within {_seconds(self.timeout)} s"
+                f"request body not received within {_seconds(self.timeout)} s",
+                error_key(scope.get("path", "")),  # {"error": …} on the OIP routes
             )
             await send({"type": "http.response.start", "status": 408, "headers": headers})
             await send({"type": "http.response.body", "body": body})
