@@ -2,6 +2,7 @@
 errors with OIP bodies, the defenses and metrics as on /v1/predict, and real clients
 (``tritonclient[http]``, our own oip-v2 and kserve-v1 oracles) against a real uvicorn."""
 
+import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.defenses.alerts import alerts
@@ -356,3 +359,39 @@ def test_our_oracles_attack_the_front_door_as_v1_predict(
         soft = result.probabilities is not None
         assert soft == (protocol != "kserve-v1")  # probabilities come back over OIP too
     assert len(set(fidelities)) == 1, fidelities
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=30,
+)
+TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.just("input-0"),
+        "shape": st.lists(st.integers(-1, 70), max_size=3) | JSON,
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "UINT8", "BYTES", "BOOL"]) | JSON,
+        "data": st.lists(st.floats(0, 1) | st.integers(0, 1), max_size=130) | JSON,
+    },
+    optional={"parameters": JSON},
+)
+BODY = st.fixed_dictionaries(
+    {"inputs": st.lists(TENSOR, max_size=2) | JSON},
+    optional={"outputs": st.lists(st.fixed_dictionaries({"name": st.text(max_size=14)}))
+              | JSON, "id": JSON},
+)  # fmt: skip
+
+
+def test_no_body_is_a_server_error(make_app: Callable[..., FastAPI]) -> None:
+    with TestClient(make_app("none"), raise_server_exceptions=False) as client:
+
+        @settings(max_examples=150, derandomize=True, deadline=None)
+        @given(body=BODY | JSON)
+        def check(body: object) -> None:
+            for path in (INFER, KSERVE):
+                response = client.post(path, content=json.dumps(body), headers=auth())
+                assert response.status_code in (200, 413, 422), response.text
+                answer = response.json()
+                assert set(answer) == {"error"} if response.is_error else bool(answer)
+
+        check()

@@ -2,11 +2,12 @@
 
 :class:`ObservabilityMiddleware` is a pure ASGI middleware: per request it reads the status the
 app sends, the matched route template and what the handlers left in ``request.state`` (the
-contract: ``client`` set by authentication, ``rows`` and ``altered`` set by ``/v1/predict`` on
-an answer), then updates :class:`HttpMetrics` and writes one access record. Labels are low
-cardinality by construction: a route template or ``other``, a known method or ``other``, a
-status, a refusal reason. API keys and client names are never labels; the access record has
-the client name but never headers, the query string or the raw path.
+contract: ``client`` set by authentication, ``rows`` and ``altered`` set by ``/v1/predict``
+and the OIP v2 / KServe v1 inference routes on an answer), then updates :class:`HttpMetrics`
+and writes one access record. Labels are low cardinality by construction: a route template
+or ``other``, a known method or ``other``, a status, a refusal reason. API keys and client
+names are never labels; the access record has the client name but never headers, the query
+string or the raw path.
 
 With ``serve --workers N`` prometheus_client runs in multiprocess mode (the serve command sets
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, see :func:`multiprocess_metrics`) and
@@ -148,7 +149,9 @@ class HttpMetrics:
             registry=registry,
         )
         self.queries = Counter(
-            "modeltheft_queries", "Rows answered by /v1/predict.", registry=registry
+            "modeltheft_queries",
+            "Rows answered (/v1/predict, OIP v2 infer, KServe v1 predict).",
+            registry=registry,
         )
         self.altered = Counter(
             "modeltheft_answers_altered",
