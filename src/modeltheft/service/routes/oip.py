@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from modeltheft import __version__
 from modeltheft.errors import InputError
@@ -45,6 +46,22 @@ from modeltheft.tasks import Task
 HIDES_PROBABILITIES = frozenset({"hard_label"})
 """Stages after which no probability leaves the service."""
 MEDIA_TYPES = ("", "application/json", "application/octet-stream")
+
+
+class OipError(BaseModel):
+    """Every error of the OIP v2 and KServe v1 routes."""
+
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``codes`` with OIP's error body."""
+    text = {
+        **{code: spec["description"] for code, spec in ERRORS.items()},
+        404: "no model of that name (the message names the served one)",
+        503: "the state store is unavailable; see Retry-After",
+    }
+    return {code: {"model": OipError, "description": text[code]} for code in codes}
 
 
 def _json(content: Any, headers: dict[str, str] | None = None) -> Response:
@@ -95,7 +112,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         """Live while the process answers (no key)."""
         return {"live": True}
 
-    @router.get("/v2/health/ready")
+    @router.get("/v2/health/ready", responses=_errors(503))
     def ready(guarded: Guarded) -> dict[str, bool]:
         """Ready while the state store can be written (no key); else 503, as ``/healthz``."""
         guarded.store.ping()
@@ -106,7 +123,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         """The server's name, version and protocol extensions (none)."""
         return {"name": "modeltheft", "version": __version__, "extensions": []}
 
-    @router.get("/v2/models/{name}")
+    @router.get("/v2/models/{name}", responses=_errors(404))
     async def model_metadata(request: Request, name: str) -> Response:
         """The model's input (``[-1, width]``, FP64; FP32 is accepted too) and outputs.
 
@@ -117,7 +134,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         _check_name(request, name)
         return _json(metadata)
 
-    @router.get("/v2/models/{name}/ready")
+    @router.get("/v2/models/{name}/ready", responses=_errors(404, 503))
     def model_ready(request: Request, name: str, guarded: Guarded) -> dict[str, Any]:
         """Ready with the service (no key): 404 for another name, 503 without the store."""
         _check_name(request, name)
@@ -178,7 +195,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         request.state.altered = reply.answers.altered
         return _json({"predictions": _labels(reply.labels)}, reply.headers)
 
-    @router.get("/v1/models/{name}")
+    @router.get("/v1/models/{name}", responses=_errors(404, 503))
     def kserve_ready(request: Request, name: str, guarded: Guarded) -> dict[str, Any]:
         """KServe v1 model status (no key)."""
         _check_name(request, name)
@@ -187,7 +204,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
 
     common: dict[str, Any] = {
         "methods": ["POST"],
-        "responses": {**ERRORS, 404: {"description": "no model of that name"}},
+        "responses": _errors(*ERRORS, 404),
         "dependencies": [Depends(BEARER)],
     }
     infer_path = "/v2/models/{name}/infer"
