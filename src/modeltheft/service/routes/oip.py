@@ -13,7 +13,8 @@ use the served model under its name (``app.state.oip_name``):
   and ``predict_proba`` (FP64 ``[n, k]``); without ``outputs`` in the request, ``predict``
   only, as MLServer answers. Both are the defended answers. When the defenses withhold
   probabilities (``hard_label``) the metadata does not list ``predict_proba`` and asking for
-  it is a 422 before anything is answered or counted;
+  it is a 422 before anything is answered or counted (a stage that withholds them for one
+  answer only would make the answer leave ``predict_proba`` out);
 - ``POST /v1/models/{name}:predict`` (KServe v1): ``{"instances": rows}`` →
   ``{"predictions": labels}``, as KServe's scikit-learn server answers by default.
 
