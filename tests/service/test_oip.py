@@ -46,6 +46,7 @@ def outputs(response: httpx.Response) -> dict[str, tuple[list[int], list[object]
 
 def test_health_server_and_model_metadata_need_no_key(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/").json() == {"status": "alive"}  # KServe v1
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2").json()["name"] == "modeltheft"
     meta = client.get(f"/v2/models/{NAME}").json()

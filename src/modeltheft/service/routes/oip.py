@@ -3,7 +3,7 @@
 Clients built for the standard (``tritonclient[http]``, KServe's REST client, the OIP oracle)
 use the served model under its name (``app.state.oip_name``):
 
-- ``GET /v2/health/live``, ``GET /v2/health/ready``: no key, like ``/healthz`` (ready pings
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (and KServe v1's ``GET /``): no key, like ``/healthz`` (ready pings
   the state store: 503 while it cannot be written); ``GET /v2``: the server's metadata;
 - ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``: the model's metadata and
   readiness, without a key (see :func:`model_metadata` for why);
@@ -112,6 +112,11 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
     async def live() -> dict[str, bool]:
         """Live while the process answers (no key)."""
         return {"live": True}
+
+    @router.get("/", include_in_schema=False)
+    async def kserve_live() -> dict[str, str]:
+        """KServe v1's liveness (its REST client asks ``GET /``), no key."""
+        return {"status": "alive"}
 
     @router.get("/v2/health/ready", responses=_errors(503))
     def ready(guarded: Guarded) -> dict[str, bool]:
