@@ -3,8 +3,9 @@
 Clients built for the standard (``tritonclient[http]``, KServe's REST client, the OIP oracle)
 use the served model under its name (``app.state.oip_name``):
 
-- ``GET /v2/health/live``, ``GET /v2/health/ready`` (and KServe v1's ``GET /``): no key, like ``/healthz`` (ready pings
-  the state store: 503 while it cannot be written); ``GET /v2``: the server's metadata;
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (and KServe v1's ``GET /``): no key,
+  like ``/healthz`` (ready pings the state store: 503 while it cannot be written); ``GET
+  /v2``: the server's metadata;
 - ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``: the model's metadata and
   readiness, without a key (see :func:`model_metadata` for why);
 - ``POST /v2/models/{name}/infer``: the Bearer key and the same defense pipeline, audit,
