@@ -3,6 +3,8 @@ errors with OIP bodies, the defenses and metrics as on /v1/predict, and real cli
 (``tritonclient[http]``, our own oip-v2 and kserve-v1 oracles) against a real uvicorn."""
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -394,3 +396,26 @@ def test_no_body_is_a_server_error(make_app: Callable[..., FastAPI]) -> None:
                 assert set(answer) == {"error"} if response.is_error else bool(answer)
 
         check()
+
+
+def test_kserve_rest_client_drives_both_protocols(
+    live_server: Callable[..., BackgroundServer], victim: LoadedVictim
+) -> None:
+    """KServe 0.21's REST client, from its own venv (``KSERVE_PYTHON``; skipped without)."""
+    python = os.environ.get("KSERVE_PYTHON")
+    if not python:
+        pytest.skip("KSERVE_PYTHON is not set (a python with kserve==0.21.0 installed)")
+    server = live_server("none")
+    X = digits_task().data.X_eval[:3]
+    script = Path(__file__).with_name("kserve_client.py")
+    command = [python, str(script), server.url, KEYS["alice"], NAME, json.dumps(X.tolist())]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    labels = victim.model.predict(X).tolist()
+    assert found["v1_live"] and found["v1_ready"] and found["v2_live"] and found["v2_ready"]
+    assert found["v1_predictions"] == labels
+    for datatype in ("FP32", "FP64"):
+        for binary in ("False", "True"):
+            assert found[f"v2_{datatype}_{binary}"] == {"predict": labels}
+    assert "401" in found["v2_no_key"] and "missing Authorization" in found["v2_no_key"]
