@@ -371,6 +371,13 @@ class HttpOracle(HttpOracleBase):
         why = f" ({self.metadata_failure})" if self.metadata_failure else ""
         return f"{self.url} has no /v1/model description{why}: give --task"
 
+    @property
+    def probability_hint(self) -> str:
+        return (
+            "this API sends labels only (its defenses hide the probabilities); "
+            "use --label-mode hard"
+        )
+
     def _not_found_hint(self) -> str:
         return (
             "is this a modeltheft API? for an OIP v2 server (MLServer, Triton, KServe) try "

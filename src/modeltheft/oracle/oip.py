@@ -180,6 +180,14 @@ class OipV2Oracle(NamedModelOracle):
             + (f"; {self.metadata_failure}" if self.metadata_failure else "")
         )
 
+    @property
+    def probability_hint(self) -> str:
+        return (
+            "ask for its probability output with --output NAME (MLServer: predict_proba; "
+            f"skl2onnx and Triton: probabilities; GET {self.model_url} lists them), "
+            "or use --label-mode hard"
+        )
+
     def _probe(self, fallback: list[str] | None) -> None:
         """Ask for ``predict_proba`` (and ``fallback``'s labels) until the server says no."""
         self.outputs = [PROBA_OUTPUT, *(fallback or [])]
