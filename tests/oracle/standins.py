@@ -24,6 +24,9 @@ def reset(app: FastAPI, **config: Any) -> None:
     app.state.outputs = ("predict_proba", "predict")  # OIP outputs; the last is the default
     app.state.metadata = True  # OIP: serve GET /v2/models/{name}
     app.state.input_datatype = "FP64"  # OIP: the input datatype the metadata declares
+    app.state.declare_outputs = True  # OIP: the metadata lists the outputs (MLServer: optional)
+    app.state.declare_inputs = True  # OIP: the metadata lists the inputs (MLServer: optional)
+    app.state.ignore_outputs = False  # OIP: answer the default output whatever is asked
     app.state.kind = "proba"  # KServe: proba, labels or float-labels
     app.state.publish_task = True  # ours: /v1/model carries the task schema
     app.state.info_script = []  # ours: responses to GET /v1/model before the real one
@@ -73,11 +76,14 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
             return error(404, f"Model {name} not found")
         model = models[name]
         inputs = {"name": "input-0", "datatype": app.state.input_datatype}
+        declared = app.state.outputs if app.state.declare_outputs else ()
         return {
             "name": name,
             "platform": "sklearn",
-            "inputs": [{**inputs, "shape": [-1, int(model.n_features_in_)]}],
-            "outputs": [specs(model)[o] for o in app.state.outputs],
+            "inputs": [{**inputs, "shape": [-1, int(model.n_features_in_)]}]
+            if app.state.declare_inputs
+            else [],
+            "outputs": [specs(model)[o] for o in declared],
         }
 
     @app.post("/v2/models/{name}/infer")
@@ -98,6 +104,8 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
         dtype = np.float32 if tensor["datatype"] == "FP32" else np.float64
         X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]).astype(float)
         wanted = [o["name"] for o in body.get("outputs", [])] or [outputs[-1]]
+        if app.state.ignore_outputs:
+            wanted = [outputs[-1]]
         answer = []
         for out in wanted:
             if out not in outputs:
@@ -111,6 +119,71 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
             answer.append({**specs(model)[out], "shape": shape, "data": data})
         app.state.rows += len(X)
         return {"model_name": name, "outputs": answer}
+
+    return app
+
+
+ONNX_TYPE_ERROR = (
+    "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Unexpected input data type. "
+    "Actual: (tensor(double)) , expected: (tensor(float))"
+)
+
+
+def onnx_app(models: dict[str, ClassifierMixin]) -> FastAPI:
+    """OIP v2 shaped like Triton serving a skl2onnx model: input ``float_input`` FP32 (FP64 is
+    refused as onnxruntime does), outputs ``label`` (INT64 [-1]) and ``probabilities`` (FP32
+    [-1, k]), all sent unless the request names some; an unknown output is a 400."""
+    app = FastAPI()
+    reset(app)
+
+    def specs(model: ClassifierMixin) -> dict[str, dict[str, Any]]:
+        k = len(model.classes_)
+        return {
+            "label": {"name": "label", "datatype": "INT64", "shape": [-1]},
+            "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+        }
+
+    @app.get("/v2/models/{name}")
+    def model_metadata(name: str) -> Any:
+        if not app.state.metadata or name not in models:
+            return error(404, f"Request for unknown model: '{name}' is not found")
+        model = models[name]
+        d = int(model.n_features_in_)
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "float_input", "datatype": "FP32", "shape": [-1, d]}],
+            "outputs": list(specs(model).values()),
+        }
+
+    @app.post("/v2/models/{name}/infer")
+    def infer(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        refused = _gate(app, request)
+        if refused is not None:
+            return refused
+        if name not in models:
+            return error(404, f"Request for unknown model: '{name}' is not found")
+        model = models[name]
+        app.state.bodies.append(body)
+        tensor = body["inputs"][0]
+        if tensor["datatype"] != "FP32":
+            return error(400, ONNX_TYPE_ERROR)
+        X = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        available = specs(model)
+        wanted = [o["name"] for o in body.get("outputs", [])] or list(available)
+        answer = []
+        for out in wanted:
+            if out not in available:
+                return error(400, f"unexpected inference output '{out}' for model '{name}'")
+            if out == "label":
+                data, shape = _values(model.predict(X)), [len(X)]
+            else:
+                probs = model.predict_proba(X).astype(np.float32)
+                data, shape = probs.ravel().tolist(), list(probs.shape)
+            answer.append({**available[out], "shape": shape, "data": data})
+        app.state.rows += len(X)
+        return {"model_name": name, "model_version": "1", "outputs": answer}
 
     return app
 
