@@ -192,6 +192,9 @@ def test_soft_labels_fail_after_the_first_batch_and_keep_it(
     assert main(attack(server, out, budget=100)) == 0  # a hard-label rerun reuses them
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["reused_from_log"] == 10 and server.app.state.rows == 100
+    assert main(attack(server, out, "--label-mode", "soft", budget=100)) == 1
+    assert "holds labels-only answers (a hard-label run paid for them)" in one_line(capsys)
+    assert server.app.state.rows == 100  # nothing paid for
 
 
 def test_equation_solving_checks_precision_after_the_first_batch(

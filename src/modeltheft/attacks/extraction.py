@@ -99,6 +99,11 @@ def check_first_answers(
         return
     if answers.probabilities is None:
         needs = f"label mode {mode!r}" if mode != "hard" else f"substitute {substitute!r}"
+        if oracle.reused >= len(answers.labels) and oracle.log.path is not None:
+            raise AttackFailed(
+                f"{needs} needs probabilities, but the query log {oracle.log.path} holds "
+                "labels-only answers (a hard-label run paid for them): give another --out"
+            )
         note = getattr(oracle, "note", None)
         raise AttackFailed(
             f"{needs} needs probabilities, but {oracle.target} answered the first batch with "
