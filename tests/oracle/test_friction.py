@@ -1,6 +1,7 @@
 """What a new user met attacking MLServer, Triton-style ONNX servers and reused folders."""
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 from sklearn.base import ClassifierMixin
 
 from modeltheft.cli.app import main
-from modeltheft.errors import OracleError
-from modeltheft.oracle import OipV2Oracle, make_oracle
+from modeltheft.errors import ConfigError, OracleError
+from modeltheft.oracle import OipV2Oracle, QueryLog, make_oracle
+from modeltheft.oracle.log import log_target
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.tasks import get_task
 from tests.oracle.standins import fitted_models, oip_app, onnx_app
@@ -259,3 +261,34 @@ def test_404s_name_the_request_and_hint_at_the_protocol(
     err = one_line(capsys)
     assert f"GET {server.url}/v1/model answered 404" in err
     assert "try --protocol oip-v2 --model-name NAME" in err
+
+
+def test_transport_and_auth_errors_name_the_request(serve: Callable[..., BackgroundServer]) -> None:
+    url = "http://127.0.0.1:9"
+    oracle = make_oracle("oip-v2", url, budget=1, model_name="iris", task=IRIS, retries=0)
+    with pytest.raises(OracleError, match=re.escape(f"cannot reach {url} (POST {url}/v2/models/")):
+        oracle.query(rows(1))
+    server = serve("onnx", api_key="secret")
+    oracle = make_oracle("oip-v2", server.url, budget=1, model_name="iris", task=IRIS)
+    infer = f"POST {server.url}/v2/models/iris/infer: the API requires credentials (401)"
+    with pytest.raises(OracleError, match=re.escape(infer)):
+        oracle.query(rows(1))
+
+
+def test_a_log_knows_its_targets(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    first = log_target("oip-v2", "http://127.0.0.1:1/", "m")
+    assert first["url"] == "http://127.0.0.1:1"  # the same server with or without the slash
+    log = QueryLog(path, target=first)
+    log.append(rows(2), [{"label": 0, "probabilities": None, "refused": False}] * 2)
+    assert QueryLog(path, target=first).loaded == 2
+    second = log_target("kserve-v1", "http://127.0.0.1:1", "m")
+    with pytest.raises(ConfigError, match=r"holds 2 answers of oip-v2 http://127\.0\.0\.1:1 model"):
+        QueryLog(path, target=second)
+    forced = QueryLog(path, target=second, force=True)
+    forced.append(rows(1, seed=1), [{"label": 1, "probabilities": None, "refused": False}])
+    assert QueryLog(path, target=second).targets == [first, second]
+    # A log written before logs named their targets cannot be checked: it is reused as is.
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(line + "\n" for line in path.read_text().splitlines()[1:2]))
+    assert QueryLog(old, target=second).loaded == 1

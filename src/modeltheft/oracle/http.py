@@ -221,10 +221,12 @@ class HttpOracleBase(Oracle):
         status = response.status_code
         if status not in (401, 403):
             return
+        where = f"{response.request.method} {response.request.url}"
         if self.has_api_key:
-            raise OracleError(f"the API rejected the key ({status}): {_detail(response)}")
+            raise OracleError(f"{where}: the API rejected the key ({status}): {_detail(response)}")
         raise OracleError(
-            f"the API requires credentials ({status}): {_detail(response)}; pass an API key"
+            f"{where}: the API requires credentials ({status}): {_detail(response)}; "
+            "pass an API key"
         )
 
     def _metadata(self, url: str) -> Any:

@@ -90,6 +90,10 @@ def _label_like(shape: Any, datatype: Any) -> bool:
     )
 
 
+def _shape_type(spec: dict[str, Any]) -> tuple[Any, Any]:
+    return spec.get("shape"), spec.get("datatype")
+
+
 def _pick(specs: dict[str, dict[str, Any]], names: tuple[str, ...], like: Any) -> str | None:
     """The output to read: the first of ``names`` present, else the first that looks ``like``."""
     for name in names:
@@ -200,7 +204,7 @@ class OipV2Oracle(NamedModelOracle):
         label = _pick(specs, LABEL_NAMES, _label_like)
         if self.requested is not None:
             chosen = [n for n in self.requested if n in specs]
-            proba = next((n for n in chosen if _proba_like(specs[n].get("shape"), None)), None)
+            proba = next((n for n in chosen if _proba_like(*_shape_type(specs[n]))), None)
             label = next((n for n in chosen if n != proba), None)
         elif proba is not None:
             self.outputs = [proba] + ([label] if label is not None else [])
