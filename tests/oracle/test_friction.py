@@ -256,6 +256,10 @@ def test_404s_name_the_request_and_hint_at_the_protocol(
     err = one_line(capsys)
     assert f"GET {model_url}/v2/models/iris answered 404" in err
     assert "--target takes the server's base URL" in err
+    predict_url = f"{server.url}/v1/predict"
+    argv = ["attack", "--target", predict_url, "--api-key", "k", "--out", str(tmp_path / "c")]
+    assert main(argv) == 1
+    assert "--target takes the server's base URL" in one_line(capsys)
     argv = ["attack", "--target", server.url, "--api-key", "k", "--out", str(tmp_path / "b")]
     assert main(argv) == 1
     err = one_line(capsys)

@@ -31,6 +31,8 @@ HTTP_URL = Satisfies(
     lambda u: isinstance(u, str) and u.startswith(("http://", "https://")),
     "a URL starting with http:// or https://",
 )
+MODEL_URL_PARTS = ("/v2/models/", "/v1/models/", "/v1/predict", "/v1/model")
+"""Pieces of a model's or route's URL that a ``--target`` (a base URL) should not hold."""
 NON_EMPTY = Satisfies(lambda s: isinstance(s, str) and bool(s.strip()), "a non-empty string")
 
 
@@ -278,7 +280,7 @@ class HttpOracleBase(Oracle):
         """What to try after an error answer ('' if nothing useful): 404s suggest a protocol."""
         if response.status_code != 404:
             return ""
-        if "/v2/models/" in self.url or "/v1/models/" in self.url:
+        if any(part in self.url for part in MODEL_URL_PARTS):
             return "--target takes the server's base URL (e.g. http://host:port), not a model's URL"
         return self._not_found_hint()
 
