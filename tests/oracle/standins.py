@@ -1,5 +1,6 @@
 """Small conformant prediction servers (OIP v2, KServe v1, modeltheft's own) over any models."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,38 +124,39 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
     return app
 
 
-ONNX_TYPE_ERROR = (
-    "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Unexpected input data type. "
-    "Actual: (tensor(double)) , expected: (tensor(float))"
-)
+ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64"}
+NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
 
 
-def onnx_app(models: dict[str, ClassifierMixin]) -> FastAPI:
-    """OIP v2 shaped like Triton serving a skl2onnx model: input ``float_input`` FP32 (FP64 is
-    refused as onnxruntime does), outputs ``label`` (INT64 [-1]) and ``probabilities`` (FP32
-    [-1, k]), all sent unless the request names some; an unknown output is a 400."""
+def onnx_app(models: dict[str, ClassifierMixin], folder: Path) -> FastAPI:
+    """OIP v2 shaped like Triton serving skl2onnx models, run by a real onnxruntime session:
+    its metadata and outputs are the graph's (``label`` INT64 [-1], ``probabilities`` FP32
+    [-1, k], input FP32), all sent unless the request names some; an unknown output is a 400,
+    and so is onnxruntime's own refusal of FP64 inputs ("Unexpected input data type")."""
+    from modeltheft.victim.onnx import export_onnx, single_thread_session
+
+    sessions = {
+        name: single_thread_session(export_onnx(model, folder / f"{name}.onnx"))
+        for name, model in models.items()
+    }
     app = FastAPI()
     reset(app)
 
-    def specs(model: ClassifierMixin) -> dict[str, dict[str, Any]]:
-        k = len(model.classes_)
-        return {
-            "label": {"name": "label", "datatype": "INT64", "shape": [-1]},
-            "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
-        }
+    def spec(arg: Any) -> dict[str, Any]:
+        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+        return {"name": arg.name, "datatype": ORT_TYPES.get(arg.type, arg.type), "shape": shape}
 
     @app.get("/v2/models/{name}")
     def model_metadata(name: str) -> Any:
-        if not app.state.metadata or name not in models:
+        if not app.state.metadata or name not in sessions:
             return error(404, f"Request for unknown model: '{name}' is not found")
-        model = models[name]
-        d = int(model.n_features_in_)
+        session = sessions[name]
         return {
             "name": name,
             "versions": ["1"],
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "float_input", "datatype": "FP32", "shape": [-1, d]}],
-            "outputs": list(specs(model).values()),
+            "inputs": [spec(arg) for arg in session.get_inputs()],
+            "outputs": [spec(arg) for arg in session.get_outputs()],
         }
 
     @app.post("/v2/models/{name}/infer")
@@ -162,26 +164,31 @@ def onnx_app(models: dict[str, ClassifierMixin]) -> FastAPI:
         refused = _gate(app, request)
         if refused is not None:
             return refused
-        if name not in models:
+        if name not in sessions:
             return error(404, f"Request for unknown model: '{name}' is not found")
-        model = models[name]
+        session = sessions[name]
         app.state.bodies.append(body)
         tensor = body["inputs"][0]
-        if tensor["datatype"] != "FP32":
-            return error(400, ONNX_TYPE_ERROR)
-        X = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-        available = specs(model)
-        wanted = [o["name"] for o in body.get("outputs", [])] or list(available)
-        answer = []
+        dtype = NUMPY_TYPES.get(tensor["datatype"], np.float64)
+        X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        available = [o.name for o in session.get_outputs()]
+        wanted = [o["name"] for o in body.get("outputs", [])] or available
         for out in wanted:
             if out not in available:
                 return error(400, f"unexpected inference output '{out}' for model '{name}'")
-            if out == "label":
-                data, shape = _values(model.predict(X)), [len(X)]
-            else:
-                probs = model.predict_proba(X).astype(np.float32)
-                data, shape = probs.ravel().tolist(), list(probs.shape)
-            answer.append({**available[out], "shape": shape, "data": data})
+        try:
+            results = session.run(wanted, {session.get_inputs()[0].name: X})
+        except Exception as exc:  # onnxruntime's InvalidArgument and friends
+            return error(400, str(exc)[:300])
+        answer = [
+            {
+                "name": out,
+                "datatype": ORT_TYPES.get(f"tensor({np.asarray(r).dtype})", "FP32"),
+                "shape": list(np.asarray(r).shape),
+                "data": np.asarray(r).ravel().tolist(),
+            }
+            for out, r in zip(wanted, results, strict=True)
+        ]
         app.state.rows += len(X)
         return {"model_name": name, "model_version": "1", "outputs": answer}
 

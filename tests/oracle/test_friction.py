@@ -28,10 +28,13 @@ def models() -> dict[str, ClassifierMixin]:
 
 
 @pytest.fixture(scope="module")
-def servers(models: dict[str, ClassifierMixin]) -> Iterator[dict[str, BackgroundServer]]:
+def servers(
+    models: dict[str, ClassifierMixin], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, BackgroundServer]]:
+    onnx = onnx_app(models, tmp_path_factory.mktemp("onnx"))
     running = {
         "mlserver": BackgroundServer(oip_app(models)).start(),
-        "onnx": BackgroundServer(onnx_app(models)).start(),
+        "onnx": BackgroundServer(onnx).start(),
     }
     yield running
     for server in running.values():
@@ -136,7 +139,7 @@ def test_onnx_outputs_and_fp32_inputs_are_recognised(
     assert np.allclose(answers.probabilities, model.predict_proba(X32), atol=1e-6)
     (body,) = server.app.state.bodies
     assert body["outputs"] == [{"name": "probabilities"}, {"name": "label"}]
-    assert body["inputs"][0]["name"] == "float_input" and body["inputs"][0]["datatype"] == "FP32"
+    assert body["inputs"][0]["name"] == "X" and body["inputs"][0]["datatype"] == "FP32"
     out = tmp_path / "onnx"
     assert main(attack(server, out, "--label-mode", "top-k", "--top-k", "2")) == 0
     assert json.loads((out / "results.json").read_text())["metrics"]["answered"] == 60
