@@ -129,6 +129,10 @@ def test_attack_over_oip_v2_gets_what_it_gets_from_our_server(
     )
     ours_url = live_server("none").url
     ours = attack(tmp_path, "ours", ["--target", ours_url, "--api-key", KEYS["alice"], *common])
+    print(
+        f"{model}, {label_mode}: fidelity {theirs['metrics']['fidelity']:.3f}, ours "
+        f"{ours['metrics']['fidelity']:.3f}"
+    )
     assert theirs["metrics"]["answered"] == ours["metrics"]["answered"] == 200
     assert theirs["metrics"]["fidelity"] == pytest.approx(ours["metrics"]["fidelity"], abs=0.02)
     logged = [json.loads(line) for line in (tmp_path / "mlserver" / "queries.jsonl").open()]
