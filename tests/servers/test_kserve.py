@@ -8,17 +8,15 @@ The server runs tests/servers/kserve_digits.py from ``.venv-kserve`` (see
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import joblib
 import numpy as np
 import pytest
 
-from modeltheft.cli.app import main
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS
-from tests.servers.real import free_port, running, venv_python
+from tests.servers.real import attack, free_port, running, venv_python
 
 SCRIPT = Path(__file__).with_name("kserve_digits.py")
 
@@ -38,13 +36,6 @@ def kserve(tmp_path_factory: pytest.TempPathFactory, victim: LoadedVictim) -> It
     with running(command, f"{url}/v2/health/ready", folder / "kserve.log") as seconds:
         print(f"KServe ready after {seconds:.1f} s")
         yield url
-
-
-def attack(tmp_path: Path, name: str, argv: list[str]) -> dict[str, Any]:
-    """``modeltheft attack ARGV --out tmp_path/NAME``; its results.json."""
-    out = tmp_path / name
-    assert main(["attack", *argv, "--out", str(out)]) == 0
-    return json.loads((out / "results.json").read_text())
 
 
 @pytest.mark.parametrize(("model", "label_mode"), [("digits", "hard"), ("digits-proba", "soft")])

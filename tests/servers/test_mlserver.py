@@ -1,16 +1,15 @@
 """A real MLServer 1.7.1 (mlserver-sklearn) on loopback, as the target of `attack` and of
 `watermark verify` over the Open Inference Protocol v2.
 
-The server runs from ``.venv-mlserver`` (see :mod:`tests.servers.real`) and serves the session's
-digits victim, saved with joblib into tmp by the test itself (the only model files it loads).
+The server runs from ``.venv-mlserver`` (see :mod:`tests.servers.real` and conftest.py) and
+serves the session's digits victim and a thief's copy, saved with joblib into tmp by the tests
+themselves (the only model files it loads).
 """
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import joblib
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -22,28 +21,7 @@ from modeltheft.state import SqliteStore
 from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS
-from tests.servers.real import free_port, running, venv_python
-
-SKLEARN = "mlserver_sklearn.SKLearnModel"
-
-
-def model_settings(name: str, model: Path, declare_outputs: bool = False) -> dict[str, Any]:
-    """MLServer's minimal scikit-learn config plus the input's shape (`watermark verify` has
-    no ``--task``: the width must come from the metadata): ``predict`` answers (labels) unless
-    asked for ``predict_proba``. ``declare_outputs`` lists both outputs in the metadata, which
-    is what makes the OIP v2 oracle ask for probabilities."""
-    settings: dict[str, Any] = {
-        "name": name,
-        "implementation": SKLEARN,
-        "parameters": {"uri": str(model)},
-        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 64]}],
-    }
-    if declare_outputs:
-        settings["outputs"] = [
-            {"name": "predict", "datatype": "INT64", "shape": [-1, 1]},
-            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 10]},
-        ]
-    return settings
+from tests.servers.real import MLServer, attack
 
 
 @pytest.fixture(scope="module")
@@ -66,47 +44,9 @@ def watermarked(
 
 
 @pytest.fixture(scope="module")
-def mlserver(
-    tmp_path_factory: pytest.TempPathFactory,
-    victim: LoadedVictim,
-    watermarked: tuple[Path, LogisticRegression],
-) -> Iterator[str]:
-    """``mlserver start`` on free loopback ports (HTTP, gRPC; no metrics server) with three
-    models: ``digits`` (the victim, minimal config), ``digits-proba`` (the victim, outputs
-    declared) and ``copy`` (the thief's copy); the base URL once ``/v2/health/ready``."""
-    python = venv_python("mlserver")
-    folder = tmp_path_factory.mktemp("mlserver")
-    joblib.dump(victim.model, folder / "victim.joblib")
-    joblib.dump(watermarked[1], folder / "copy.joblib")
-    models = {
-        "digits": model_settings("digits", folder / "victim.joblib"),
-        "digits-proba": model_settings("digits-proba", folder / "victim.joblib", True),
-        "copy": model_settings("copy", folder / "copy.joblib"),
-    }
-    for name, settings in models.items():
-        (folder / "models" / name).mkdir(parents=True)
-        (folder / "models" / name / "model-settings.json").write_text(json.dumps(settings))
-    port = free_port()
-    server = {
-        "host": "127.0.0.1",
-        "http_port": port,
-        "grpc_port": free_port(),
-        "metrics_endpoint": None,
-        "parallel_workers": 0,
-    }
-    (folder / "models" / "settings.json").write_text(json.dumps(server))
-    url = f"http://127.0.0.1:{port}"
-    command = [str(python.parent / "mlserver"), "start", str(folder / "models")]
-    with running(command, f"{url}/v2/health/ready", folder / "mlserver.log") as seconds:
-        print(f"MLServer ready after {seconds:.1f} s")
-        yield url
-
-
-def attack(tmp_path: Path, name: str, argv: list[str]) -> dict[str, Any]:
-    """``modeltheft attack ARGV --out tmp_path/NAME``; its results.json."""
-    out = tmp_path / name
-    assert main(["attack", *argv, "--out", str(out)]) == 0
-    return json.loads((out / "results.json").read_text())
+def mlserver(digits_mlserver: MLServer) -> str:
+    """The base URL of the session's MLServer (see conftest.py)."""
+    return digits_mlserver.url
 
 
 @pytest.mark.parametrize(("model", "label_mode"), [("digits", "hard"), ("digits-proba", "soft")])
@@ -143,13 +83,15 @@ def test_attack_over_oip_v2_gets_what_it_gets_from_our_server(
 
 
 def test_watermark_verify_over_oip_v2(
-    mlserver: str,
+    digits_mlserver: MLServer,
     watermarked: tuple[Path, LogisticRegression],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The victim served by MLServer never saw the watermarked answers: no evidence; the
-    thief's copy served by MLServer is a copy."""
-    db, _ = watermarked
+    thief's copy, loaded into the same MLServer, is a copy."""
+    db, copy = watermarked
+    digits_mlserver.add("copy", copy)
+    mlserver = digits_mlserver.url
     argv = ["watermark", "verify", "--state", f"sqlite:///{db}", "--suspect", mlserver]
     argv += ["--protocol", "oip-v2", "--model-name"]
     assert main([*argv, "digits"]) == 0
