@@ -49,7 +49,9 @@ def mlserver(digits_mlserver: MLServer) -> str:
     return digits_mlserver.url
 
 
-@pytest.mark.parametrize(("model", "label_mode"), [("digits", "hard"), ("digits-proba", "soft")])
+@pytest.mark.parametrize(
+    ("model", "label_mode"), [("digits", "hard"), ("digits", "soft"), ("digits-proba", "soft")]
+)
 def test_attack_over_oip_v2_gets_what_it_gets_from_our_server(
     mlserver: str,
     live_server: Callable[..., BackgroundServer],
@@ -75,7 +77,9 @@ def test_attack_over_oip_v2_gets_what_it_gets_from_our_server(
     )
     assert theirs["metrics"]["answered"] == ours["metrics"]["answered"] == 200
     assert theirs["metrics"]["fidelity"] == pytest.approx(ours["metrics"]["fidelity"], abs=0.02)
-    logged = [json.loads(line) for line in (tmp_path / "mlserver" / "queries.jsonl").open()]
+    lines = [json.loads(line) for line in (tmp_path / "mlserver" / "queries.jsonl").open()]
+    assert lines[0]["target"]["protocol"] == "oip-v2"  # the log names what answered it
+    logged = [entry for entry in lines if "query" in entry]
     if label_mode == "soft":
         probabilities = np.array([entry["probabilities"] for entry in logged])
         assert probabilities.shape == (200, 10)
