@@ -91,12 +91,15 @@ def test_attack_saves_results_and_resumes(
     assert 0 < first["metrics"]["fidelity"] <= 1
     assert first["spec"]["strategy"] == "owasp-synthetic" and first["seed"] == 3
     assert (out / "stolen.skops").exists() and (out / "stolen.skops.json").exists()
-    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+    # the query log: a line naming its target, then the 80 answers
+    assert (
+        len((out / "queries.jsonl").read_text().splitlines()) == 81
+    )  # a target line, then 80 answers
     assert main(argv) == 0
     second = json.loads((out / "results.json").read_text())
     assert second["metrics"]["reused_from_log"] == 80
     assert second["metrics"]["stolen_accuracy"] == first["metrics"]["stolen_accuracy"]
-    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+    assert len((out / "queries.jsonl").read_text().splitlines()) == 81
 
 
 def test_demo_writes_results_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,3 +79,17 @@ def test_bad_rows() -> None:
         scorer.ranks(np.zeros((2, 3)))
     with pytest.raises(ConfigError, match="reference rows"):
         Scorer("pca", np.zeros((3, 4)))
+
+
+def test_the_gmm_score_equals_scikit_learns() -> None:
+    """The NumPy log-likelihood is scikit-learn's, on real rows, noise and single rows."""
+    from sklearn.mixture import GaussianMixture
+
+    from modeltheft.defenses.naturalness import gmm_negative_log_likelihood
+
+    X = digits_task().data.X_train
+    gmm = GaussianMixture(5, covariance_type="full", reg_covar=0.1, random_state=0).fit(X)
+    score = gmm_negative_log_likelihood(gmm)
+    noise = np.random.default_rng(0).random((30, 64)) * 16
+    for rows in (X[:50], noise, X[:1]):
+        np.testing.assert_allclose(score(rows), -gmm.score_samples(rows), rtol=1e-9, atol=1e-9)

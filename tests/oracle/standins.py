@@ -1,5 +1,6 @@
 """Small conformant prediction servers (OIP v2, KServe v1, modeltheft's own) over any models."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ def reset(app: FastAPI, **config: Any) -> None:
     app.state.outputs = ("predict_proba", "predict")  # OIP outputs; the last is the default
     app.state.metadata = True  # OIP: serve GET /v2/models/{name}
     app.state.input_datatype = "FP64"  # OIP: the input datatype the metadata declares
+    app.state.declare_outputs = True  # OIP: the metadata lists the outputs (MLServer: optional)
+    app.state.declare_inputs = True  # OIP: the metadata lists the inputs (MLServer: optional)
+    app.state.ignore_outputs = False  # OIP: answer the default output whatever is asked
     app.state.kind = "proba"  # KServe: proba, labels or float-labels
     app.state.publish_task = True  # ours: /v1/model carries the task schema
     app.state.info_script = []  # ours: responses to GET /v1/model before the real one
@@ -73,11 +77,14 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
             return error(404, f"Model {name} not found")
         model = models[name]
         inputs = {"name": "input-0", "datatype": app.state.input_datatype}
+        declared = app.state.outputs if app.state.declare_outputs else ()
         return {
             "name": name,
             "platform": "sklearn",
-            "inputs": [{**inputs, "shape": [-1, int(model.n_features_in_)]}],
-            "outputs": [specs(model)[o] for o in app.state.outputs],
+            "inputs": [{**inputs, "shape": [-1, int(model.n_features_in_)]}]
+            if app.state.declare_inputs
+            else [],
+            "outputs": [specs(model)[o] for o in declared],
         }
 
     @app.post("/v2/models/{name}/infer")
@@ -98,6 +105,8 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
         dtype = np.float32 if tensor["datatype"] == "FP32" else np.float64
         X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"]).astype(float)
         wanted = [o["name"] for o in body.get("outputs", [])] or [outputs[-1]]
+        if app.state.ignore_outputs:
+            wanted = [outputs[-1]]
         answer = []
         for out in wanted:
             if out not in outputs:
@@ -111,6 +120,77 @@ def oip_app(models: dict[str, ClassifierMixin]) -> FastAPI:
             answer.append({**specs(model)[out], "shape": shape, "data": data})
         app.state.rows += len(X)
         return {"model_name": name, "outputs": answer}
+
+    return app
+
+
+ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64"}
+NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
+
+
+def onnx_app(models: dict[str, ClassifierMixin], folder: Path) -> FastAPI:
+    """OIP v2 shaped like Triton serving skl2onnx models, run by a real onnxruntime session:
+    its metadata and outputs are the graph's (``label`` INT64 [-1], ``probabilities`` FP32
+    [-1, k], input FP32), all sent unless the request names some; an unknown output is a 400,
+    and so is onnxruntime's own refusal of FP64 inputs ("Unexpected input data type")."""
+    from modeltheft.victim.onnx import export_onnx, single_thread_session
+
+    sessions = {
+        name: single_thread_session(export_onnx(model, folder / f"{name}.onnx"))
+        for name, model in models.items()
+    }
+    app = FastAPI()
+    reset(app)
+
+    def spec(arg: Any) -> dict[str, Any]:
+        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+        return {"name": arg.name, "datatype": ORT_TYPES.get(arg.type, arg.type), "shape": shape}
+
+    @app.get("/v2/models/{name}")
+    def model_metadata(name: str) -> Any:
+        if not app.state.metadata or name not in sessions:
+            return error(404, f"Request for unknown model: '{name}' is not found")
+        session = sessions[name]
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [spec(arg) for arg in session.get_inputs()],
+            "outputs": [spec(arg) for arg in session.get_outputs()],
+        }
+
+    @app.post("/v2/models/{name}/infer")
+    def infer(name: str, request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        refused = _gate(app, request)
+        if refused is not None:
+            return refused
+        if name not in sessions:
+            return error(404, f"Request for unknown model: '{name}' is not found")
+        session = sessions[name]
+        app.state.bodies.append(body)
+        tensor = body["inputs"][0]
+        dtype = NUMPY_TYPES.get(tensor["datatype"], np.float64)
+        X = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        available = [o.name for o in session.get_outputs()]
+        wanted = [o["name"] for o in body.get("outputs", [])] or available
+        for out in wanted:
+            if out not in available:
+                return error(400, f"unexpected inference output '{out}' for model '{name}'")
+        try:
+            results = session.run(wanted, {session.get_inputs()[0].name: X})
+        except Exception as exc:  # onnxruntime's InvalidArgument and friends
+            return error(400, str(exc)[:300])
+        answer = [
+            {
+                "name": out,
+                "datatype": ORT_TYPES.get(f"tensor({np.asarray(r).dtype})", "FP32"),
+                "shape": list(np.asarray(r).shape),
+                "data": np.asarray(r).ravel().tolist(),
+            }
+            for out, r in zip(wanted, results, strict=True)
+        ]
+        app.state.rows += len(X)
+        return {"model_name": name, "model_version": "1", "outputs": answer}
 
     return app
 

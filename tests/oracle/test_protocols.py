@@ -288,7 +288,13 @@ def test_cli_attack_speaks_the_protocol(
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["sent"] == 80 and results["metrics"]["answered"] == 80
     assert server.app.state.rows == 80
-    assert len((out / "queries.jsonl").read_text().splitlines()) == 80
+    header, *answers = (out / "queries.jsonl").read_text().splitlines()
+    assert json.loads(header)["target"] == {
+        "protocol": protocol,
+        "url": server.url,
+        "model_name": MODEL,
+    }
+    assert len(answers) == 80
 
 
 @pytest.mark.parametrize(

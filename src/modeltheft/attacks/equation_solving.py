@@ -111,6 +111,11 @@ class EquationSolver(ClassifierMixin, BaseEstimator):
         self.residual_ = residual
         return self
 
+    def check_answers(self, P: np.ndarray) -> None:
+        """Raise AttackFailed now if answers ``P`` are too coarse to solve with (a first
+        batch is enough to tell: the extraction loop calls this before paying for more)."""
+        self._check_precision(np.asarray(P, dtype=float))
+
     def _check_precision(self, P: np.ndarray) -> None:
         """Raise AttackFailed for answers too coarse to take logarithms of."""
         total = P.size

@@ -9,6 +9,7 @@ from sklearn.base import ClassifierMixin, clone
 from modeltheft.attacks.base import QueryHistory, Strategy
 from modeltheft.attacks.labels import fit_substitute, parse_label_mode, soft_targets
 from modeltheft.errors import AttackFailed, ConfigError
+from modeltheft.oracle.answers import OracleAnswers
 from modeltheft.oracle.base import Oracle
 from modeltheft.tasks import BUILTIN, Task
 
@@ -77,6 +78,44 @@ def attack_task(oracle: Oracle, task: Task | None = None) -> Task:
     return found
 
 
+def _paid(oracle: Oracle) -> str:
+    """Where the answers paid for so far are kept, for a failure message."""
+    if oracle.log.path is None:
+        return ""
+    return (
+        f"; the {oracle.spent} answers paid for are kept in {oracle.log.path} and a rerun "
+        "with the same --out reuses them"
+    )
+
+
+def check_first_answers(
+    oracle: Oracle, answers: OracleAnswers, mode: str, substitute: ClassifierMixin
+) -> None:
+    """Fail now, not after the whole budget, when the first answers cannot serve the label
+    mode (labels only for soft / top-k) or the substitute's own check (equation solving's
+    precision). The message says how to get probabilities and that the answers are kept."""
+    check = getattr(substitute, "check_answers", None)
+    if mode == "hard" and check is None:
+        return
+    if answers.probabilities is None:
+        needs = f"label mode {mode!r}" if mode != "hard" else f"substitute {substitute!r}"
+        if oracle.reused >= len(answers.labels) and oracle.log.path is not None:
+            raise AttackFailed(
+                f"{needs} needs probabilities, but the query log {oracle.log.path} holds "
+                "labels-only answers (a hard-label run paid for them): give another --out"
+            )
+        note = getattr(oracle, "note", None)
+        raise AttackFailed(
+            f"{needs} needs probabilities, but {oracle.target} answered the first batch with "
+            f"labels only{f' ({note})' if note else ''}; {oracle.probability_hint}" + _paid(oracle)
+        )
+    if check is not None:
+        try:
+            check(answers.probabilities[answers.answered])
+        except AttackFailed as exc:
+            raise AttackFailed(f"{exc}{_paid(oracle)}") from None
+
+
 def _fit(
     substitute: ClassifierMixin, history: QueryHistory, mode: str, k: int, task: Task
 ) -> ClassifierMixin:
@@ -125,6 +164,7 @@ def extract(
     curve: list[CurvePoint] = []
     fitted_at = 0
     final: ClassifierMixin | None = None
+    checked = False
     while history.n_sent < budget:
         sent = history.n_sent
         next_stop = next((s for s in stops if s > sent), budget)
@@ -146,6 +186,9 @@ def extract(
             )
         X = task.clip(X)
         answers = oracle.query(X)
+        if not checked and answers.answered.any():
+            check_first_answers(oracle, answers, mode, substitute)
+            checked = True
         history.add(X, answers.labels, answers.probabilities)
         if progress is not None:
             progress(history.n_sent, budget)

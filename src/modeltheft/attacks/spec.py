@@ -12,6 +12,9 @@ from modeltheft.attacks.substitutes import make_substitute
 from modeltheft.errors import ConfigError
 from modeltheft.oracle.base import Oracle
 
+PROBABILITY_SUBSTITUTES = ("equation-solver",)
+"""Substitutes that learn only from probabilities."""
+
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -40,6 +43,12 @@ class AttackSpec:
         if bad:
             raise ConfigError(f"checkpoints must lie in 1..{self.budget}, got {bad}")
         return self
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether the answers must carry probabilities (soft or top-k labels, or a
+        substitute that cannot learn from labels)."""
+        return self.label_mode != "hard" or self.substitute in PROBABILITY_SUBSTITUTES
 
     def record(self) -> dict[str, Any]:
         """JSON-able form."""

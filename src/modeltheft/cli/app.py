@@ -324,6 +324,23 @@ def attack(
     label_column: Annotated[
         str, typer.Option(help="Label column of --eval-data (CSV/Parquet).")
     ] = "label",
+    output: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="OIP v2 output to ask for (repeatable), e.g. predict_proba or probabilities; "
+            "default: chosen from the metadata, probabilities when the label mode needs them."
+        ),
+    ] = None,
+    datatype: Annotated[
+        str | None,
+        typer.Option(help="OIP v2 input datatype, FP32 or FP64; default: the metadata's."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Reuse the query log in --out even if another target answered it."
+        ),
+    ] = False,
 ) -> None:
     """Steal a model through its API; an interrupted run continues from its query log.
 
@@ -342,6 +359,10 @@ def attack(
         )
     if protocol != "modeltheft" and not model_name:
         raise ConfigError(f"--model-name is required with --protocol {protocol}")
+    if (output or datatype is not None) and protocol != "oip-v2":
+        raise ConfigError("--output and --datatype are options of --protocol oip-v2")
+    if datatype is not None and datatype not in ("FP32", "FP64"):
+        raise ConfigError(f"--datatype takes FP32 or FP64, got {datatype!r}")
     spec = AttackSpec(
         strategy=strategy,
         params=parse_params(param or []),
@@ -366,6 +387,9 @@ def attack(
         task=task,
         eval_data=eval_data,
         label_column=label_column,
+        outputs=output,
+        datatype=datatype,
+        force=force,
     )
 
 

@@ -13,6 +13,7 @@ from modeltheft.evaluation.results import environment, write_csv, write_json
 from modeltheft.experiments.results import task_info
 from modeltheft.measure import CopyEvaluator, EvalRows
 from modeltheft.oracle import QueryLog, make_oracle
+from modeltheft.oracle.log import log_target
 from modeltheft.reporting.plots import budget_curve_plot
 from modeltheft.tasks import BUILTIN, Task, get_task
 from modeltheft.victim import save_victim
@@ -69,19 +70,30 @@ def run_attack(
     task: str | None = None,
     eval_data: Path | None = None,
     label_column: str = "label",
+    outputs: list[str] | None = None,
+    datatype: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Query ``target``, fit the substitute, save it and the records; returns results.json.
 
     Fidelity (with ``victim_path``) and accuracy (with labelled rows) are measured on the
     rows :func:`measurement_rows` picks, never on digits unless the task is digits.
+    The query log in ``out`` is tied to the target (protocol, URL, model name): another
+    target's log is refused unless ``force``. ``outputs`` and ``datatype`` are OIP v2's.
     """
     spec.validate()
     given = get_task(task) if task is not None else None
     victim = owner_copy(victim_path, given) if victim_path is not None else None
-    log = QueryLog(out / "queries.jsonl")
+    log = QueryLog(
+        out / "queries.jsonl", target=log_target(protocol, target, model_name), force=force
+    )
     if log.loaded:
         console.print(f"resuming: {log.loaded} answers already paid for in {log.path}")
     options: dict[str, Any] = {"task": given} if given is not None else {}
+    if outputs:
+        options["outputs"] = list(outputs)
+    if datatype is not None:
+        options["datatype"] = datatype
     oracle = make_oracle(
         protocol,
         target,
@@ -90,6 +102,7 @@ def run_attack(
         api_key=api_key,
         log=log,
         on_rate_limit=on_rate_limit,
+        probabilities=spec.needs_probabilities,
         **options,
     )
     columns = (TextColumn("querying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -143,6 +156,8 @@ def run_attack(
             "target": target,
             "protocol": protocol,
             "model_name": model_name,
+            "outputs": outputs,
+            "datatype": datatype,
             "on_rate_limit": on_rate_limit,
             "task": task,
             "eval_data": None if eval_data is None else str(eval_data),

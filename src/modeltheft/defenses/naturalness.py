@@ -88,8 +88,27 @@ def _fit(kind: str, rows: np.ndarray, params: dict[str, object]) -> Fitted:
         gmm = GaussianMixture(
             components, covariance_type="full", reg_covar=float(reg), random_state=seed
         ).fit(rows)
-        return lambda X: -gmm.score_samples(X)
+        return gmm_negative_log_likelihood(gmm)
     raise ConfigError(f"scorer kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def gmm_negative_log_likelihood(gmm: GaussianMixture) -> Fitted:
+    """``-gmm.score_samples`` in plain NumPy (full covariances): the same numbers without
+    scikit-learn's per-call validation, which costs more than the work on a one-row request."""
+    means = gmm.means_
+    cholesky = gmm.precisions_cholesky_  # (k, d, d): x @ L gives whitened coordinates
+    d = means.shape[1]
+    log_det = np.log(np.diagonal(cholesky, axis1=1, axis2=2)).sum(axis=1)
+    constant = np.log(gmm.weights_) + log_det - 0.5 * d * np.log(2 * np.pi)
+    shifted = np.einsum("kd,kde->ke", means, cholesky)
+
+    def score(X: np.ndarray) -> np.ndarray:
+        white = np.einsum("nd,kde->nke", X, cholesky) - shifted[None, :, :]
+        log_prob = constant[None, :] - 0.5 * np.einsum("nke,nke->nk", white, white)
+        top = log_prob.max(axis=1)
+        return -(top + np.log(np.exp(log_prob - top[:, None]).sum(axis=1)))
+
+    return score
 
 
 class Scorer:

@@ -82,6 +82,11 @@ class Oracle(ABC):
         """How messages name the target."""
         return "the target"
 
+    @property
+    def probability_hint(self) -> str:
+        """How to get probabilities from this target, for a message about labels-only answers."""
+        return "this target does not send probabilities: use --label-mode hard"
+
     def _describe(self) -> Task | None:
         """What the target says of its model (classes may be empty), or None if it says
         nothing. Raise :class:`TransientError` to be asked again at the next call."""

@@ -31,6 +31,8 @@ HTTP_URL = Satisfies(
     lambda u: isinstance(u, str) and u.startswith(("http://", "https://")),
     "a URL starting with http:// or https://",
 )
+MODEL_URL_PARTS = ("/v2/models/", "/v1/models/", "/v1/predict", "/v1/model")
+"""Pieces of a model's or route's URL that a ``--target`` (a base URL) should not hold."""
 NON_EMPTY = Satisfies(lambda s: isinstance(s, str) and bool(s.strip()), "a non-empty string")
 
 
@@ -95,6 +97,14 @@ def checked_answers(
         {"label": value, "probabilities": row, "refused": False}
         for value, row in zip(values, rows, strict=True)
     ]
+
+
+class AnswerRefused(OracleError):
+    """The target answered a prediction request with an error status (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class HttpOptions(TypedDict, total=False):
@@ -162,6 +172,8 @@ class HttpOracleBase(Oracle):
         self.has_api_key = bool(api_key)
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.metadata_failure: str | None = None
+        """Why the description endpoint said nothing (method, URL, status, hint), if it did not."""
 
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
@@ -187,7 +199,9 @@ class HttpOracleBase(Oracle):
                 response = self._client.request(method, url, json=payload, headers=self._headers)
             except TRANSIENT as exc:
                 if attempt == self.retries:
-                    raise OracleError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+                    raise OracleError(
+                        f"cannot reach {self.url} ({method} {url}: {type(exc).__name__})"
+                    ) from None
             else:
                 if response.status_code < 500 or attempt == self.retries:
                     return response
@@ -209,10 +223,12 @@ class HttpOracleBase(Oracle):
         status = response.status_code
         if status not in (401, 403):
             return
+        where = f"{response.request.method} {response.request.url}"
         if self.has_api_key:
-            raise OracleError(f"the API rejected the key ({status}): {_detail(response)}")
+            raise OracleError(f"{where}: the API rejected the key ({status}): {_detail(response)}")
         raise OracleError(
-            f"the API requires credentials ({status}): {_detail(response)}; pass an API key"
+            f"{where}: the API requires credentials ({status}): {_detail(response)}; "
+            "pass an API key"
         )
 
     def _metadata(self, url: str) -> Any:
@@ -229,6 +245,7 @@ class HttpOracleBase(Oracle):
             raise TransientError(f"{url} answered {status}: {_detail(response)}")
         self._refuse_auth(response)
         if status != 200:
+            self.metadata_failure = self._failure("GET", url, response)
             return None
         try:
             return response.json()
@@ -249,8 +266,27 @@ class HttpOracleBase(Oracle):
             time.sleep(_retry_after(response))
         self._refuse_auth(response)
         if response.status_code != 200:
-            raise OracleError(f"the API answered {response.status_code}: {_detail(response)}")
+            raise AnswerRefused(self._failure("POST", url, response), response.status_code)
         return self._parse(self._json(response), n)
+
+    def _failure(self, method: str, url: str, response: httpx.Response) -> str:
+        """The message of an error answer: method, URL, status, the server's words, a hint."""
+        status = response.status_code
+        text = f"{method} {url} answered {status}: {_detail(response)}"
+        hint = self._hint(response)
+        return f"{text} ({hint})" if hint else text
+
+    def _hint(self, response: httpx.Response) -> str:
+        """What to try after an error answer ('' if nothing useful): 404s suggest a protocol."""
+        if response.status_code != 404:
+            return ""
+        if any(part in self.url for part in MODEL_URL_PARTS):
+            return "--target takes the server's base URL (e.g. http://host:port), not a model's URL"
+        return self._not_found_hint()
+
+    def _not_found_hint(self) -> str:
+        """The hint of a 404 answer for this protocol."""
+        return ""
 
     def _send(self, X: np.ndarray) -> OracleAnswers:
         self.discover()
@@ -273,6 +309,16 @@ class NamedModelOracle(HttpOracleBase):
     @property
     def target(self) -> str:
         return f"model {self.model_name!r} at {self.url}"
+
+    def _not_found_hint(self) -> str:
+        others = ", ".join(f"--protocol {p}" for p in ("oip-v2", "kserve-v1", "modeltheft"))
+        others = others.replace(f"--protocol {self.name}, ", "").replace(
+            f", --protocol {self.name}", ""
+        )
+        return (
+            f"is model {self.model_name!r} served there (--model-name)? is this a "
+            f"{self.name} server? else try {others}"
+        )
 
 
 def described_task(name: str, width: int, classes: Sequence[Any] = ()) -> Task:
@@ -326,7 +372,21 @@ class HttpOracle(HttpOracleBase):
             raise OracleError(f"{self.url}/v1/model: {exc}") from None
 
     def _missing(self) -> str:
-        return f"{self.url} has no /v1/model description: give --task"
+        why = f" ({self.metadata_failure})" if self.metadata_failure else ""
+        return f"{self.url} has no /v1/model description{why}: give --task"
+
+    @property
+    def probability_hint(self) -> str:
+        return (
+            "this API sends labels only (its defenses hide the probabilities); "
+            "use --label-mode hard"
+        )
+
+    def _not_found_hint(self) -> str:
+        return (
+            "is this a modeltheft API? for an OIP v2 server (MLServer, Triton, KServe) try "
+            "--protocol oip-v2 --model-name NAME; for KServe v1, --protocol kserve-v1"
+        )
 
     def _request(self, X: np.ndarray) -> tuple[str, dict[str, Any]]:
         return f"{self.url}/v1/predict", {"inputs": X.tolist()}

@@ -25,6 +25,14 @@ class KServeV1Oracle(NamedModelOracle):
         return "protocol kserve-v1 does not describe the model: give --task"
 
     @property
+    def probability_hint(self) -> str:
+        return (
+            "a KServe v1 server sends probabilities only if its predictor returns "
+            "predict_proba rows (or try --protocol oip-v2 --output predict_proba); "
+            "or use --label-mode hard"
+        )
+
+    @property
     def predict_url(self) -> str:
         """Where predictions are asked for."""
         return f"{self.url}/v1/models/{quote(self.model_name, safe='')}:predict"

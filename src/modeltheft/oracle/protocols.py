@@ -15,7 +15,7 @@ for _oracle in (HttpOracle, OipV2Oracle, KServeV1Oracle):
     PROTOCOLS.register(_oracle)
 
 _OPTIONS = set(HttpOptions.__annotations__) - {"task"}
-_EXTRA = {"oip-v2": {"input_name"}}
+_EXTRA = {"oip-v2": {"input_name", "outputs"}}
 
 
 def make_oracle(
@@ -26,6 +26,7 @@ def make_oracle(
     model_name: str | None = None,
     task: Task | None = None,
     datatype: str | None = None,
+    probabilities: bool = False,
     **options: Any,
 ) -> HttpOracleBase:
     """An HTTP oracle for ``protocol``: ``modeltheft`` (needs ``api_key``), ``oip-v2`` or
@@ -34,8 +35,11 @@ def make_oracle(
     ``task`` (e.g. from ``--task``) gives bounds and feature names and must agree with what
     the target says of its width; ``kserve-v1`` needs it (the protocol does not describe a
     model). ``datatype`` is OIP's input tensor type (default: the model metadata's, else
-    FP64). ``options``: ``api_key``, ``log``, ``timeout``, ``retries``, ``on_rate_limit``,
-    ``max_waits``, ``client`` (see :class:`~modeltheft.oracle.http.HttpOracleBase`).
+    FP64). ``probabilities``: the attack needs them, so OIP asks for a probability output even
+    when the metadata lists none (falling back to labels if the server refuses); ``outputs``
+    (OIP only) names the outputs to ask for instead. ``options``: ``api_key``, ``log``,
+    ``timeout``, ``retries``, ``on_rate_limit``, ``max_waits``, ``client``
+    (see :class:`~modeltheft.oracle.http.HttpOracleBase`).
     The target is not contacted until :meth:`~modeltheft.oracle.base.Oracle.discover` or the
     first query.
     """
@@ -60,4 +64,6 @@ def make_oracle(
         if protocol != "oip-v2":
             raise ConfigError(f"datatype is an option of protocol 'oip-v2', not {protocol!r}")
         params["datatype"] = datatype
+    if protocol == "oip-v2":
+        params["probabilities"] = probabilities
     return PROTOCOLS.build(protocol, params)
