@@ -38,7 +38,7 @@ SERVER_VENVS := .venv-mlserver/.installed .venv-kserve/.installed
 # and one BLAS/OpenMP thread per worker so the two do not oversubscribe the cores.
 TEST_WORKERS ?= 2
 test: lint $(SERVER_VENVS)
-	MODELTHEFT_REAL_SERVERS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	MODELTHEFT_REAL_SERVERS=1 KSERVE_PYTHON=$(CURDIR)/.venv-kserve/bin/python OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
