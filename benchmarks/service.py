@@ -6,7 +6,8 @@ One run, side by side on loopback, one uvicorn worker each:
 - ``bare sklearn``: FastAPI + scikit-learn ``predict_proba`` on the same victim,
 - the service (``modeltheft serve``, its defaults: access log, audit log and metrics on)
   with the ``none``, ``lab`` and ``recommended`` presets, plus ``recommended`` with
-  ``--no-access-log``.
+  ``--no-access-log``, and ``recommended`` through the Open Inference Protocol v2 front door
+  (``POST /v2/models/victim/infer``, one FP64 row per request).
 
 Every request is one real test digit (``digits_task().data.X_eval``). The wrk script
 (``benchmarks/wrk/rotate.lua``) rotates the API key over a few dozen keys and the body over
@@ -44,7 +45,8 @@ from modeltheft.tasks import digits_task
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
 PYTHON = sys.executable
-TARGETS = ["trivial", "bare", "none", "lab", "recommended", "recommended-nolog"]
+TARGETS = ["trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip"]
+OIP_ROUTE = "/v2/models/victim/infer"  # the served model's name is its file's stem
 LABELS = {
     "trivial": "trivial FastAPI endpoint",
     "bare": "bare FastAPI + scikit-learn",
@@ -52,6 +54,7 @@ LABELS = {
     "lab": "service, `lab`",
     "recommended": "service, `recommended`",
     "recommended-nolog": "service, `recommended`, `--no-access-log`",
+    "recommended-oip": "service, `recommended`, OIP v2 `/infer`",
 }
 WARM_KEY = "warmup-key-not-used-by-wrk"
 METRICS_KEY = "metrics-key-only-the-operator-knows"
@@ -67,6 +70,8 @@ RATIOS = [
     ("recommended-nolog", "trivial", "`recommended` (no access log) / trivial",
      ("same, `--no-access-log` ≥ 0.6× trivial endpoint", 0.6)),
     ("bare", "trivial", "bare sklearn / trivial", None),
+    ("recommended-oip", "recommended", "OIP v2 `/infer` / `/v1/predict` (`recommended`)",
+     ("OIP v2 front door within 10% of `/v1/predict` (req/s)", 0.9)),
 ]  # fmt: skip
 
 
@@ -124,7 +129,7 @@ def command(target: str, model: Path, port: int) -> tuple[list[str], dict[str, s
             "--workers", "1", "--log-level", "warning", "--no-access-log",
         ], env  # fmt: skip
     preset, _, variant = target.partition("-")
-    extra = ["--no-access-log"] if variant == "nolog" else []
+    extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
     return [
         PYTHON, "-m", "modeltheft.cli.app", "serve", "--model", str(model), "--defense", preset,
         "--state", "memory://", "--host", "127.0.0.1", "--port", str(port), *extra,
@@ -197,13 +202,16 @@ def measure(
             start_new_session=True,
         )  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}/v1/predict"
+        route = OIP_ROUTE if target.endswith("-oip") else "/v1/predict"
+        if target.endswith("-oip"):
+            data, bodies = data.with_name("requests-oip.tsv"), oip_bodies()
+        url = f"http://127.0.0.1:{port}{route}"
         wait_ready(url, proc, bodies[0], log)
         for i in range(warm):
             post(url, WARM_KEY, bodies[i % len(bodies)])
         run = subprocess.run(
             ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(LUA), url,
-             "--", str(data)],
+             "--", str(data), route],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = parse_wrk(run.stdout)
@@ -213,6 +221,13 @@ def measure(
         return result, n_flagged
     finally:
         stop(proc)
+
+
+def oip_bodies() -> list[bytes]:
+    """One OIP v2 inference request per test digit (one FP64 row)."""
+    X = digits_task().data.X_eval
+    tensor = {"name": "input-0", "shape": [1, X.shape[1]], "datatype": "FP64"}
+    return [json.dumps({"inputs": [tensor | {"data": row.tolist()}]}).encode() for row in X]
 
 
 def train(folder: Path) -> Path:
@@ -270,6 +285,9 @@ def main() -> None:
         data = folder / "requests.tsv"
         data.write_text(
             "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(bodies))
+        )
+        data.with_name("requests-oip.tsv").write_text(
+            "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(oip_bodies()))
         )
         results: dict[tuple[str, int], list[Result]] = {}
         flags: dict[tuple[str, int], list[int | None]] = {}

@@ -1,5 +1,6 @@
--- POST /v1/predict, rotating the API key and the body over pre-encoded requests.
--- Usage: wrk ... -s rotate.lua <url> -- <data file>
+-- POST /v1/predict (or another path), rotating the API key and the body over pre-encoded
+-- requests.
+-- Usage: wrk ... -s rotate.lua <url> -- <data file> [<path>]
 -- The data file holds one request per line: "<api key>\t<json body>". Each wrk thread walks
 -- the list from its own offset, so keys are used evenly and each key sees varied digits.
 
@@ -13,12 +14,13 @@ end
 
 function init(args)
   local path = args[1]
+  route = args[2] or "/v1/predict"
   local file = assert(io.open(path, "r"), "cannot open data file " .. tostring(path))
   requests = {}
   for line in file:lines() do
     local key, body = line:match("^([^\t]+)\t(.+)$")
     if key then
-      requests[#requests + 1] = wrk.format("POST", "/v1/predict", {
+      requests[#requests + 1] = wrk.format("POST", route, {
         ["Authorization"] = "Bearer " .. key,
         ["Content-Type"] = "application/json",
       }, body)
