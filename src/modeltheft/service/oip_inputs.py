@@ -161,7 +161,7 @@ def _outputs(body: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
     names: list[str] = []
     for output in asked:
         name = output.get("name")
-        if name not in OUTPUTS:
+        if not isinstance(name, str) or name not in OUTPUTS:
             raise InputError(
                 f"unknown output {name!r}: this model has the outputs "
                 f"{LABEL_OUTPUT!r} (labels) and {PROBA_OUTPUT!r} (probabilities)"
@@ -189,7 +189,7 @@ def parse_infer(body: bytes, binary_header: str | None, rules: InputRules) -> In
     if not isinstance(tensor, dict):
         raise InputError("inputs[0] must be a tensor object {name, shape, datatype, data}")
     datatype = tensor.get("datatype")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:  # a list or object: no hash
         raise InputError(
             f"inputs[0].datatype {datatype!r} is not supported: send FP32 or FP64 "
             f"(or {', '.join(d for d in DTYPES if not d.startswith('FP'))})"
