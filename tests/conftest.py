@@ -7,14 +7,19 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.service import Settings, create_app
 from modeltheft.service.auth import KeyRing, MetricsKey
 from modeltheft.service.runner import BackgroundServer
+from modeltheft.state.sqlite import SqliteStore
+from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim, load_victim, save_victim, train_victim
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210"}
@@ -127,3 +132,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+def noise_thief(model: Any, db: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A thief's 300 noise queries (key ``mallory``, 20 per request) through `recommended`
+    with its state in SQLite at ``db``: the rows and the labels answered (watermarked)."""
+    store = SqliteStore(db)
+    guarded = GuardedModel(
+        model, load_pipeline("recommended"), store=store, seed=0, task=digits_task()
+    )
+    X = np.random.default_rng(0).random((300, 64))
+    labels = np.concatenate(
+        [guarded.answer("mallory", X[i : i + 20]).labels for i in range(0, 300, 20)]
+    )
+    store.close()
+    return X, labels

@@ -23,7 +23,7 @@ from modeltheft.service.runner import BackgroundServer
 from modeltheft.state import SqliteStore
 from modeltheft.tasks import digits_task, get_task
 from modeltheft.victim import LoadedVictim, save_victim, train_victim
-from tests.conftest import KEYS
+from tests.conftest import KEYS, noise_thief
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +36,7 @@ def stolen(
     """
     tmp_path = tmp_path_factory.mktemp("stolen")
     db = tmp_path / "state.db"
-    store = SqliteStore(db)
-    guarded = GuardedModel(
-        victim.model, load_pipeline("recommended"), store=store, seed=0, task=digits_task()
-    )
-    X = np.random.default_rng(0).random((300, 64))
-    labels = np.concatenate(
-        [guarded.answer("mallory", X[i : i + 20]).labels for i in range(0, 300, 20)]
-    )
-    store.close()
+    X, labels = noise_thief(victim.model, db)
     copy = LogisticRegression(max_iter=1000).fit(X, labels)
     copy_path = (
         save_victim(copy, tmp_path / "copy.skops", {"family": "lr"}) and tmp_path / "copy.skops"

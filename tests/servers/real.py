@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import joblib
+import numpy as np
 import pytest
 
 from modeltheft.cli.app import main
@@ -90,6 +91,39 @@ def attack(tmp_path: Path, name: str, argv: list[str]) -> dict[str, Any]:
     out = tmp_path / name
     assert main(["attack", *argv, "--out", str(out)]) == 0
     return json.loads((out / "results.json").read_text())
+
+
+def same_attack_as_ours(
+    tmp_path: Path,
+    name: str,
+    target: list[str],
+    ours_url: str,
+    api_key: str,
+    victim_path: Path,
+    label_mode: str,
+) -> list[dict[str, Any]]:
+    """The same attack (seed, budget, batches) against a real server (``target``: its
+    ``--target``, ``--protocol`` and ``--model-name``) and our own server at ``ours_url``:
+    both answer all 200 queries and give the same fidelity (±0.02). Returns the real server's
+    logged answers (the log's target line left out)."""
+    common = ["--budget", "200", "--batch-size", "50", "--checkpoints", "200", "--seed", "3"]
+    common += ["--task", "digits", "--label-mode", label_mode, "--victim", str(victim_path)]
+    theirs = attack(tmp_path, name, [*target, *common])
+    ours = attack(tmp_path, "ours", ["--target", ours_url, "--api-key", api_key, *common])
+    print(
+        f"{name} {target[-1]}, {label_mode}: fidelity {theirs['metrics']['fidelity']:.3f}, "
+        f"ours {ours['metrics']['fidelity']:.3f}"
+    )
+    assert theirs["metrics"]["answered"] == ours["metrics"]["answered"] == 200
+    assert theirs["metrics"]["fidelity"] == pytest.approx(ours["metrics"]["fidelity"], abs=0.02)
+    lines = [json.loads(line) for line in (tmp_path / name / "queries.jsonl").open()]
+    assert lines[0]["target"]["url"] == target[1]  # the log names what answered it
+    logged = [entry for entry in lines if "query" in entry]
+    if label_mode == "soft":  # soft labels really are probabilities
+        probabilities = np.array([entry["probabilities"] for entry in logged])
+        assert probabilities.shape == (200, 10)
+        assert np.allclose(probabilities.sum(axis=1), 1)
+    return logged
 
 
 def model_settings(name: str, model: Path, declare_outputs: bool = False) -> dict[str, Any]:

@@ -5,18 +5,16 @@ The server runs tests/servers/kserve_digits.py from ``.venv-kserve`` (see
 :mod:`tests.servers.real`) on the session's digits victim, saved with joblib by the test itself.
 """
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import joblib
-import numpy as np
 import pytest
 
 from modeltheft.service.runner import BackgroundServer
 from modeltheft.victim import LoadedVictim
 from tests.conftest import KEYS
-from tests.servers.real import attack, free_port, running, venv_python
+from tests.servers.real import free_port, running, same_attack_as_ours, venv_python
 
 SCRIPT = Path(__file__).with_name("kserve_digits.py")
 
@@ -49,24 +47,6 @@ def test_attack_over_kserve_v1_gets_what_it_gets_from_our_server(
 ) -> None:
     """The same attack, same seed, against KServe and against our own `serve --defense none`
     with the same model: the same fidelity (±0.02)."""
-    common = ["--budget", "200", "--batch-size", "50", "--checkpoints", "200", "--seed", "3"]
-    common += ["--task", "digits", "--label-mode", label_mode, "--victim", str(victim_path)]
-    theirs = attack(
-        tmp_path,
-        "kserve",
-        ["--target", kserve, "--protocol", "kserve-v1", "--model-name", model, *common],
-    )
-    ours_url = live_server("none").url
-    ours = attack(tmp_path, "ours", ["--target", ours_url, "--api-key", KEYS["alice"], *common])
-    print(
-        f"{model}, {label_mode}: fidelity {theirs['metrics']['fidelity']:.3f}, ours "
-        f"{ours['metrics']['fidelity']:.3f}"
-    )
-    assert theirs["metrics"]["answered"] == ours["metrics"]["answered"] == 200
-    assert theirs["metrics"]["fidelity"] == pytest.approx(ours["metrics"]["fidelity"], abs=0.02)
-    if label_mode == "soft":
-        lines = [json.loads(line) for line in (tmp_path / "kserve" / "queries.jsonl").open()]
-        logged = [entry for entry in lines if "query" in entry]  # after the target line
-        probabilities = np.array([entry["probabilities"] for entry in logged])
-        assert probabilities.shape == (200, 10)
-        assert np.allclose(probabilities.sum(axis=1), 1)
+    target = ["--target", kserve, "--protocol", "kserve-v1", "--model-name", model]
+    ours = live_server("none").url
+    same_attack_as_ours(tmp_path, "kserve", target, ours, KEYS["alice"], victim_path, label_mode)

@@ -6,22 +6,17 @@ serves the session's digits victim and a thief's copy, saved with joblib into tm
 themselves (the only model files it loads).
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from modeltheft.cli.app import main
-from modeltheft.defenses import GuardedModel, load_pipeline
 from modeltheft.service.runner import BackgroundServer
-from modeltheft.state import SqliteStore
-from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
-from tests.conftest import KEYS
-from tests.servers.real import MLServer, attack
+from tests.conftest import KEYS, noise_thief
+from tests.servers.real import MLServer, same_attack_as_ours
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +26,7 @@ def watermarked(
     """Watermark records of a thief (300 noise queries through `recommended` on SQLite) and
     the copy it trained on those answers."""
     db = tmp_path_factory.mktemp("watermarked") / "state.db"
-    store = SqliteStore(db)
-    guarded = GuardedModel(
-        victim.model, load_pipeline("recommended"), store=store, seed=0, task=digits_task()
-    )
-    X = np.random.default_rng(0).random((300, 64))
-    labels = np.concatenate(
-        [guarded.answer("mallory", X[i : i + 20]).labels for i in range(0, 300, 20)]
-    )
-    store.close()
+    X, labels = noise_thief(victim.model, db)
     return db, LogisticRegression(max_iter=1000).fit(X, labels)
 
 
@@ -62,28 +49,9 @@ def test_attack_over_oip_v2_gets_what_it_gets_from_our_server(
 ) -> None:
     """The same attack, same seed, against MLServer and against our own `serve --defense none`
     with the same model: the same fidelity (±0.02). Soft labels really are probabilities."""
-    common = ["--budget", "200", "--batch-size", "50", "--checkpoints", "200", "--seed", "3"]
-    common += ["--task", "digits", "--label-mode", label_mode, "--victim", str(victim_path)]
-    theirs = attack(
-        tmp_path,
-        "mlserver",
-        ["--target", mlserver, "--protocol", "oip-v2", "--model-name", model, *common],
-    )
-    ours_url = live_server("none").url
-    ours = attack(tmp_path, "ours", ["--target", ours_url, "--api-key", KEYS["alice"], *common])
-    print(
-        f"{model}, {label_mode}: fidelity {theirs['metrics']['fidelity']:.3f}, ours "
-        f"{ours['metrics']['fidelity']:.3f}"
-    )
-    assert theirs["metrics"]["answered"] == ours["metrics"]["answered"] == 200
-    assert theirs["metrics"]["fidelity"] == pytest.approx(ours["metrics"]["fidelity"], abs=0.02)
-    lines = [json.loads(line) for line in (tmp_path / "mlserver" / "queries.jsonl").open()]
-    assert lines[0]["target"]["protocol"] == "oip-v2"  # the log names what answered it
-    logged = [entry for entry in lines if "query" in entry]
-    if label_mode == "soft":
-        probabilities = np.array([entry["probabilities"] for entry in logged])
-        assert probabilities.shape == (200, 10)
-        assert np.allclose(probabilities.sum(axis=1), 1)
+    target = ["--target", mlserver, "--protocol", "oip-v2", "--model-name", model]
+    ours = live_server("none").url
+    same_attack_as_ours(tmp_path, "mlserver", target, ours, KEYS["alice"], victim_path, label_mode)
 
 
 def test_watermark_verify_over_oip_v2(
