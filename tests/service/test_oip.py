@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from modeltheft.attacks import extract, make_strategy, make_substitute
 from modeltheft.defenses.alerts import alerts
+from modeltheft.errors import ConfigError
 from modeltheft.oracle import HttpOracle
 from modeltheft.oracle.protocols import make_oracle
 from modeltheft.service.runner import BackgroundServer
@@ -426,3 +427,15 @@ def test_kserve_rest_client_drives_both_protocols(
         for binary in ("False", "True"):
             assert found[f"v2_{datatype}_{binary}"] == {"predict": labels}
     assert "401" in found["v2_no_key"] and "missing Authorization" in found["v2_no_key"]
+
+
+def test_the_model_name_can_be_chosen(make_app: Callable[..., FastAPI]) -> None:
+    """``serve --model-name``: the OIP v2 and KServe v1 routes use it; a bad name is refused."""
+    with TestClient(make_app("none", model_name="digits-v2")) as client:
+        assert client.get("/v2/models/digits-v2").json()["name"] == "digits-v2"
+        assert client.get(f"/v2/models/{NAME}").status_code == 404
+        body = {"instances": [[0.0] * 64]}
+        assert client.post("/v1/models/digits-v2:predict", json=body, headers=auth()).is_success
+    for bad in ("", "a/b", "-x", "x" * 129):
+        with pytest.raises(ConfigError, match="model name must be"):
+            make_app("none", model_name=bad)

@@ -145,6 +145,13 @@ def serve(
         bool,
         typer.Option(help="Log one line per request: method, route, status, client, rows, time."),
     ] = True,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's name on the OIP v2 and KServe v1 routes (default: the "
+            "model file's stem)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the victim behind a defense pipeline: POST /v1/predict, GET /v1/model, GET /healthz,
     and the Open Inference Protocol v2 (/v2/models/NAME/infer) and KServe v1 routes."""
@@ -182,6 +189,7 @@ def serve(
         audit_retention=parse_duration(audit_retention, "--audit-retention"),
         access_log=access_log,
         metrics_key=MetricsKey.from_env(),
+        model_name=model_name,
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)

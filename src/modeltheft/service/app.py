@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_key is None:
         log.info("GET /metrics is disabled (404): %s", METRICS_HINT)
     app.state.model_name = name
-    app.state.oip_name = oip_name(settings.model_path)
+    app.state.oip_name = settings.model_name or oip_name(settings.model_path)
     app.state.inference = inference.engine
     app.state.store = store
     app.state.guarded = guarded
@@ -124,6 +124,7 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
             "audit_retention": settings.audit_retention,
             "request_timeout": settings.request_timeout,
             "access_log": settings.access_log,
+            "model_name": settings.model_name,
             "keys_file": str(keys_file.resolve()) if keys_file else None,
         }
     )
@@ -159,6 +160,7 @@ def app_from_env() -> FastAPI:
             request_timeout=float(data.get("request_timeout", DEFAULT_TIMEOUT)),
             access_log=bool(data.get("access_log", True)),
             metrics_key=MetricsKey.from_env(),  # inherited, like the API keys
+            model_name=None if data.get("model_name") is None else str(data["model_name"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None

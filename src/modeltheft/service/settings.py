@@ -1,5 +1,6 @@
 """Server configuration, built explicitly (nothing is read at import time)."""
 
+import re
 from dataclasses import dataclass
 from math import inf
 from pathlib import Path
@@ -44,10 +45,20 @@ class Settings:
     """One ``modeltheft.access`` log record per request (metrics are kept either way)."""
     metrics_key: MetricsKey | None = None
     """The credential ``GET /metrics`` asks for (``MODELTHEFT_METRICS_KEY``); None: 404."""
+    model_name: str | None = None
+    """The model's name on the OIP v2 and KServe v1 routes; None: the model file's stem."""
 
     def __post_init__(self) -> None:
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
             raise ConfigError(f"task must be a task name or a .toml file, got {self.task!r}")
+        if self.model_name is not None and (
+            not isinstance(self.model_name, str)
+            or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", self.model_name)
+        ):
+            raise ConfigError(
+                f"model name must be 1-128 letters, digits, '_', '.' or '-' (not first), "
+                f"got {self.model_name!r}"
+            )
         if self.inference not in ("auto", "sklearn"):
             raise ConfigError(f"inference must be auto or sklearn, got {self.inference!r}")
         if len(self.keys) == 0:
