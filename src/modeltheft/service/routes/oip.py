@@ -148,13 +148,17 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         guarded.store.ping()
         return {"name": name, "ready": True}
 
-    async def infer(request: Request) -> Response:
-        """Answer each row through the defenses; every row counts as one query of the client."""
-        state = request.app.state
+    async def client_and_body(request: Request) -> tuple[str, bytes]:
+        """An inference request's client (its key checked), for this model, and its body."""
         client = authenticate(request)
         _check_name(request, request.path_params.get("name", name))
         _media_type(request)
-        body = await read_body(request, state.settings.max_body_bytes)
+        return client, await read_body(request, request.app.state.settings.max_body_bytes)
+
+    async def infer(request: Request) -> Response:
+        """Answer each row through the defenses; every row counts as one query of the client."""
+        state = request.app.state
+        client, body = await client_and_body(request)
         parsed = parse_infer(body, request.headers.get("inference-header-content-length"), rules)
         if hides and PROBA_OUTPUT in parsed.outputs:
             raise InputError(
@@ -192,10 +196,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
     async def kserve_predict(request: Request) -> Response:
         """KServe v1: the defended labels of ``{"instances": rows}``, one query a row."""
         state = request.app.state
-        client = authenticate(request)
-        _check_name(request, request.path_params.get("name", name))
-        _media_type(request)
-        body = await read_body(request, state.settings.max_body_bytes)
+        client, body = await client_and_body(request)
         rows = parse_instances(body, rules)
         reply = state.guarded.answer(client, rows)
         request.state.rows = len(rows)
