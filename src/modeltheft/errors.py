@@ -62,3 +62,11 @@ class StateUnavailable(ModelTheftError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UpstreamError(ModelTheftError):
+    """A gateway's upstream model server failed: unreachable or answered garbage (HTTP 502)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """A gateway's upstream model server did not answer in time (HTTP 504)."""

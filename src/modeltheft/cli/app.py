@@ -149,7 +149,35 @@ def serve(
         str | None,
         typer.Option(
             help="The model's name on the OIP v2 and KServe v1 routes (default: the "
-            "model file's stem)."
+            "model file's stem); with --upstream, also the upstream's name for it."
+        ),
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="Gateway mode: guard the model this server serves (e.g. an MLServer at "
+            "http://127.0.0.1:8080) instead of --model. Admitted rows are sent to it; the "
+            "defenses transform its answers. Its API key, if it needs one: "
+            "MODELTHEFT_UPSTREAM_KEY."
+        ),
+    ] = None,
+    upstream_protocol: Annotated[
+        str,
+        typer.Option(
+            help="The upstream's API: oip-v2 (MLServer, KServe v2, Triton), "
+            "kserve-v1 or modeltheft."
+        ),
+    ] = "oip-v2",
+    upstream_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds the upstream has to answer a batch; else 504."),
+    ] = 5.0,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --upstream: a .npy file of rows like the model's training data (yours, "
+            "never a client's). The gateway asks the upstream for their labels at start-up; "
+            "they are the task's data the out-of-distribution stages compare queries with."
         ),
     ] = None,
 ) -> None:
@@ -165,6 +193,7 @@ def serve(
     from modeltheft.service.auth import KeyRing, MetricsKey
     from modeltheft.service.observability import log_config, multiprocess_metrics
     from modeltheft.service.timeouts import header_timeout_protocol
+    from modeltheft.service.upstream import UPSTREAM_KEY_ENV, UpstreamConfig
     from modeltheft.state import redact_url
     from modeltheft.state.audit import parse_duration
 
@@ -174,6 +203,18 @@ def serve(
     if log_format == "json":  # from the first line on, every line of the output is JSON
         logging.config.dictConfig(logging_config)
     keys = KeyRing.from_sources(keys_file)
+    gateway = None
+    if upstream is not None:
+        gateway = UpstreamConfig(
+            url=upstream,
+            protocol=upstream_protocol,
+            model_name=model_name,
+            timeout=upstream_timeout,
+            reference=reference,
+            api_key=os.environ.get(UPSTREAM_KEY_ENV) or None,
+        )
+    elif reference is not None:
+        raise ConfigError("--reference goes with --upstream (a served model has its task's data)")
     if workers > 1 and Path(defense).is_file():
         defense = str(Path(defense).resolve())  # the workers must find the same file
     settings = Settings(
@@ -190,6 +231,7 @@ def serve(
         access_log=access_log,
         metrics_key=MetricsKey.from_env(),
         model_name=model_name,
+        upstream=gateway,
     )
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)

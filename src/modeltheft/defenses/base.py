@@ -206,6 +206,9 @@ class Stage(Plugin):
     keeps_simplex: bool = False
     """Given rows that sum to 1, the stage returns rows that sum to 1."""
     grades_strict: bool = False
+    needs_probabilities: bool = False
+    """The stage works on the model's probabilities beyond its top class: on a labels-only
+    upstream (gateway mode) it has nothing to work on."""
     """The stage decides itself which rows of a strict client to act on (:class:`Answers`)."""
 
     def setup(self, env: StageEnv) -> None:

@@ -3,14 +3,15 @@
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.base import ClassifierMixin
 
 from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_key
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
-from modeltheft.errors import Blocked, RateLimited
+from modeltheft.errors import Blocked, ConfigError, RateLimited
 from modeltheft.state.audit import AuditEntry, status_name
 from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
@@ -43,7 +44,7 @@ class GuardedModel:
 
     def __init__(
         self,
-        model: ClassifierMixin,
+        model: ClassifierMixin | None,
         pipeline: Pipeline,
         store: StateStore | None = None,
         seed: int | None = None,
@@ -54,7 +55,9 @@ class GuardedModel:
         self.pipeline = pipeline
         self.store = store if store is not None else MemoryStore()
         self.seed = seed
-        self.task = task_from_model(model, task)
+        if model is None and task is None:
+            raise ConfigError("a GuardedModel without a model needs its task")
+        self.task = task if model is None else task_from_model(model, task)  # type: ignore[assignment]
         self.classes = np.asarray(self.task.classes)
         self.resolution = self.task.resolution
         pipeline.setup(StageEnv(self.store, self.task))
@@ -75,29 +78,72 @@ class GuardedModel:
 
     def answer(self, client_id: str, X: np.ndarray) -> Reply:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
+        if self.model is None:
+            raise TypeError("this GuardedModel has no model: use answer_async with a predict")
+        with self._lock:
+            ctx, status = self._admit(client_id, X)
+            probabilities = self.model.predict_proba(ctx.inputs)
+            answers = self._transform(ctx, status, probabilities)
+        return self._reply(ctx, status, answers)
+
+    async def answer_async(
+        self,
+        client_id: str,
+        X: np.ndarray,
+        predict: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        labels_only: bool = False,
+    ) -> Reply:
+        """Answer ``X`` with probabilities from ``predict`` (a model another server serves).
+
+        Status and admission run first (a refusal never reaches ``predict``), then ``predict``
+        runs without the lock, then the stages. If ``predict`` raises, nothing is answered or
+        remembered: the request is audited as ``failed`` and the error propagates. With
+        ``labels_only`` (the upstream sends one-hot rows), no probabilities are exposed.
+        """
+        with self._lock:
+            ctx, status = self._admit(client_id, X)
+        try:
+            probabilities = await predict(ctx.inputs)
+        except Exception:
+            self._audit(ctx, status, failed=True)
+            raise
+        with self._lock:
+            answers = self._transform(ctx, status, probabilities)
+        if labels_only and answers.expose_probabilities:
+            answers = replace(answers, expose_probabilities=False)
+        return self._reply(ctx, status, answers)
+
+    def _admit(self, client_id: str, X: np.ndarray) -> tuple[DefenseContext, int]:
+        """The client's status and context, after admission (hold the lock). A refusal is
+        audited and raised."""
         inputs = np.array(X, dtype=float)
         inputs.flags.writeable = False
-        with self._lock:
-            status = client_status(self.store, client_id)
-            ctx = DefenseContext(
-                client_id,
-                self._rng(client_id),
-                self.store,
-                inputs=inputs,
-                resolution=self.resolution,
-            )
-            try:
-                if status >= BLOCKED:
-                    raise Blocked("this API key is blocked: its queries look like model extraction")
-                self.pipeline.admit(len(inputs), ctx)
-            except (Blocked, RateLimited) as refused:
-                self._audit(ctx, status, refused=refused)
-                raise
-            self.store.incr(served_key(client_id), len(inputs))
-            probabilities = self.model.predict_proba(inputs)
-            answers = self.pipeline.transform(probabilities, ctx, strict=status >= STRICT)
-            if not answers.strict and self._remember:
-                ctx.remember_clean()  # a row sent now keeps this answer if the key is flagged
+        status = client_status(self.store, client_id)
+        ctx = DefenseContext(
+            client_id,
+            self._rng(client_id),
+            self.store,
+            inputs=inputs,
+            resolution=self.resolution,
+        )
+        try:
+            if status >= BLOCKED:
+                raise Blocked("this API key is blocked: its queries look like model extraction")
+            self.pipeline.admit(len(inputs), ctx)
+        except (Blocked, RateLimited) as refused:
+            self._audit(ctx, status, refused=refused)
+            raise
+        return ctx, status
+
+    def _transform(self, ctx: DefenseContext, status: int, probabilities: np.ndarray) -> Answers:
+        """The defended answers to the model's ``probabilities`` (hold the lock)."""
+        self.store.incr(served_key(ctx.client_id), len(ctx.inputs))
+        answers = self.pipeline.transform(probabilities, ctx, strict=status >= STRICT)
+        if not answers.strict and self._remember:
+            ctx.remember_clean()  # a row sent now keeps this answer if the key is flagged
+        return answers
+
+    def _reply(self, ctx: DefenseContext, status: int, answers: Answers) -> Reply:
         labels = self.classes[answers.labels]
         self._audit(ctx, status, answers=answers, labels=labels)
         return Reply(labels, answers, dict(ctx.headers))
@@ -109,6 +155,7 @@ class GuardedModel:
         answers: Answers | None = None,
         labels: np.ndarray | None = None,
         refused: Exception | None = None,
+        failed: bool = False,
     ) -> None:
         """Record one request in the audit log (if on); prune old entries now and then."""
         if self.audit_retention is None:
@@ -116,7 +163,16 @@ class GuardedModel:
         now = time.time()
         client_id = ctx.client_id
         hashes = tuple(digest.hex() for digest in ctx.digests)  # = row_hashes(ctx.inputs)
-        if answers is None or labels is None:
+        if failed:
+            entry = AuditEntry(
+                now,
+                client_id,
+                "failed",
+                hashes,
+                status_before=status_name(status),
+                status_after=status_name(status),
+            )
+        elif answers is None or labels is None:
             blocked = isinstance(refused, Blocked)
             entry = AuditEntry(
                 now,

@@ -17,6 +17,7 @@ class GaussianNoise(OutputStage):
     """Add N(0, sigma) to every probability, then clip (the OWASP lab's output noise)."""
 
     name = "gaussian_noise"
+    needs_probabilities = True
     honest_cost = "high: noisy probabilities, and sigma 0.2 flips some labels"
     paper = "OWASP ML05:2023 lab; output perturbation as in Tramèr et al., USENIX Security 2016"
 
@@ -48,6 +49,7 @@ class Rounding(OutputStage):
     """Round probabilities to a few decimals (precision reduction; Tramèr et al. 2016)."""
 
     name = "rounding"
+    needs_probabilities = True
     honest_cost = "low: coarser probabilities; ties can change the label"
     paper = (
         "Tramèr et al., Stealing Machine Learning Models via Prediction APIs, USENIX Security 2016"
@@ -68,6 +70,7 @@ class RandomHardLabel(OutputStage):
     """With probability p per row, answer a one-hot of the victim's own top class (OWASP lab)."""
 
     name = "random_hard_label"
+    needs_probabilities = True
     honest_cost = "low: some answers lose their probabilities (the label is the victim's)"
     paper = "OWASP ML05:2023 lab; label-only answers as in Tramèr et al. 2016"
     keeps_simplex = True
@@ -109,6 +112,7 @@ class Normalize(OutputStage):
     """Divide each row by its sum so the answer is a probability vector again (OWASP lab)."""
 
     name = "normalize"
+    needs_probabilities = True
     honest_cost = "none: rows sum to 1 again"
     paper = "OWASP ML05:2023 lab (response normalization)"
     keeps_argmax = True

@@ -75,6 +75,7 @@ class ReverseSigmoid(OutputStage):
     """
 
     name = "reverse_sigmoid"
+    needs_probabilities = True
     paper = (
         "Lee et al., Defending Against NN Model Stealing Attacks Using Deceptive Perturbations, "
         "IEEE S&P Workshops 2019"
@@ -113,6 +114,7 @@ class TopK(OutputStage):
     """
 
     name = "top_k"
+    needs_probabilities = True
     paper = (
         "Orekondy et al., Knockoff Nets: Stealing Functionality of Black-Box Models, CVPR 2019 "
         "(top-k truncation)"
@@ -150,6 +152,7 @@ class ArgmaxPreservingNoise(OutputStage):
     """
 
     name = "argmax_noise"
+    needs_probabilities = True
     paper = (
         "Orekondy et al., Prediction Poisoning: Towards Defenses Against DNN Model Stealing "
         "Attacks, ICLR 2020 (argmax-preserving random-noise baseline)"

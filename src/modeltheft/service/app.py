@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from modeltheft import __version__
-from modeltheft.defenses.guarded import GuardedModel
+from modeltheft.defenses.guarded import GuardedModel, Reply
 from modeltheft.defenses.presets import load_pipeline
 from modeltheft.errors import ConfigError
 from modeltheft.service import observability
@@ -26,6 +26,12 @@ from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, oip, predict
 from modeltheft.service.settings import Settings
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT, BodyTimeoutMiddleware
+from modeltheft.service.upstream import (
+    UPSTREAM_KEY_ENV,
+    Upstream,
+    UpstreamConfig,
+    labels_only_warning,
+)
 from modeltheft.state import MemoryStore, open_store
 from modeltheft.state.audit import DEFAULT_RETENTION
 from modeltheft.tasks import DEFAULT_TASK
@@ -46,14 +52,21 @@ def create_app(settings: Settings) -> FastAPI:
     ``settings.state`` is opened here and closed when the app shuts down (its lifespan).
     """
     pipeline = load_pipeline(settings.defense)
-    if settings.model_path is None:
+    upstream: Upstream | None = None
+    if settings.upstream is not None:
+        upstream = Upstream(settings.upstream, settings.task)
+        model, task = None, upstream.connect()
+        name, engine = upstream.describe(), "upstream"
+    elif settings.model_path is None:
         trained = train_victim(task=settings.task or DEFAULT_TASK)
         model, task, name = trained.model, trained.task, "rf (trained at start-up)"
     else:
         loaded = load_model(settings.model_path, settings.task)
         model, task = loaded.model, loaded.task
         name = str(loaded.metadata.get("family", settings.model_path.name))
-    inference = fast_model(model, settings.inference, task=task)
+    if model is not None:
+        inference = fast_model(model, settings.inference, task=task)
+        model, engine = inference.model, inference.engine
     store = open_store(settings.state)
     if settings.seed is not None and isinstance(store, MemoryStore):
         # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
@@ -61,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
         store = MemoryStore(np.random.default_rng(settings.seed))
     try:
         guarded = GuardedModel(
-            inference.model,
+            model,
             pipeline,
             store=store,
             seed=settings.seed,
@@ -71,10 +84,18 @@ def create_app(settings: Settings) -> FastAPI:
     except BaseException:
         store.close()
         raise
+    answer = _answerer(guarded, upstream)
+    if upstream is not None:
+        needs = [stage.name for stage in pipeline.stages if stage.needs_probabilities]
+        warning = labels_only_warning(needs, upstream)
+        if warning:
+            log.warning(warning)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if upstream is not None:
+            await upstream.aclose()
         store.close()
 
     app = FastAPI(title="modeltheft prediction service", version=__version__, lifespan=lifespan)
@@ -84,10 +105,12 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_key is None:
         log.info("GET /metrics is disabled (404): %s", METRICS_HINT)
     app.state.model_name = name
-    app.state.oip_name = settings.model_name or oip_name(settings.model_path)
-    app.state.inference = inference.engine
+    app.state.oip_name = settings.model_name or oip_name(settings.model_path, upstream)
+    app.state.inference = engine
     app.state.store = store
     app.state.guarded = guarded
+    app.state.answer = answer
+    app.state.upstream = upstream
     app.state.task_schema = guarded.task.schema()
     install_error_handlers(app)
     app.include_router(meta.router)
@@ -101,9 +124,30 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def oip_name(model_path: Path | None) -> str:
+def _answerer(
+    guarded: GuardedModel, upstream: Upstream | None
+) -> Callable[[str, np.ndarray], Awaitable[Reply]]:
+    """What the prediction routes await: the model in process, or the upstream (gateway)."""
+    if upstream is None:
+
+        async def local(client: str, X: np.ndarray) -> Reply:
+            return guarded.answer(client, X)
+
+        return local
+    labels_only = upstream.labels_only
+
+    async def gateway(client: str, X: np.ndarray) -> Reply:
+        return await guarded.answer_async(client, X, upstream.predict, labels_only)
+
+    return gateway
+
+
+def oip_name(model_path: Path | None, upstream: Upstream | None = None) -> str:
     """The model's name on the OIP v2 and KServe v1 routes: its file's stem made URL-safe
-    (``victim.skops``: ``victim``), ``rf`` for the victim trained at start-up."""
+    (``victim.skops``: ``victim``), ``rf`` for the victim trained at start-up, ``model`` for
+    a modeltheft upstream (the others have a name)."""
+    if upstream is not None:
+        return upstream.config.model_name or "model"
     if model_path is None:
         return "rf"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", model_path.stem).strip("-.") or "model"
@@ -125,8 +169,37 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
             "request_timeout": settings.request_timeout,
             "access_log": settings.access_log,
             "model_name": settings.model_name,
+            "upstream": _upstream_env(settings.upstream),
             "keys_file": str(keys_file.resolve()) if keys_file else None,
         }
+    )
+
+
+def _upstream_env(config: UpstreamConfig | None) -> dict[str, object] | None:
+    """The upstream's settings without its key (workers read it from the environment)."""
+    if config is None:
+        return None
+    return {
+        "url": config.url,
+        "protocol": config.protocol,
+        "model_name": config.model_name,
+        "timeout": config.timeout,
+        "reference": str(config.reference.resolve()) if config.reference else None,
+    }
+
+
+def _upstream_from_env(data: object) -> UpstreamConfig | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("upstream")
+    return UpstreamConfig(
+        url=str(data["url"]),
+        protocol=str(data["protocol"]),
+        model_name=None if data.get("model_name") is None else str(data["model_name"]),
+        timeout=float(data["timeout"]),
+        reference=Path(data["reference"]) if data.get("reference") else None,
+        api_key=os.environ.get(UPSTREAM_KEY_ENV) or None,
     )
 
 
@@ -161,6 +234,7 @@ def app_from_env() -> FastAPI:
             access_log=bool(data.get("access_log", True)),
             metrics_key=MetricsKey.from_env(),  # inherited, like the API keys
             model_name=None if data.get("model_name") is None else str(data["model_name"]),
+            upstream=_upstream_from_env(data.get("upstream")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None

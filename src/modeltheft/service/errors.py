@@ -22,6 +22,8 @@ from modeltheft.errors import (
     PayloadTooLarge,
     RateLimited,
     StateUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
 )
 
 log = logging.getLogger("modeltheft.service")
@@ -33,6 +35,8 @@ STATUS: list[tuple[type[ModelTheftError], int]] = [
     (InputError, 422),
     (RateLimited, 429),
     (StateUnavailable, 503),
+    (UpstreamTimeout, 504),  # before its base class
+    (UpstreamError, 502),
 ]
 
 UNAVAILABLE = "the service cannot record requests right now (state store unavailable); retry later"

@@ -8,6 +8,7 @@ from pathlib import Path
 from modeltheft.errors import ConfigError
 from modeltheft.service.auth import KeyRing, MetricsKey
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT
+from modeltheft.service.upstream import UpstreamConfig
 from modeltheft.state.audit import DEFAULT_RETENTION
 
 MAX_BATCH = 256
@@ -47,6 +48,8 @@ class Settings:
     """The credential ``GET /metrics`` asks for (``MODELTHEFT_METRICS_KEY``); None: 404."""
     model_name: str | None = None
     """The model's name on the OIP v2 and KServe v1 routes; None: the model file's stem."""
+    upstream: UpstreamConfig | None = None
+    """Gateway mode: guard the model this server serves instead of a local one."""
 
     def __post_init__(self) -> None:
         if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
@@ -59,6 +62,8 @@ class Settings:
                 f"model name must be 1-128 letters, digits, '_', '.' or '-' (not first), "
                 f"got {self.model_name!r}"
             )
+        if self.upstream is not None and self.model_path is not None:
+            raise ConfigError("--model and --upstream exclude each other: guard one model")
         if self.inference not in ("auto", "sklearn"):
             raise ConfigError(f"inference must be auto or sklearn, got {self.inference!r}")
         if len(self.keys) == 0:

@@ -15,8 +15,8 @@ import numpy as np
 
 from modeltheft.errors import ConfigError
 
-Outcome = Literal["answered", "rate_limited", "blocked"]
-OUTCOMES: tuple[str, ...] = ("answered", "rate_limited", "blocked")
+Outcome = Literal["answered", "rate_limited", "blocked", "failed"]
+OUTCOMES: tuple[str, ...] = ("answered", "rate_limited", "blocked", "failed")
 STATUS_NAMES: tuple[str, ...] = ("normal", "strict", "blocked")
 """Client status names, indexed by the numbers of :mod:`modeltheft.defenses.alerts`."""
 
@@ -32,7 +32,8 @@ class AuditEntry:
     """Epoch seconds at which the request reached the defenses."""
     client: str
     outcome: str
-    """``answered``, ``rate_limited`` or ``blocked``."""
+    """``answered``, ``rate_limited``, ``blocked`` or ``failed`` (a gateway's upstream did not
+    answer: nothing was answered)."""
     row_hashes: tuple[str, ...]
     """:func:`row_hashes` of the batch, in input order (``rows`` is their number)."""
     labels: tuple[int | str, ...] | None = None

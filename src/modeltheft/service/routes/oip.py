@@ -97,7 +97,9 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
     rules = InputRules.for_task(task, max_batch)
     name = app.state.oip_name
     label_datatype = _label_datatype(np.asarray(task.classes))
-    hides = bool(HIDES_PROBABILITIES & set(app.state.guarded.pipeline.stage_names))
+    hides = bool(HIDES_PROBABILITIES & set(app.state.guarded.pipeline.stage_names)) or bool(
+        app.state.upstream is not None and app.state.upstream.labels_only
+    )
     outputs = [{"name": LABEL_OUTPUT, "datatype": label_datatype, "shape": [-1, 1]}]
     if not hides:
         outputs.append({"name": PROBA_OUTPUT, "datatype": "FP64", "shape": [-1, task.n_classes]})
@@ -162,10 +164,10 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         parsed = parse_infer(body, request.headers.get("inference-header-content-length"), rules)
         if hides and PROBA_OUTPUT in parsed.outputs:
             raise InputError(
-                f"this server withholds probabilities (defense {', '.join(HIDES_PROBABILITIES)})"
-                f": ask for the output {LABEL_OUTPUT!r} only"
+                "this server withholds probabilities (a defense or its upstream sends labels "
+                f"only): ask for the output {LABEL_OUTPUT!r} only"
             )
-        reply = state.guarded.answer(client, parsed.rows)
+        reply = await state.answer(client, parsed.rows)
         answers = reply.answers
         n = len(parsed.rows)
         tensors = []
@@ -198,7 +200,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         state = request.app.state
         client, body = await client_and_body(request)
         rows = parse_instances(body, rules)
-        reply = state.guarded.answer(client, rows)
+        reply = await state.answer(client, rows)
         request.state.rows = len(rows)
         request.state.altered = reply.answers.altered
         return _json({"predictions": _labels(reply.labels)}, reply.headers)

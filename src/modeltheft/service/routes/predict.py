@@ -62,7 +62,7 @@ def install(app: FastAPI, task: Task, max_batch: int) -> None:
         if media_type != "application/json":
             raise InputError(f"Content-Type must be application/json, got {media_type or 'none'!r}")
         X = parse_inputs(body, rules)
-        reply = state.guarded.answer(client, X)
+        reply = await state.answer(client, X)
         answers = reply.answers
         labels = reply.labels.tolist()
         if answers.expose_probabilities:
