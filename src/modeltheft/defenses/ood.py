@@ -128,6 +128,19 @@ class FeatureSpace:
             self._high = np.array([values[-1] for values, _ in knots])
             spread = self._high - self._low
             self._slope = np.divide(1.0, spread, out=np.ones_like(spread), where=spread > 0)
+            # One np.interp over every column at once: column j's knots, scaled into
+            # [2j, 2j + 1], are one sorted array; a value clipped to its column's range falls
+            # in its own segment, never between two.
+            self._offset = 2.0 * np.arange(len(knots))
+            self._keys = np.concatenate(
+                [
+                    (v - lo) * s + o
+                    for (v, _), lo, s, o in zip(
+                        knots, self._low, self._slope, self._offset, strict=True
+                    )
+                ]
+            )
+            self._ranks = np.concatenate([r for _, r in knots])
 
     @property
     def identity(self) -> bool:
@@ -136,9 +149,9 @@ class FeatureSpace:
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         if self.knots is not None:
-            out = np.empty(X.shape, dtype=float)
-            for j, (values, ranks) in enumerate(self.knots):
-                out[:, j] = np.interp(X[:, j], values, ranks)
+            inside = np.clip(X, self._low, self._high)
+            keys = (inside - self._low) * self._slope + self._offset
+            out = np.interp(keys.ravel(), self._keys, self._ranks).reshape(X.shape)
             below = np.minimum(X - self._low, 0.0)
             above = np.maximum(X - self._high, 0.0)
             out += (below + above) * self._slope
