@@ -45,7 +45,8 @@ class BackgroundServer:
             port=self.port,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            # A gateway's lifespan closes its upstream connections (and the store) on exit.
+            lifespan="on" if getattr(self.app.state, "upstream", None) else "off",
             http=header_timeout_protocol(self.header_timeout),
         )
         self._server = uvicorn.Server(config)
