@@ -236,12 +236,15 @@ def serve(
     # Built here even with workers: a bad model, defense or state fails once, in one line.
     application = create_app(settings)
     served = application.state.guarded.task
+    verb, engine = "serving", f", {application.state.inference} inference"
+    if application.state.upstream is not None:
+        verb, engine = "guarding", ""
+    rows = f", {len(served.data.X_train):,} reference rows" if served.data is not None else ""
     banner = (
-        f"serving {application.state.model_name} (task {served.name}: {served.n_features} "
-        f"features, {served.n_classes} classes) with defense {defense!r} on http://{host}:{port} "
-        f"for {len(keys)} client(s), state {redact_url(state)}, {workers} worker(s), "
-        f"{application.state.inference} inference; OIP v2 model name "
-        f"{application.state.oip_name!r}"
+        f"{verb} {application.state.model_name} (task {served.name}: {served.n_features} "
+        f"features, {served.n_classes} classes{rows}) with defense {defense!r} on "
+        f"http://{host}:{port} for {len(keys)} client(s), state {redact_url(state)}, "
+        f"{workers} worker(s){engine}; OIP v2 model name {application.state.oip_name!r}"
     )
     if log_format == "json":
         logging.getLogger("modeltheft.service").info(banner)

@@ -180,7 +180,7 @@ class Upstream:
         """One line for the start-up banner."""
         cfg = self.config
         what = "labels only" if self.labels_only else "probabilities"
-        return f"{cfg.label} at {cfg.url} ({what})"
+        return f"{cfg.label} at {cfg.url} (sends {what})"
 
     # --- serving --------------------------------------------------------------------------
 
