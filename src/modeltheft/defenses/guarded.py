@@ -80,11 +80,11 @@ class GuardedModel:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
         if self.model is None:
             raise TypeError("this GuardedModel has no model: use answer_async with a predict")
-        with self._lock:
+        with self._lock, self.store.batch():  # one transaction: state, then the audit entry
             ctx, status = self._admit(client_id, X)
             probabilities = self.model.predict_proba(ctx.inputs)
             answers = self._transform(ctx, status, probabilities)
-        return self._reply(ctx, status, answers)
+            return self._reply(ctx, status, answers)
 
     async def answer_async(
         self,
@@ -100,18 +100,18 @@ class GuardedModel:
         remembered: the request is audited as ``failed`` and the error propagates. With
         ``labels_only`` (the upstream sends one-hot rows), no probabilities are exposed.
         """
-        with self._lock:
+        with self._lock, self.store.batch():
             ctx, status = self._admit(client_id, X)
         try:
             probabilities = await predict(ctx.inputs)
         except Exception:
             self._audit(ctx, status, failed=True)
             raise
-        with self._lock:
+        with self._lock, self.store.batch():
             answers = self._transform(ctx, status, probabilities)
-        if labels_only and answers.expose_probabilities:
-            answers = replace(answers, expose_probabilities=False)
-        return self._reply(ctx, status, answers)
+            if labels_only and answers.expose_probabilities:
+                answers = replace(answers, expose_probabilities=False)
+            return self._reply(ctx, status, answers)
 
     def _admit(self, client_id: str, X: np.ndarray) -> tuple[DefenseContext, int]:
         """The client's status and context, after admission (hold the lock). A refusal is

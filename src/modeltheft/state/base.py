@@ -8,6 +8,7 @@ so ``serve --workers N`` counts a client's queries exactly once.
 """
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +28,11 @@ class BucketState:
 
 class StateStore(Protocol):
     """Counters, append-only lists, sets, secrets and token buckets, all updated atomically."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The calls inside as one unit where the backend has transactions (SQLite: one
+        commit); elsewhere each call stays atomic on its own."""
+        ...
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to counter ``key`` and return the new value."""

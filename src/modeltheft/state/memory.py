@@ -4,6 +4,7 @@ import secrets
 import threading
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -127,6 +128,10 @@ class MemoryStore:
                 self._audit.popleft()
                 removed += 1
         return removed
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Each call is atomic under the store's lock already: nothing to group."""
+        return nullcontext()
 
     def ping(self) -> None:
         """Always reachable."""

@@ -14,6 +14,7 @@ A Redis that stops answering (refused connection, timeout) raises
 import functools
 import secrets
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -278,6 +279,10 @@ class RedisStore:
     def audit_prune(self, before: float) -> int:
         """XTRIM MINID: drop the entries the server added before ``before`` (epoch seconds)."""
         return int(self._client.xtrim(self._key("audit", "log"), minid=int(before * 1000)))
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Each call is atomic on the server already (Lua or MULTI): nothing to group."""
+        return nullcontext()
 
     @_available
     def ping(self) -> None:
