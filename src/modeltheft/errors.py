@@ -64,6 +64,10 @@ class StateUnavailable(ModelTheftError):
         self.retry_after = retry_after
 
 
+class StoreDown(StateUnavailable):
+    """Refused at once: the state store is known to be down (logged once, when it went down)."""
+
+
 class UpstreamError(ModelTheftError):
     """A gateway's upstream model server failed: unreachable or answered garbage (HTTP 502)."""
 

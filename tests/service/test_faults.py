@@ -57,6 +57,9 @@ def test_locked_database_is_503_then_recovers(
         assert str(path) not in refused.text  # the reason is logged, not told to clients
         assert 1.5 < waited < 5  # the busy timeout (2 s), not 10 s and not at once
         assert health.status_code == 503 and "Retry-After" in health.headers
+        back = time.monotonic() + 2  # the breaker's probe finds the store back (0.25 s)
+        while client.get("/healthz").status_code != 200 and time.monotonic() < back:
+            time.sleep(0.05)
         assert predict(client, [ROW]).status_code == 200
         assert client.get("/healthz").json() == {"status": "ok"}
         store = client.app.state.store

@@ -34,6 +34,7 @@ from modeltheft.service.upstream import (
 )
 from modeltheft.state import MemoryStore, open_store
 from modeltheft.state.audit import DEFAULT_RETENTION
+from modeltheft.state.breaker import Breaker
 from modeltheft.tasks import DEFAULT_TASK
 from modeltheft.victim import load_model, train_victim
 from modeltheft.victim.fast import fast_model
@@ -72,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
         # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
         # HMAC keys; a real one draws them from the OS and keeps them in its store.
         store = MemoryStore(np.random.default_rng(settings.seed))
+    if not isinstance(store, MemoryStore):
+        store = Breaker(store)  # type: ignore[assignment]  # an outage: 503 at once, probed
     try:
         guarded = GuardedModel(
             model,

@@ -22,6 +22,7 @@ from modeltheft.errors import (
     PayloadTooLarge,
     RateLimited,
     StateUnavailable,
+    StoreDown,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -65,8 +66,10 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
                 retry = exc.retry_after if math.isfinite(exc.retry_after) else 3600.0
                 headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(retry)))}
             elif isinstance(exc, StateUnavailable):
-                # The reason (a path, a host) is for the operator's log, not for clients.
-                log.warning("state store unavailable: %s", exc)
+                # The reason (a path, a host) is for the operator's log, not for clients;
+                # during a known outage it was logged once already (the breaker's line).
+                level = logging.DEBUG if isinstance(exc, StoreDown) else logging.WARNING
+                log.log(level, "state store unavailable: %s", exc)
                 after = str(max(1, math.ceil(exc.retry_after)))
                 return _error(request, status, UNAVAILABLE, {"Retry-After": after})
             elif isinstance(exc, AuthError):
