@@ -49,6 +49,14 @@ def test_bad_input_is_one_line_and_exit_1(
     assert "Traceback" not in err
 
 
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from modeltheft import __version__
+
+    assert main(["--version"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == __version__ and captured.err == ""
+
+
 def test_serve_without_keys_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

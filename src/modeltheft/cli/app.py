@@ -32,13 +32,26 @@ app.command("audit")(audit_command)
 console = Console()
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the version and stop before any command is looked for."""
+    if value:
+        console.print(__version__, markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,  # handled while parsing, before click asks for a command
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        console.print(__version__)
-        raise typer.Exit()
+    """Model extraction (OWASP ML05:2023): steal a classifier through its API, and defend one."""
 
 
 @app.command()
