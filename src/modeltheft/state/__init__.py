@@ -26,13 +26,14 @@ ACCEPTED = (
 )
 
 
-def open_store(url: str, create: bool = True) -> StateStore:
+def open_store(url: str, create: bool = True, read_only: bool = False) -> StateStore:
     """The state store a URL names: ``memory://``, ``sqlite:///path.db``, a path, ``redis://…``.
 
     ``sqlite:///state.db`` is relative to the working folder and ``sqlite:////var/x.db``
     absolute, as in SQLAlchemy. Anything else is a :class:`~modeltheft.errors.ConfigError`.
     A missing SQLite file is created (and logged at WARNING) unless ``create`` is False, which
-    makes it a ConfigError (tools that only read the state).
+    makes it a ConfigError (tools that only read the state); ``read_only`` also opens an
+    existing SQLite file with ``mode=ro``, so nothing in it or beside it is created or written.
     """
     text = url.strip()
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
@@ -48,7 +49,7 @@ def open_store(url: str, create: bool = True) -> StateStore:
                 f"bad SQLite state URL {text!r}: use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
-        return SqliteStore(text[len("sqlite:///") :], create=create)
+        return SqliteStore(text[len("sqlite:///") :], create=create, read_only=read_only)
     if scheme in ("redis", "rediss"):
         return RedisStore(text)
     if scheme:
@@ -56,4 +57,4 @@ def open_store(url: str, create: bool = True) -> StateStore:
             f"unknown state URL scheme {scheme + '://'!r} in {redact_url(text)}; "
             f"accepted forms: {ACCEPTED}"
         )
-    return SqliteStore(text, create=create)
+    return SqliteStore(text, create=create, read_only=read_only)
