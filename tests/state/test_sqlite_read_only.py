@@ -42,7 +42,7 @@ def test_read_only_never_creates_a_missing_file(
 def test_read_only_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("not a database " * 100)
-    with pytest.raises(ConfigError, match="cannot use .* as a state database"):
+    with pytest.raises(ConfigError, match=r"cannot use .* as a state database"):
         SqliteStore(path, read_only=True)
     assert path.read_text() == "not a database " * 100
 

@@ -62,9 +62,10 @@ class SqliteStore:
     A missing file is created with its folder (``create=False`` refuses instead, for tools
     that only read) and logged at WARNING with its path, so that starting on a new, empty
     state is never silent. ``read_only=True`` opens an existing file with SQLite's
-    ``mode=ro``: nothing is created, migrated or written (a write raises StateUnavailable). A folder that cannot be created, a file that is not a SQLite
-    database or one that cannot be written is a :class:`~modeltheft.errors.ConfigError` at
-    once. Writes wait ``busy_timeout`` seconds for another process's lock, then raise
+    ``mode=ro``: nothing is created, migrated or written (a write raises StateUnavailable).
+    A folder that cannot be created, a file that is not a SQLite database or one that cannot
+    be written is a :class:`~modeltheft.errors.ConfigError` at once. Writes wait
+    ``busy_timeout`` seconds for another process's lock, then raise
     :class:`~modeltheft.errors.StateUnavailable`.
 
     One connection per store, guarded by a lock, so a store may be shared by threads. A store
