@@ -34,7 +34,11 @@ def verify_command(
         str, typer.Option(help="The suspect: a .skops or .onnx model file, or an http(s) URL.")
     ],
     state: Annotated[
-        str, typer.Option(help="The serving state that holds the watermark records.")
+        str,
+        typer.Option(
+            help="The serving state that holds the watermark records (opened read-only; a "
+            "missing file is an error, never created)."
+        ),
     ] = "sqlite:///modeltheft-state.db",
     client: Annotated[
         list[str] | None,
@@ -63,7 +67,7 @@ def verify_command(
     from modeltheft.evaluation.suspect import suspect_predictor
     from modeltheft.state import open_store
 
-    store = open_store(state)
+    store = open_store(state, read_only=True)
     try:
         clients = client or watermarked_clients(store)
         classes = stored_classes(store)
