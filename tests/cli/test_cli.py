@@ -65,6 +65,38 @@ def test_serve_without_keys_is_a_clear_error(
     assert "no API keys configured" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "missing/model.skops"], "model file not found: missing/model.skops"),
+        (["--task", "chess"], "unknown task 'chess'"),
+        (["--defense", "fortress"], "defense 'fortress' is neither a preset"),
+        (["--state", "postgres://db/x"], "unknown state URL scheme"),
+        (["--state", "memory://x"], "memory state takes no path"),
+        (["--state", "sqlite:///notes.txt"], "cannot use notes.txt as a state database"),
+        (["--state", "redis://127.0.0.1:9/0"], "cannot use Redis at redis://127.0.0.1:9/0"),
+        (["--upstream", "http://127.0.0.1:9"], "needs --model-name"),
+        (["--reference", "rows.npy"], "--reference goes with --upstream"),
+    ],
+)
+def test_serve_names_a_bad_input_before_missing_keys(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("MODELTHEFT_API_KEYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    assert main(["serve", *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert "API keys" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no state file was created
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
+
+
 def test_keys_new_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "new", "carol"]) == 0
     out = capsys.readouterr().out

@@ -201,6 +201,7 @@ def serve(
 
     import uvicorn
 
+    from modeltheft.cli.preflight import check_serve_inputs
     from modeltheft.service import Settings, create_app
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing, MetricsKey
@@ -215,7 +216,6 @@ def serve(
     logging_config = log_config(log_format)  # uvicorn applies it, in every worker too
     if log_format == "json":  # from the first line on, every line of the output is JSON
         logging.config.dictConfig(logging_config)
-    keys = KeyRing.from_sources(keys_file)
     gateway = None
     if upstream is not None:
         gateway = UpstreamConfig(
@@ -228,6 +228,9 @@ def serve(
         )
     elif reference is not None:
         raise ConfigError("--reference goes with --upstream (a served model has its task's data)")
+    # The keys last: a bad model, task, defense or state is named as such, not as missing keys.
+    check_serve_inputs(model, task, defense, state, gateway=upstream is not None)
+    keys = KeyRing.from_sources(keys_file)
     if workers > 1 and Path(defense).is_file():
         defense = str(Path(defense).resolve())  # the workers must find the same file
     settings = Settings(
