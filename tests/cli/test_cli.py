@@ -1,10 +1,13 @@
 """The CLI through its entry point: real commands, structured checks, one-line errors."""
 
+import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from modeltheft.cli.app import main
 from modeltheft.service.runner import BackgroundServer
@@ -243,3 +246,64 @@ def test_bad_attack_options_fail_before_any_query(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x" / "queries.jsonl").exists()
+
+
+@pytest.fixture
+def counted_server(
+    make_app: Callable[..., FastAPI],
+) -> Iterator[tuple[BackgroundServer, list[str]]]:
+    """A live server that records the method and path of every request it gets."""
+    app = make_app("none")
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    with BackgroundServer(app) as server:
+        yield server, seen
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "allowed"),
+    [
+        (["--budget", "5"], "budget 5 is too small: substitute 'lr' needs at least 51", set()),
+        (
+            ["--budget", "40", "--substitute", "equation-solver", "--label-mode", "soft"],
+            "needs at least 65 answers (64 features)",
+            {"GET /v1/model"},  # the width comes from the metadata, which costs no query
+        ),
+    ],
+)
+def test_attack_refuses_a_budget_too_small_before_any_query(
+    counted_server: tuple[BackgroundServer, list[str]],
+    extra: list[str],
+    message: str,
+    allowed: set[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    server, seen = counted_server
+    out = tmp_path / "o"
+    argv = ["attack", "--target", server.url, "--api-key", KEYS["alice"], "--out", str(out)]
+    assert main([*argv, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert set(seen) <= allowed, seen
+    assert not (out / "queries.jsonl").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
+def test_attack_with_cnn_without_pytorch_fails_before_any_query(
+    counted_server: tuple[BackgroundServer, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    server, seen = counted_server
+    out = tmp_path / "o"
+    argv = ["attack", "--target", server.url, "--api-key", KEYS["alice"], "--out", str(out)]
+    assert main([*argv, "--substitute", "cnn", "--budget", "80"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'modeltheft[cnn]' (torch==2.13.0)" in err and len(err.splitlines()) == 1
+    assert seen == [] and not (out / "queries.jsonl").exists()
