@@ -307,3 +307,97 @@ def test_attack_with_cnn_without_pytorch_fails_before_any_query(
     err = capsys.readouterr().err.strip()
     assert "pip install 'modeltheft[cnn]' (torch==2.13.0)" in err and len(err.splitlines()) == 1
     assert seen == [] and not (out / "queries.jsonl").exists()
+
+
+@pytest.fixture
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Help printed 200 columns wide: rich cuts a word longer than its column."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def _help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """A command's help on one line: the table's borders dropped, wrapped lines joined."""
+    assert main([*argv, "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return " ".join(" ".join(line.strip(" │╭╮╰╯─").split()) for line in lines)
+
+
+def _registered() -> dict[str, list[str]]:
+    from modeltheft.attacks.labels import LABEL_MODES
+    from modeltheft.attacks.recipes import STRATEGIES
+    from modeltheft.attacks.sources import SOURCES
+    from modeltheft.attacks.substitutes import SUBSTITUTES
+    from modeltheft.defenses import preset_names
+    from modeltheft.oracle import PROTOCOLS
+    from modeltheft.tasks import BUILTIN
+    from modeltheft.victim.train import FAMILIES
+
+    return {
+        "strategy": STRATEGIES.names(),
+        "source": SOURCES.names(),
+        "substitute": SUBSTITUTES.names(),
+        "label mode": list(LABEL_MODES),
+        "protocol": PROTOCOLS.names(),
+        "task": list(BUILTIN),
+        "family": FAMILIES.names(),
+        "preset": preset_names(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "listed"),
+    [
+        (
+            ["attack"],
+            [
+                ("Choices:", "protocol"),
+                ("Choices:", "strategy"),
+                ("Sources (pool=):", "source"),
+                ("Choices:", "substitute"),
+                ("Choices:", "label mode"),
+                ("Built-in:", "task"),
+            ],
+        ),
+        (["train"], [("Choices:", "family"), ("Built-in:", "task")]),
+        (
+            ["serve"],
+            [("Built-in:", "task"), ("Presets:", "preset"), ("Choices:", "protocol")],
+        ),
+        (["demo"], [("Built-in:", "task")]),
+        (["watermark", "verify"], [("Choices:", "protocol")]),
+    ],
+)
+def test_help_lists_the_registered_names(
+    argv: list[str], listed: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help_text(argv, capsys)
+    names = _registered()
+    for label, kind in listed:
+        assert f"{label} {', '.join(names[kind])}" in text, (kind, text)
+
+
+def test_attack_help_says_cnn_needs_its_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help_text(["attack"], capsys)
+    assert "cnn" in _registered()["substitute"]
+    assert "the cnn substitute needs PyTorch: pip install 'modeltheft[cnn]' (torch==2.13.0)" in text
+    assert main(["attack", "--help"]) == 0  # a second help from the same process: listed once
+    assert capsys.readouterr().out.count("Choices: cnn,") == 1
+
+
+def test_help_shows_a_bracketed_url_form(capsys: pytest.CaptureFixture[str], wide: None) -> None:
+    # rich markup used to swallow "[user:password@]" in the help
+    assert "redis://[user:password@]host:port/db" in _help_text(["serve"], capsys)
+    assert "redis://[user:password@]host:port/db" in _help_text(["audit"], capsys)
+
+
+def test_the_cli_reads_the_registries_only_for_help() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modeltheft.cli.app; "
+        "print(any(m in sys.modules for m in ('modeltheft.attacks.recipes', "
+        "'modeltheft.attacks.substitutes', 'modeltheft.oracle', 'modeltheft.victim.train')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # serve's workers import this module too

@@ -45,7 +45,7 @@ def audit_command(
         str,
         typer.Option(
             help="The service's state: sqlite:///file.db, sqlite:////abs/file.db or "
-            "redis://[user:password@]host:port/db."
+            "redis://\\[user:password@]host:port/db."
         ),
     ],
     client: Annotated[str | None, typer.Option(help="Only this client's requests.")] = None,

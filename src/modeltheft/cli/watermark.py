@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modeltheft.cli.choices import protocols, with_choices
 from modeltheft.defenses.watermark import (
     COIN_NULL,
     Verdict,
@@ -28,7 +29,7 @@ watermark_app = typer.Typer(help="Watermark evidence (DAWN) against suspected co
 console = Console(soft_wrap=True)
 
 
-@watermark_app.command("verify")
+@watermark_app.command("verify", cls=with_choices({"protocol": protocols}))
 def verify_command(
     suspect: Annotated[
         str, typer.Option(help="The suspect: a .skops or .onnx model file, or an http(s) URL.")
@@ -44,9 +45,7 @@ def verify_command(
         list[str] | None,
         typer.Option(help="Test only these clients' watermarks (repeatable); default: all."),
     ] = None,
-    protocol: Annotated[str, typer.Option(help="For a URL: modeltheft, oip-v2, kserve-v1.")] = (
-        "modeltheft"
-    ),
+    protocol: Annotated[str, typer.Option(help="For a URL: its protocol.")] = ("modeltheft"),
     api_key: Annotated[
         str | None, typer.Option(envvar="MODELTHEFT_API_KEY", help="For a URL: API key.")
     ] = None,
