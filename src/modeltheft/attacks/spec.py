@@ -66,7 +66,8 @@ class AttackSpec:
         """A ConfigError when the budget cannot buy :meth:`min_answers` answers."""
         need = self.min_answers(task)
         if self.budget < need:
-            width = "" if task is None or need == MIN_ANSWERS else f" ({task.n_features} features)"
+            solver = task is not None and self.substitute == "equation-solver"
+            width = f" ({task.n_features} features)" if solver and task is not None else ""
             raise ConfigError(
                 f"budget {self.budget} is too small: substitute {self.substitute!r} needs at "
                 f"least {need} answers{width}; give a budget of {need} or more"
