@@ -1,10 +1,13 @@
 """The CLI through its entry point: real commands, structured checks, one-line errors."""
 
+import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from modeltheft.cli.app import main
 from modeltheft.service.runner import BackgroundServer
@@ -49,12 +52,52 @@ def test_bad_input_is_one_line_and_exit_1(
     assert "Traceback" not in err
 
 
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from modeltheft import __version__
+
+    assert main(["--version"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == __version__ and captured.err == ""
+
+
 def test_serve_without_keys_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MODELTHEFT_API_KEYS", raising=False)
     assert main(["serve"]) == 1
     assert "no API keys configured" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "missing/model.skops"], "model file not found: missing/model.skops"),
+        (["--task", "chess"], "unknown task 'chess'"),
+        (["--defense", "fortress"], "defense 'fortress' is neither a preset"),
+        (["--state", "postgres://db/x"], "unknown state URL scheme"),
+        (["--state", "memory://x"], "memory state takes no path"),
+        (["--state", "sqlite:///notes.txt"], "cannot use notes.txt as a state database"),
+        (["--state", "redis://127.0.0.1:9/0"], "cannot use Redis at redis://127.0.0.1:9/0"),
+        (["--upstream", "http://127.0.0.1:9"], "needs --model-name"),
+        (["--reference", "rows.npy"], "--reference goes with --upstream"),
+    ],
+)
+def test_serve_names_a_bad_input_before_missing_keys(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("MODELTHEFT_API_KEYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    assert main(["serve", *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert "API keys" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no state file was created
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
 
 
 def test_keys_new_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,3 +246,158 @@ def test_bad_attack_options_fail_before_any_query(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x" / "queries.jsonl").exists()
+
+
+@pytest.fixture
+def counted_server(
+    make_app: Callable[..., FastAPI],
+) -> Iterator[tuple[BackgroundServer, list[str]]]:
+    """A live server that records the method and path of every request it gets."""
+    app = make_app("none")
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    with BackgroundServer(app) as server:
+        yield server, seen
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "allowed"),
+    [
+        (["--budget", "5"], "budget 5 is too small: substitute 'lr' needs at least 51", set()),
+        (
+            ["--budget", "40", "--substitute", "equation-solver", "--label-mode", "soft"],
+            "needs at least 65 answers (64 features)",
+            {"GET /v1/model"},  # the width comes from the metadata, which costs no query
+        ),
+    ],
+)
+def test_attack_refuses_a_budget_too_small_before_any_query(
+    counted_server: tuple[BackgroundServer, list[str]],
+    extra: list[str],
+    message: str,
+    allowed: set[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    server, seen = counted_server
+    out = tmp_path / "o"
+    argv = ["attack", "--target", server.url, "--api-key", KEYS["alice"], "--out", str(out)]
+    assert main([*argv, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert set(seen) <= allowed, seen
+    assert not (out / "queries.jsonl").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
+def test_attack_with_cnn_without_pytorch_fails_before_any_query(
+    counted_server: tuple[BackgroundServer, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    server, seen = counted_server
+    out = tmp_path / "o"
+    argv = ["attack", "--target", server.url, "--api-key", KEYS["alice"], "--out", str(out)]
+    assert main([*argv, "--substitute", "cnn", "--budget", "80"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'modeltheft[cnn]' (torch==2.13.0)" in err and len(err.splitlines()) == 1
+    assert seen == [] and not (out / "queries.jsonl").exists()
+
+
+@pytest.fixture
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Help printed 200 columns wide: rich cuts a word longer than its column."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def _help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """A command's help on one line: the table's borders dropped, wrapped lines joined."""
+    assert main([*argv, "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return " ".join(" ".join(line.strip(" │╭╮╰╯─").split()) for line in lines)
+
+
+def _registered() -> dict[str, list[str]]:
+    from modeltheft.attacks.labels import LABEL_MODES
+    from modeltheft.attacks.recipes import STRATEGIES
+    from modeltheft.attacks.sources import SOURCES
+    from modeltheft.attacks.substitutes import SUBSTITUTES
+    from modeltheft.defenses import preset_names
+    from modeltheft.oracle import PROTOCOLS
+    from modeltheft.tasks import BUILTIN
+    from modeltheft.victim.train import FAMILIES
+
+    return {
+        "strategy": STRATEGIES.names(),
+        "source": SOURCES.names(),
+        "substitute": SUBSTITUTES.names(),
+        "label mode": list(LABEL_MODES),
+        "protocol": PROTOCOLS.names(),
+        "task": list(BUILTIN),
+        "family": FAMILIES.names(),
+        "preset": preset_names(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "listed"),
+    [
+        (
+            ["attack"],
+            [
+                ("Choices:", "protocol"),
+                ("Choices:", "strategy"),
+                ("Sources (pool=):", "source"),
+                ("Choices:", "substitute"),
+                ("Choices:", "label mode"),
+                ("Built-in:", "task"),
+            ],
+        ),
+        (["train"], [("Choices:", "family"), ("Built-in:", "task")]),
+        (
+            ["serve"],
+            [("Built-in:", "task"), ("Presets:", "preset"), ("Choices:", "protocol")],
+        ),
+        (["demo"], [("Built-in:", "task")]),
+        (["watermark", "verify"], [("Choices:", "protocol")]),
+    ],
+)
+def test_help_lists_the_registered_names(
+    argv: list[str], listed: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help_text(argv, capsys)
+    names = _registered()
+    for label, kind in listed:
+        assert f"{label} {', '.join(names[kind])}" in text, (kind, text)
+
+
+def test_attack_help_says_cnn_needs_its_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help_text(["attack"], capsys)
+    assert "cnn" in _registered()["substitute"]
+    assert "the cnn substitute needs PyTorch: pip install 'modeltheft[cnn]' (torch==2.13.0)" in text
+    assert main(["attack", "--help"]) == 0  # a second help from the same process: listed once
+    assert capsys.readouterr().out.count("Choices: cnn,") == 1
+
+
+def test_help_shows_a_bracketed_url_form(capsys: pytest.CaptureFixture[str], wide: None) -> None:
+    # rich markup used to swallow "[user:password@]" in the help
+    assert "redis://[user:password@]host:port/db" in _help_text(["serve"], capsys)
+    assert "redis://[user:password@]host:port/db" in _help_text(["audit"], capsys)
+
+
+def test_the_cli_reads_the_registries_only_for_help() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modeltheft.cli.app; "
+        "print(any(m in sys.modules for m in ('modeltheft.attacks.recipes', "
+        "'modeltheft.attacks.substitutes', 'modeltheft.oracle', 'modeltheft.victim.train')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # serve's workers import this module too

@@ -209,3 +209,24 @@ def test_independent_models_show_no_pooled_evidence(
     argv = ["watermark", "verify", "--state", f"sqlite:///{db}", "--suspect"]
     assert main([*argv, str(tmp_path / "own.skops")]) == 0
     assert "shows no evidence of copying" in capsys.readouterr().out
+
+
+def test_watermark_verify_never_creates_a_missing_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["watermark", "verify", "--suspect", "copy.skops"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no state database at modeltheft-state.db" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_watermark_verify_leaves_the_state_file_unchanged(
+    stolen: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, copy_path, _ = stolen
+    before = db.read_bytes()
+    argv = ["watermark", "verify", "--state", f"sqlite:///{db}", "--suspect", str(copy_path)]
+    assert main(argv) == 0
+    assert "suspect is a copy" in capsys.readouterr().out
+    assert db.read_bytes() == before

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from modeltheft import __version__
+from modeltheft.cli import choices as registered
 from modeltheft.cli.audit import audit_command
 from modeltheft.cli.experiments import sweep_command
 from modeltheft.cli.report import report_command
@@ -32,26 +33,37 @@ app.command("audit")(audit_command)
 console = Console()
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
-        console.print(__version__)
+def _print_version(value: bool) -> None:
+    """``--version``: print the version and stop before any command is looked for."""
+    if value:
+        console.print(__version__, markup=False, highlight=False)
         raise typer.Exit()
 
 
-@app.command()
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,  # handled while parsing, before click asks for a command
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Model extraction (OWASP ML05:2023): steal a classifier through its API, and defend one."""
+
+
+@app.command(cls=registered.with_choices({"model": registered.families, "task": registered.tasks}))
 def train(
     out: Annotated[
         Path, typer.Option(help="Where to write the model (.skops); metadata goes beside it.")
     ],
-    model: Annotated[str, typer.Option(help="Model family: rf, lr, mlp, svc or gbdt.")] = "rf",
+    model: Annotated[str, typer.Option(help="Model family.")] = "rf",
     task: Annotated[
         str,
-        typer.Option(
-            help="Task: digits, breast-cancer, wine, iris, or a TOML task file (see tasks/)."
-        ),
+        typer.Option(help="Task: a built-in name or a TOML task file (see tasks/)."),
     ] = "digits",
     holdout: Annotated[
         bool,
@@ -70,7 +82,15 @@ def train(
     console.print(f"saved {out} and {meta}")
 
 
-@app.command()
+@app.command(
+    cls=registered.with_choices(
+        {
+            "task": registered.tasks,
+            "defense": registered.presets,
+            "upstream_protocol": registered.upstream_protocols,
+        }
+    )
+)
 def serve(
     model: Annotated[
         Path | None,
@@ -83,14 +103,12 @@ def serve(
     task: Annotated[
         str | None,
         typer.Option(
-            help="Task the model answers: digits, breast-cancer, wine, iris or a TOML task "
-            "file; checked against the model. Default: the model's metadata, else its width "
+            help="Task the model answers: a built-in name or a TOML task file; checked "
+            "against the model. Default: the model's metadata, else its width "
             "and classes."
         ),
     ] = None,
-    defense: Annotated[
-        str, typer.Option(help="Preset (none, lab, recommended) or a TOML file.")
-    ] = "none",
+    defense: Annotated[str, typer.Option(help="A preset or a TOML file.")] = "none",
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
     keys_file: Annotated[
@@ -112,7 +130,7 @@ def serve(
         typer.Option(
             help="Where the defenses keep per-client state: memory:// (this process only, lost "
             "on exit), sqlite:///file.db or sqlite:////abs/file.db (shared by this machine's "
-            "workers, kept across restarts) or redis://[user:password@]host:port/db (shared "
+            "workers, kept across restarts) or redis://\\[user:password@]host:port/db (shared "
             "by replicas). A missing SQLite file is created and logged as a new, empty state; "
             "a file that is not a SQLite database or cannot be written is an error."
         ),
@@ -163,10 +181,7 @@ def serve(
     ] = None,
     upstream_protocol: Annotated[
         str,
-        typer.Option(
-            help="The upstream's API: oip-v2 (MLServer, KServe v2, Triton), "
-            "kserve-v1 or modeltheft."
-        ),
+        typer.Option(help="The upstream's API (oip-v2: MLServer, KServe v2, Triton)."),
     ] = "oip-v2",
     upstream_timeout: Annotated[
         float,
@@ -188,6 +203,7 @@ def serve(
 
     import uvicorn
 
+    from modeltheft.cli.preflight import check_serve_inputs
     from modeltheft.service import Settings, create_app
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing, MetricsKey
@@ -202,7 +218,6 @@ def serve(
     logging_config = log_config(log_format)  # uvicorn applies it, in every worker too
     if log_format == "json":  # from the first line on, every line of the output is JSON
         logging.config.dictConfig(logging_config)
-    keys = KeyRing.from_sources(keys_file)
     gateway = None
     if upstream is not None:
         gateway = UpstreamConfig(
@@ -215,6 +230,9 @@ def serve(
         )
     elif reference is not None:
         raise ConfigError("--reference goes with --upstream (a served model has its task's data)")
+    # The keys last: a bad model, task, defense or state is named as such, not as missing keys.
+    check_serve_inputs(model, task, defense, state, gateway=upstream is not None)
+    keys = KeyRing.from_sources(keys_file)
     if workers > 1 and Path(defense).is_file():
         defense = str(Path(defense).resolve())  # the workers must find the same file
     settings = Settings(
@@ -310,7 +328,18 @@ def _exit_zero_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminated)
 
 
-@app.command()
+@app.command(
+    cls=registered.with_choices(
+        {
+            "protocol": registered.protocols,
+            "strategy": registered.strategies,
+            "param": registered.sources,
+            "substitute": registered.substitutes,
+            "label_mode": registered.label_modes,
+            "task": registered.tasks,
+        }
+    )
+)
 def attack(
     target: Annotated[str, typer.Option(help="Base URL of the prediction API.")],
     out: Annotated[Path, typer.Option(help="Folder for the stolen model, query log and results.")],
@@ -324,9 +353,7 @@ def attack(
     ] = None,
     protocol: Annotated[
         str,
-        typer.Option(
-            help="API protocol: modeltheft, oip-v2 (KServe v2/MLServer/Triton) or kserve-v1."
-        ),
+        typer.Option(help="API protocol (oip-v2: KServe v2, MLServer, Triton)."),
     ] = "modeltheft",
     model_name: Annotated[
         str | None, typer.Option(help="Model name in the URL (required for oip-v2, kserve-v1).")
@@ -338,11 +365,9 @@ def attack(
     ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Queries to spend.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the attack's random choices.")] = 0,
-    substitute: Annotated[
-        str, typer.Option(help="Substitute: lr, mlp, svc, rf, knn or equation-solver.")
-    ] = "lr",
+    substitute: Annotated[str, typer.Option(help="Substitute model the thief fits.")] = "lr",
     label_mode: Annotated[
-        str, typer.Option(help="Use hard labels, soft (full probabilities) or top-k.")
+        str, typer.Option(help="Learn from hard labels, soft (full probabilities) or top-k.")
     ] = "hard",
     top_k: Annotated[int, typer.Option(min=1, help="k for --label-mode top-k.")] = 3,
     checkpoints: Annotated[
@@ -363,8 +388,8 @@ def attack(
     task: Annotated[
         str | None,
         typer.Option(
-            help="The target's task: a built-in name (digits, breast-cancer, wine, iris) or a "
-            "task TOML file; default: what the API says of itself."
+            help="The target's task: a built-in name or a task TOML file; default: what the "
+            "API says of itself."
         ),
     ] = None,
     eval_data: Annotated[
@@ -446,7 +471,7 @@ def attack(
     )
 
 
-@app.command()
+@app.command(cls=registered.with_choices({"task": registered.tasks}))
 def demo(
     repeats: Annotated[
         int, typer.Option(min=1, help="Repeat each scenario over this many seeds.")
@@ -460,7 +485,7 @@ def demo(
     task: Annotated[
         str,
         typer.Option(
-            help="The lab's task: digits (the OWASP lab), breast-cancer, wine, iris or a task "
+            help="The lab's task: digits (the OWASP lab), another built-in task or a task "
             "TOML file with data."
         ),
     ] = "digits",

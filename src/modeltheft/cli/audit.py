@@ -45,7 +45,7 @@ def audit_command(
         str,
         typer.Option(
             help="The service's state: sqlite:///file.db, sqlite:////abs/file.db or "
-            "redis://[user:password@]host:port/db."
+            "redis://\\[user:password@]host:port/db."
         ),
     ],
     client: Annotated[str | None, typer.Option(help="Only this client's requests.")] = None,
@@ -63,7 +63,7 @@ def audit_command(
     if state.strip().lower().startswith("memory:"):
         raise ConfigError("memory state lives in the serving process only: audit sqlite or redis")
     start = None if since is None else time.time() - parse_duration(since, "--since")
-    store = open_store(state, create=False)
+    store = open_store(state, read_only=True)
     try:
         entries = store.audit_entries(client=client, since=start, limit=limit)
     finally:

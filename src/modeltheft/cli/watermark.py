@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modeltheft.cli.choices import protocols, with_choices
 from modeltheft.defenses.watermark import (
     COIN_NULL,
     Verdict,
@@ -28,21 +29,23 @@ watermark_app = typer.Typer(help="Watermark evidence (DAWN) against suspected co
 console = Console(soft_wrap=True)
 
 
-@watermark_app.command("verify")
+@watermark_app.command("verify", cls=with_choices({"protocol": protocols}))
 def verify_command(
     suspect: Annotated[
         str, typer.Option(help="The suspect: a .skops or .onnx model file, or an http(s) URL.")
     ],
     state: Annotated[
-        str, typer.Option(help="The serving state that holds the watermark records.")
+        str,
+        typer.Option(
+            help="The serving state that holds the watermark records (opened read-only; a "
+            "missing file is an error, never created)."
+        ),
     ] = "sqlite:///modeltheft-state.db",
     client: Annotated[
         list[str] | None,
         typer.Option(help="Test only these clients' watermarks (repeatable); default: all."),
     ] = None,
-    protocol: Annotated[str, typer.Option(help="For a URL: modeltheft, oip-v2, kserve-v1.")] = (
-        "modeltheft"
-    ),
+    protocol: Annotated[str, typer.Option(help="For a URL: its protocol.")] = ("modeltheft"),
     api_key: Annotated[
         str | None, typer.Option(envvar="MODELTHEFT_API_KEY", help="For a URL: API key.")
     ] = None,
@@ -63,7 +66,7 @@ def verify_command(
     from modeltheft.evaluation.suspect import suspect_predictor
     from modeltheft.state import open_store
 
-    store = open_store(state)
+    store = open_store(state, read_only=True)
     try:
         clients = client or watermarked_clients(store)
         classes = stored_classes(store)

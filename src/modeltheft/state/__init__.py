@@ -15,6 +15,7 @@ __all__ = [
     "SqliteStore",
     "StateStore",
     "open_store",
+    "parse_store_url",
     "redact_url",
 ]
 
@@ -26,14 +27,9 @@ ACCEPTED = (
 )
 
 
-def open_store(url: str, create: bool = True) -> StateStore:
-    """The state store a URL names: ``memory://``, ``sqlite:///path.db``, a path, ``redis://…``.
-
-    ``sqlite:///state.db`` is relative to the working folder and ``sqlite:////var/x.db``
-    absolute, as in SQLAlchemy. Anything else is a :class:`~modeltheft.errors.ConfigError`.
-    A missing SQLite file is created (and logged at WARNING) unless ``create`` is False, which
-    makes it a ConfigError (tools that only read the state).
-    """
+def parse_store_url(url: str) -> tuple[str, str]:
+    """What a state URL names, without opening it: ``("memory", "")``, ``("sqlite", path)``
+    or ``("redis", url)``; a malformed URL or an unknown scheme is a ConfigError."""
     text = url.strip()
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if not text:
@@ -41,19 +37,36 @@ def open_store(url: str, create: bool = True) -> StateStore:
     if scheme == "memory":
         if text.lower() != "memory://":
             raise ConfigError(f"memory state takes no path: use exactly memory://, not {text!r}")
-        return MemoryStore()
+        return "memory", ""
     if scheme == "sqlite":
         if not text.lower().startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise ConfigError(
                 f"bad SQLite state URL {text!r}: use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
-        return SqliteStore(text[len("sqlite:///") :], create=create)
+        return "sqlite", text[len("sqlite:///") :]
     if scheme in ("redis", "rediss"):
-        return RedisStore(text)
+        return "redis", text
     if scheme:
         raise ConfigError(
             f"unknown state URL scheme {scheme + '://'!r} in {redact_url(text)}; "
             f"accepted forms: {ACCEPTED}"
         )
-    return SqliteStore(text, create=create)
+    return "sqlite", text
+
+
+def open_store(url: str, create: bool = True, read_only: bool = False) -> StateStore:
+    """The state store a URL names: ``memory://``, ``sqlite:///path.db``, a path, ``redis://…``.
+
+    ``sqlite:///state.db`` is relative to the working folder and ``sqlite:////var/x.db``
+    absolute, as in SQLAlchemy. Anything else is a :class:`~modeltheft.errors.ConfigError`.
+    A missing SQLite file is created (and logged at WARNING) unless ``create`` is False, which
+    makes it a ConfigError (tools that only read the state); ``read_only`` also opens an
+    existing SQLite file with ``mode=ro``, so nothing is created in it or written to it.
+    """
+    kind, target = parse_store_url(url)
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "redis":
+        return RedisStore(target)
+    return SqliteStore(target, create=create, read_only=read_only)

@@ -64,9 +64,11 @@ class SqliteStore:
 
     A missing file is created with its folder (``create=False`` refuses instead, for tools
     that only read) and logged at WARNING with its path, so that starting on a new, empty
-    state is never silent. A folder that cannot be created, a file that is not a SQLite
-    database or one that cannot be written is a :class:`~modeltheft.errors.ConfigError` at
-    once. Writes wait ``busy_timeout`` seconds for another process's lock, then raise
+    state is never silent. ``read_only=True`` opens an existing file with SQLite's
+    ``mode=ro``: nothing is created, migrated or written (a write raises StateUnavailable).
+    A folder that cannot be created, a file that is not a SQLite database or one that cannot
+    be written is a :class:`~modeltheft.errors.ConfigError` at once. Writes wait
+    ``busy_timeout`` seconds for another process's lock, then raise
     :class:`~modeltheft.errors.StateUnavailable`.
 
     One connection per store, guarded by a lock, so a store may be shared by threads. A store
@@ -79,8 +81,11 @@ class SqliteStore:
         path: str | os.PathLike[str],
         busy_timeout: float = BUSY_TIMEOUT,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = str(path)
+        self.read_only = read_only
+        create = create and not read_only
         self.busy_timeout = float(busy_timeout)
         self._lock = threading.RLock()  # re-entered by the calls inside a batch()
         self._depth = 0
@@ -117,9 +122,16 @@ class SqliteStore:
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                self._target(),
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.read_only,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.read_only:  # a file that is not a database fails here, not at first use
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
             # Several processes may open a new file at once: switching to WAL and creating
             # the tables can meet a lock that the busy handler does not wait for; retry then.
             deadline = time.monotonic() + OPEN_TIMEOUT
@@ -140,6 +152,12 @@ class SqliteStore:
                 conn.close()
             raise fault(f"cannot use {self.path} as a state database: {exc}") from None
         return conn
+
+    def _target(self) -> str:
+        """What ``sqlite3.connect`` opens: the path, or a ``mode=ro`` URI when read-only."""
+        if not self.read_only:
+            return self.path
+        return Path(self.path).absolute().as_uri() + "?mode=ro"
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
