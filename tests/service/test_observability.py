@@ -481,3 +481,26 @@ def test_a_client_that_leaves_mid_body_is_a_499_not_a_500(
         time.sleep(0.05)
     assert 'route="/v1/predict",status="499"} 1.0' in text and 'status="500"' not in text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_access_record_escapes_an_odd_client_name(caplog: pytest.LogCaptureFixture) -> None:
+    """Names are checked when keys load; the access record escapes anything odd anyway."""
+    from modeltheft.service.observability import HttpMetrics
+
+    async def app(scope: dict, receive: object, send: Callable) -> None:
+        scope["state"]["client"] = "evil\r\nGET /v1/predict 200 client=alice"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    asgi = ObservabilityMiddleware(app, HttpMetrics())
+    scope = {"type": "http", "method": "GET", "path": "/x", "state": {}}
+
+    async def send(message: dict) -> None:
+        return None
+
+    with caplog.at_level(logging.INFO, logger="modeltheft.access"):
+        asyncio.run(asgi(scope, None, send))
+    [record] = [r for r in caplog.records if r.name == "modeltheft.access"]
+    line = logging.Formatter("%(message)s").format(record)
+    assert "\n" not in line and "\r" not in line and " client=alice" not in line
+    assert "client=evil\\x0d\\x0aGET\\x20/v1/predict" in line

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -58,6 +59,28 @@ OTHER = "other"
 LOG_FORMATS = ("text", "json")
 
 access_log = logging.getLogger("modeltheft.access")
+
+
+_UNSAFE = re.compile(r"[^!-~]")
+"""Anything but printable ASCII without the space: escaped in an access record's text."""
+
+
+@lru_cache(maxsize=1024)
+def log_safe(text: str) -> str:
+    """``text`` with controls, spaces and non-ASCII characters escaped (``\\x0d``), so one
+    access record stays one line whose fields cannot be forged."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def multiprocess_dir() -> str | None:
@@ -269,7 +292,7 @@ class ObservabilityMiddleware:
             rows = state.get("rows") or 0
             metrics.record(route, method, status, seconds, rows, state.get("altered") or 0)
             if self.access_log and access_log.isEnabledFor(logging.INFO):
-                client = state.get("client") or "-"
+                client = log_safe(state.get("client") or "-")  # names are checked; in case
                 millis = round(seconds * 1000, 3)
                 # makeRecord + handle: Logger.info would also walk the stack for the caller.
                 record = access_log.makeRecord(
