@@ -307,6 +307,41 @@ def test_multiprocess_metrics_makes_and_removes_a_private_folder(
     assert os.environ[MULTIPROC_ENV] == "/somewhere/else"
 
 
+def test_a_killed_runs_metrics_folder_is_removed_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 leaves the folder; the next start removes it, and only folders that are ours."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from modeltheft.service.observability import multiprocess_metrics\n"
+        "with multiprocess_metrics(Path(sys.argv[1])) as folder:\n"
+        "    (folder / 'counter_1.db').write_bytes(b'x')\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    left = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait()
+    killed.stdout.close()
+    assert left.is_dir() and left.parent == tmp_path
+    live = tmp_path / f"modeltheft-metrics-{os.getpid()}-abc123"  # a run still going
+    others = [tmp_path / "modeltheft-metrics-x", tmp_path / "other-12345-abc"]
+    for folder in [live, *others]:
+        folder.mkdir()
+    (tmp_path / f"modeltheft-metrics-{killed.pid}-link").symlink_to(live)
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with multiprocess_metrics(tmp_path) as fresh:
+        assert not left.exists()
+        assert fresh.name.startswith(f"modeltheft-metrics-{os.getpid()}-")
+        assert live.is_dir() and all(folder.is_dir() for folder in others)
+        assert (tmp_path / f"modeltheft-metrics-{killed.pid}-link").is_symlink()
+    assert not fresh.exists()
+
+
 def test_reaping_drops_the_live_gauges_of_exited_workers_only(tmp_path: Path) -> None:
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
@@ -95,16 +96,23 @@ def multiprocess_dir() -> str | None:
     return None
 
 
+METRICS_DIR_PREFIX = "modeltheft-metrics-"
+_METRICS_DIR = re.compile(re.escape(METRICS_DIR_PREFIX) + r"([1-9]\d{0,9})-[A-Za-z0-9_]+")
+
+
 @contextmanager
-def multiprocess_metrics() -> Iterator[Path]:
+def multiprocess_metrics(parent: Path | None = None) -> Iterator[Path]:
     """Point ``PROMETHEUS_MULTIPROC_DIR`` at a private, empty directory; remove it at exit.
 
     For the serve command, before it starts worker processes (which inherit the variable and
     import prometheus_client afresh). An empty directory per run: stale files of an earlier
-    run would add old counts to the new ones.
+    run would add old counts to the new ones. The directory (in ``parent``, default the temp
+    dir) is named ``modeltheft-metrics-<pid>-…`` after this process, so that a later start can
+    remove what a killed run left (:func:`remove_stale_metrics_dirs`).
     """
+    remove_stale_metrics_dirs(parent)
     previous = os.environ.get(MULTIPROC_ENV)
-    path = tempfile.mkdtemp(prefix="modeltheft-metrics-")
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=parent)
     os.environ[MULTIPROC_ENV] = path
     try:
         yield Path(path)
@@ -116,12 +124,43 @@ def multiprocess_metrics() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_stale_metrics_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the metrics directories of runs that died without cleaning up (kill -9).
+
+    Only directories that are ours: named ``modeltheft-metrics-<pid>-…``, owned by this user,
+    not symbolic links, and whose ``<pid>`` is no live process. Returns what was removed.
+    """
+    folder = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _METRICS_DIR.fullmatch(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    if removed:
+        logging.getLogger("modeltheft.service").info(
+            "removed %d metrics folder(s) left by stopped runs in %s", len(removed), folder
+        )
+    return removed
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # someone else's, or no pid at all: keep it
         return True
     return True
 
