@@ -1,14 +1,18 @@
-"""Size limits on the wire: 431 for a long request head, and an early 413 that every client
-reads (lingering close). Raw sockets and urllib against real uvicorn servers on loopback."""
+"""Connections on the wire: 431 for a long request head, an early 413 that every client
+reads (lingering close), clients that leave mid-pipeline. Raw sockets and urllib against real
+uvicorn servers on loopback."""
 
 import json
+import logging
 import os
 import select
+import socket
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -189,3 +193,45 @@ def test_max_header_bytes_is_checked(bad: object) -> None:
         Settings(keys=KeyRing.from_pairs(KEYS), max_header_bytes=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_head_bytes"):
         header_timeout_protocol(1.0, max_head_bytes=bad)  # type: ignore[arg-type]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """What the server's loggers (uvicorn's, ours, asyncio's) write, whatever propagates."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "modeltheft", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def test_pipelining_then_leaving_logs_no_error(
+    live_server: Callable[..., BackgroundServer], server_log: list[logging.LogRecord]
+) -> None:
+    """The client resets the connection while the first of two pipelined answers is written:
+    nobody reads it, and nothing is an error (was two ERROR tracebacks each)."""
+    server = live_server("none")
+    first = b"GET /docs-assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: test\r\n\r\n"  # 1.5 MB
+    second = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+    for delay in (0, 0.001, 0.002, 0.005) * 4:
+        with connect(server.url) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(first + second)
+            time.sleep(delay)
+    time.sleep(0.3)  # the server notices the resets
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    bad = [r for r in server_log if r.levelno >= logging.WARNING or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]

@@ -150,8 +150,10 @@ class _CycleTransport:
         self._transport = transport
 
     def write(self, data: bytes) -> None:
-        """Write to the connection."""
-        self._transport.write(data)
+        """Write to the connection; nothing once it is closing (the client left: uvloop would
+        raise, asyncio warn, for a response nobody reads)."""
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def is_closing(self) -> bool:
         """Whether the connection is closing."""
@@ -202,6 +204,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._in_body = False  # its head is parsed, its body is still arriving
         self._linger_left = -1  # >= 0 while lingering: bytes still to discard
         self._linger_timer: TimerHandle | None = None
+        self._running: Any = None
 
     def _arm_head_deadline(self) -> None:
         if self._head_deadline is None:
@@ -218,12 +221,21 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the timers with the connection."""
+        """Drop the timers with the connection; tell every unfinished request, not only the
+        newest (uvicorn's), that its client left."""
         self._disarm_head_deadline()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        for cycle in [self._running, *(queued for queued, _ in self.pipeline)]:
+            if cycle is not None and cycle is not self.cycle and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle  # the request being answered (self.cycle is the newest one)
+        super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, counting the bytes of each head; discard them while lingering."""
