@@ -235,3 +235,23 @@ def test_pipelining_then_leaving_logs_no_error(
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     bad = [r for r in server_log if r.levelno >= logging.WARNING or r.exc_info]
     assert not bad, [r.getMessage() for r in bad]
+
+
+def test_a_pipelined_request_whose_body_is_still_arriving_is_answered(
+    live_server: Callable[..., BackgroundServer],
+) -> None:
+    """The first answer completes while the second request's body arrives: no early close."""
+    server = live_server("none")
+    body = json.dumps({"inputs": [[0.5] * 64]}).encode()
+    second = (
+        "POST /v1/predict HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: {auth()['Authorization']}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with connect(server.url) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(head_with(10) + second[:-20])
+        assert read_response(reader)[0] == 200
+        time.sleep(0.1)
+        sock.sendall(second[-20:])
+        assert read_response(reader)[0] == 200

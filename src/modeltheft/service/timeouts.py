@@ -289,8 +289,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         A response sent before its request's body was fully received (an early refusal) ends
         the connection lingering too: the rest of that body is not read without bound.
         """
-        if self._linger_left < 0 and self._in_body and not self.transport.is_closing():
-            self._linger()
+        early = self._in_body and self.cycle is not None and self.cycle.response_complete
+        if early and self._linger_left < 0 and not self.transport.is_closing():
+            self._linger()  # the request answered is the one whose body is still arriving
         if self._linger_left >= 0:
             self.server_state.total_requests += 1
             return
