@@ -220,3 +220,14 @@ def test_the_documented_route_answers_like_the_fast_path(
         assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
         missing = api.post(url, json={"inputs": [ROW]})
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+
+
+def test_onnx_answers_are_scikit_learns_float64_probabilities(
+    client: TestClient, victim: LoadedVictim
+) -> None:
+    """No float32 noise on the wire (0.03999999910593033 for 0.04): the same float64s."""
+    assert client.get("/v1/model").json()["inference"] == "onnx"
+    X = digits_task().data.X_eval[:100]
+    body = client.post("/v1/predict", json={"inputs": X.tolist()}, headers=auth()).json()
+    answered = np.array([p["probabilities"] for p in body["predictions"]])
+    assert np.array_equal(answered, victim.model.predict_proba(X))

@@ -61,3 +61,29 @@ def test_verified_keys_are_remembered_by_digest_and_unknown_keys_never() -> None
     assert sorted(remembered.values()) == ["c7", "c8"]
     assert all(len(tag) == 32 and b"key-" not in tag for tag in remembered)
     assert ring.verify("key-7-" + "x" * 29) is None and ring.verify("") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["evil\r\nINFO modeltheft.access: POST /v1/predict 200 client=alice", "a b", 'a"b', "é", ""],
+)
+def test_client_names_that_could_forge_log_lines_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        KeyRing.from_pairs({name: "key-0123456789"})
+    assert "\n" not in str(refused.value) and "\r" not in str(refused.value)
+    assert "client name" in str(refused.value)
+    if name and "\n" not in name:  # a keys file line cannot hold a line break
+        path = tmp_path / "keys"
+        path.write_text(f"{name}:{hash_key('k')}\n")
+        with pytest.raises(ConfigError, match="client name"):
+            KeyRing.from_file(path)
+
+
+def test_crlf_in_the_environment_variable_is_refused() -> None:
+    with pytest.raises(ConfigError, match="client name"):
+        KeyRing.from_env_value("mallory\r\nGET /v1/predict 200 client=alice:k1")
+
+
+@pytest.mark.parametrize("name", ["alice", "svc-01", "team.bot_2", "ops@example.org", "a+b"])
+def test_ordinary_client_names_are_accepted(name: str) -> None:
+    assert KeyRing.from_pairs({name: "k"}).names == [name]

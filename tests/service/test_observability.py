@@ -307,6 +307,41 @@ def test_multiprocess_metrics_makes_and_removes_a_private_folder(
     assert os.environ[MULTIPROC_ENV] == "/somewhere/else"
 
 
+def test_a_killed_runs_metrics_folder_is_removed_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 leaves the folder; the next start removes it, and only folders that are ours."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from modeltheft.service.observability import multiprocess_metrics\n"
+        "with multiprocess_metrics(Path(sys.argv[1])) as folder:\n"
+        "    (folder / 'counter_1.db').write_bytes(b'x')\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    left = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait()
+    killed.stdout.close()
+    assert left.is_dir() and left.parent == tmp_path
+    live = tmp_path / f"modeltheft-metrics-{os.getpid()}-abc123"  # a run still going
+    others = [tmp_path / "modeltheft-metrics-x", tmp_path / "other-12345-abc"]
+    for folder in [live, *others]:
+        folder.mkdir()
+    (tmp_path / f"modeltheft-metrics-{killed.pid}-link").symlink_to(live)
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with multiprocess_metrics(tmp_path) as fresh:
+        assert not left.exists()
+        assert fresh.name.startswith(f"modeltheft-metrics-{os.getpid()}-")
+        assert live.is_dir() and all(folder.is_dir() for folder in others)
+        assert (tmp_path / f"modeltheft-metrics-{killed.pid}-link").is_symlink()
+    assert not fresh.exists()
+
+
 def test_reaping_drops_the_live_gauges_of_exited_workers_only(tmp_path: Path) -> None:
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
@@ -481,3 +516,26 @@ def test_a_client_that_leaves_mid_body_is_a_499_not_a_500(
         time.sleep(0.05)
     assert 'route="/v1/predict",status="499"} 1.0' in text and 'status="500"' not in text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_access_record_escapes_an_odd_client_name(caplog: pytest.LogCaptureFixture) -> None:
+    """Names are checked when keys load; the access record escapes anything odd anyway."""
+    from modeltheft.service.observability import HttpMetrics
+
+    async def app(scope: dict, receive: object, send: Callable) -> None:
+        scope["state"]["client"] = "evil\r\nGET /v1/predict 200 client=alice"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    asgi = ObservabilityMiddleware(app, HttpMetrics())
+    scope = {"type": "http", "method": "GET", "path": "/x", "state": {}}
+
+    async def send(message: dict) -> None:
+        return None
+
+    with caplog.at_level(logging.INFO, logger="modeltheft.access"):
+        asyncio.run(asgi(scope, None, send))
+    [record] = [r for r in caplog.records if r.name == "modeltheft.access"]
+    line = logging.Formatter("%(message)s").format(record)
+    assert "\n" not in line and "\r" not in line and " client=alice" not in line
+    assert "client=evil\\x0d\\x0aGET\\x20/v1/predict" in line

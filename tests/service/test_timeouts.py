@@ -224,7 +224,11 @@ def test_protocol_factory_survives_pickling_for_workers() -> None:
     )
     restored = pickle.loads(pickle.dumps(config))
     assert restored.http.func is HeaderTimeoutProtocol
-    assert restored.http.keywords == {"header_timeout": 3.0}
+    assert restored.http.keywords == {
+        "header_timeout": 3.0,
+        "max_head_bytes": 16384,
+        "linger_bytes": 1024 * 1024,
+    }
 
 
 @pytest.fixture

@@ -208,7 +208,7 @@ def serve(
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing, MetricsKey
     from modeltheft.service.observability import log_config, multiprocess_metrics
-    from modeltheft.service.timeouts import header_timeout_protocol
+    from modeltheft.service.timeouts import protocol_for
     from modeltheft.service.upstream import UPSTREAM_KEY_ENV, UpstreamConfig
     from modeltheft.state import redact_url
     from modeltheft.state.audit import parse_duration
@@ -274,7 +274,7 @@ def serve(
         "log_level": "info",
         "log_config": logging_config,
         "access_log": False,  # replaced by modeltheft.access (no query strings, no headers)
-        "http": header_timeout_protocol(request_timeout),
+        "http": protocol_for(settings),  # head deadline and size, lingering close
         "timeout_graceful_shutdown": timeout_graceful_shutdown,
     }
     _exit_zero_on_sigterm()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from modeltheft import __version__
 from modeltheft.defenses.guarded import GuardedModel, Reply
@@ -40,6 +41,8 @@ from modeltheft.victim import load_model, train_victim
 from modeltheft.victim.fast import fast_model
 
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI and ReDoc scripts are served from (no CDN)."""
 log = logging.getLogger("modeltheft.service")
 
 
@@ -101,7 +104,13 @@ def create_app(settings: Settings) -> FastAPI:
             await upstream.aclose()
         store.close()
 
-    app = FastAPI(title="modeltheft prediction service", version=__version__, lifespan=lifespan)
+    # Swagger UI (/docs) and ReDoc (/redoc) from the assets fastapi-offline ships, not a CDN.
+    app = FastAPIOffline(
+        title="modeltheft prediction service",
+        version=__version__,
+        lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+    )
     app.state.settings = settings
     app.state.keys = settings.keys
     app.state.metrics_key = settings.metrics_key

@@ -7,6 +7,7 @@ holds lines ``name:sha256$<salt hex>$<digest hex>`` made by ``modeltheft keys ne
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,19 @@ ENV_VAR = "MODELTHEFT_API_KEYS"
 SCHEME = "sha256"
 MAX_REMEMBERED = 4096
 """Verified key digests kept per process (one per client in practice)."""
+CLIENT_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,128}")
+"""A client name: it is written into the access log and the audit, so nothing that could
+break a log line (controls, spaces, quotes) or pass for another field."""
+
+
+def check_client_name(name: str) -> str:
+    """``name`` if it is a valid client name; else a one-line ConfigError."""
+    if not isinstance(name, str) or not CLIENT_NAME.fullmatch(name):
+        shown = ascii(name) if len(str(name)) <= 40 else ascii(str(name)[:40]) + "..."
+        raise ConfigError(
+            f"client name {shown} must be 1-128 letters, digits, '_', '.', '-', '@' or '+'"
+        )
+    return name
 
 
 def hash_key(key: str, salt: bytes | None = None) -> str:
@@ -63,7 +77,7 @@ class KeyRing:
     """The hashed API keys a service accepts."""
 
     def __init__(self, entries: list[_Entry]) -> None:
-        names = [e.name for e in entries]
+        names = [check_client_name(e.name) for e in entries]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"duplicate API key names: {', '.join(duplicates)}")

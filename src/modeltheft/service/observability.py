@@ -19,9 +19,11 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -60,6 +62,28 @@ LOG_FORMATS = ("text", "json")
 access_log = logging.getLogger("modeltheft.access")
 
 
+_UNSAFE = re.compile(r"[^!-~]")
+"""Anything but printable ASCII without the space: escaped in an access record's text."""
+
+
+@lru_cache(maxsize=1024)
+def log_safe(text: str) -> str:
+    """``text`` with controls, spaces and non-ASCII characters escaped (``\\x0d``), so one
+    access record stays one line whose fields cannot be forged."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
+
+
 def multiprocess_dir() -> str | None:
     """The directory shared by the worker processes, if prometheus_client is in multiprocess mode.
 
@@ -72,16 +96,23 @@ def multiprocess_dir() -> str | None:
     return None
 
 
+METRICS_DIR_PREFIX = "modeltheft-metrics-"
+_METRICS_DIR = re.compile(re.escape(METRICS_DIR_PREFIX) + r"([1-9]\d{0,9})-[A-Za-z0-9_]+")
+
+
 @contextmanager
-def multiprocess_metrics() -> Iterator[Path]:
+def multiprocess_metrics(parent: Path | None = None) -> Iterator[Path]:
     """Point ``PROMETHEUS_MULTIPROC_DIR`` at a private, empty directory; remove it at exit.
 
     For the serve command, before it starts worker processes (which inherit the variable and
     import prometheus_client afresh). An empty directory per run: stale files of an earlier
-    run would add old counts to the new ones.
+    run would add old counts to the new ones. The directory (in ``parent``, default the temp
+    dir) is named ``modeltheft-metrics-<pid>-…`` after this process, so that a later start can
+    remove what a killed run left (:func:`remove_stale_metrics_dirs`).
     """
+    remove_stale_metrics_dirs(parent)
     previous = os.environ.get(MULTIPROC_ENV)
-    path = tempfile.mkdtemp(prefix="modeltheft-metrics-")
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=parent)
     os.environ[MULTIPROC_ENV] = path
     try:
         yield Path(path)
@@ -93,12 +124,43 @@ def multiprocess_metrics() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_stale_metrics_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the metrics directories of runs that died without cleaning up (kill -9).
+
+    Only directories that are ours: named ``modeltheft-metrics-<pid>-…``, owned by this user,
+    not symbolic links, and whose ``<pid>`` is no live process. Returns what was removed.
+    """
+    folder = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _METRICS_DIR.fullmatch(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    if removed:
+        logging.getLogger("modeltheft.service").info(
+            "removed %d metrics folder(s) left by stopped runs in %s", len(removed), folder
+        )
+    return removed
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # someone else's, or no pid at all: keep it
         return True
     return True
 
@@ -269,7 +331,7 @@ class ObservabilityMiddleware:
             rows = state.get("rows") or 0
             metrics.record(route, method, status, seconds, rows, state.get("altered") or 0)
             if self.access_log and access_log.isEnabledFor(logging.INFO):
-                client = state.get("client") or "-"
+                client = log_safe(state.get("client") or "-")  # names are checked; in case
                 millis = round(seconds * 1000, 3)
                 # makeRecord + handle: Logger.info would also walk the stack for the caller.
                 record = access_log.makeRecord(

@@ -8,7 +8,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from modeltheft.errors import ModelTheftError
-from modeltheft.service.timeouts import header_timeout_protocol
+from modeltheft.service.timeouts import header_timeout_protocol, protocol_for
 
 
 class BackgroundServer:
@@ -47,7 +47,7 @@ class BackgroundServer:
             access_log=False,
             # A gateway's lifespan closes its upstream connections (and the store) on exit.
             lifespan="on" if getattr(self.app.state, "upstream", None) else "off",
-            http=header_timeout_protocol(self.header_timeout),
+            http=self._protocol(),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -60,6 +60,13 @@ class BackgroundServer:
             time.sleep(0.01)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
+
+    def _protocol(self) -> object:
+        """The app's head deadline, head limit and lingering close (defaults without settings)."""
+        settings = getattr(self.app.state, "settings", None)
+        if settings is None:
+            return header_timeout_protocol(self.header_timeout)
+        return protocol_for(settings, self.header_timeout)
 
     def stop(self) -> None:
         """Ask uvicorn to exit and wait for it."""

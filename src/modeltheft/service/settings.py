@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modeltheft.errors import ConfigError
 from modeltheft.service.auth import KeyRing, MetricsKey
-from modeltheft.service.timeouts import DEFAULT_TIMEOUT
+from modeltheft.service.timeouts import DEFAULT_MAX_HEAD_BYTES, DEFAULT_TIMEOUT
 from modeltheft.service.upstream import UpstreamConfig
 from modeltheft.state.audit import DEFAULT_RETENTION
 
@@ -34,6 +34,8 @@ class Settings:
     defense: str = "none"
     max_batch: int = MAX_BATCH
     max_body_bytes: int = 2_000_000
+    max_header_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    """A request line and headers longer than this get 431 (16 KiB)."""
     seed: int | None = None
     state: str = "memory://"
     inference: str = "auto"
@@ -77,6 +79,8 @@ class Settings:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not isinstance(self.max_header_bytes, int) or self.max_header_bytes < 1024:
+            raise ConfigError(f"max_header_bytes must be >= 1024, got {self.max_header_bytes!r}")
         if not (isinstance(self.audit_retention, int | float) and 0 <= self.audit_retention < inf):
             raise ConfigError(
                 f"audit_retention must be >= 0 seconds (0: no audit), got {self.audit_retention!r}"
