@@ -108,6 +108,15 @@ def test_keys_new_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) 
     assert line.startswith("carol:sha256$") and key not in line
 
 
+@pytest.mark.parametrize("name", ["caf\u00e9", "a b", "x:y", "evil\r\nINFO forged", ""])
+def test_keys_new_refuses_a_name_key_loading_would_refuse(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "new", name]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "client name" in err and len(err.splitlines()) == 1
+
+
 def test_attack_saves_results_and_resumes(
     live_server: Callable[..., BackgroundServer], tmp_path: Path, victim_path: Path
 ) -> None:

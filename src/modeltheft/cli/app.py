@@ -507,12 +507,9 @@ def demo(
 @keys_app.command("new")
 def keys_new(name: Annotated[str, typer.Argument(help="Client name for the key.")]) -> None:
     """Make a random key: prints the key once, and the line to add to a keys file."""
-    from modeltheft.service.auth import hash_key, new_key
+    from modeltheft.service.auth import check_client_name, hash_key, new_key
 
-    if not name or any(c in name for c in ":,# \t"):
-        raise ModelTheftError(
-            f"client name must be non-empty without ':', ',', '#' or spaces: {name!r}"
-        )
+    check_client_name(name)  # the names key loading accepts, no more
     key = new_key()
     console.print(f"key (shown once, give it to the client): {key}")
     console.print(f"keys-file line: {name}:{hash_key(key)}")
