@@ -91,6 +91,22 @@ def test_a_read_only_file_is_refused_at_open(store_path: Path) -> None:
         SqliteStore(store_path)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="SQLite cannot migrate a 0444 file but as root")
+def test_a_reader_opens_a_read_only_file_and_cannot_write(store_path: Path) -> None:
+    """``create=False`` (the audit tool, a worker) reads a read-only file; writes are refused."""
+    writer = SqliteStore(store_path)
+    writer.incr("c")
+    writer.close()
+    store_path.chmod(0o444)
+    reader = SqliteStore(store_path, create=False)
+    try:
+        assert reader.get("c") == 1
+        with pytest.raises(StateUnavailable, match="read-only"):
+            reader.incr("c")
+    finally:
+        reader.close()
+
+
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """``(writable, read-only)``: one folder bind-mounted read-only (root with mount only)."""

@@ -120,7 +120,7 @@ class SqliteStore:
                     f"cannot create the folder of state database {self.path}: {exc.strerror}"
                 ) from None
         with self._lock:
-            self._conn = self._open(new, stale, check_timeout)
+            self._conn = self._open(new, create, stale, check_timeout)
         if new:
             lost = f" ({' and '.join(stale)} of a deleted one were there)" if stale else ""
             log.warning(
@@ -130,12 +130,19 @@ class SqliteStore:
                 lost,
             )
 
-    def _open(self, new: bool, stale: list[str], check_timeout: float) -> sqlite3.Connection:
-        """The first connection: created if ``new``, checked, and its file's identity kept."""
+    def _open(
+        self, new: bool, create: bool, stale: list[str], check_timeout: float
+    ) -> sqlite3.Connection:
+        """The first connection: created if ``new``, checked, and its file's identity kept.
+
+        A read-only file is refused when the store may create (a service starting); readers
+        (``create=False``: the audit tool, a service's workers) open it, and writes are refused.
+        """
         if self.path == ":memory:":
             return self._connect(ConfigError)
         if not new:
-            self._refuse_read_only()
+            if create:
+                self._refuse_read_only()
             conn = self._connect(ConfigError)
         else:
             conn = self._create(stale)
