@@ -25,6 +25,7 @@ from modeltheft.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from modeltheft.state.base import StateLost
 
 log = logging.getLogger("modeltheft.service")
 
@@ -65,8 +66,10 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
                 retry = exc.retry_after if math.isfinite(exc.retry_after) else 3600.0
                 headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(retry)))}
             elif isinstance(exc, StateUnavailable):
-                # The reason (a path, a host) is for the operator's log, not for clients.
-                log.warning("state store unavailable: %s", exc)
+                # The reason (a path, a host) is for the operator's log, not for clients;
+                # a lost state file needs the operator: ERROR.
+                level = logging.ERROR if isinstance(exc, StateLost) else logging.WARNING
+                log.log(level, "state store unavailable: %s", exc)
                 after = str(max(1, math.ceil(exc.retry_after)))
                 return _error(request, status, UNAVAILABLE, {"Retry-After": after})
             elif isinstance(exc, AuthError):
