@@ -20,7 +20,7 @@ from fastapi_offline import FastAPIOffline
 from modeltheft import __version__
 from modeltheft.defenses.guarded import GuardedModel, Reply
 from modeltheft.defenses.presets import load_pipeline
-from modeltheft.errors import ConfigError
+from modeltheft.errors import ConfigError, ModelTheftError
 from modeltheft.service import observability
 from modeltheft.service.auth import METRICS_HINT, KeyRing, MetricsKey
 from modeltheft.service.errors import install_error_handlers
@@ -43,17 +43,20 @@ from modeltheft.victim.fast import fast_model
 SETTINGS_ENV = "MODELTHEFT_SERVE_SETTINGS"
 DOCS_ASSETS = "/docs-assets"
 """Where the Swagger UI and ReDoc scripts are served from (no CDN)."""
+WORKER_START_FAILURE = 3
+"""uvicorn's ``STARTUP_FAILURE``: its supervisor stops rather than restart such a worker."""
 log = logging.getLogger("modeltheft.service")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, create_state: bool = True) -> FastAPI:
     """A FastAPI app serving the configured victim behind the configured defenses.
 
     The model is any classifier :func:`~modeltheft.victim.load_model` reads (ours, a plain
     skops file, ONNX); its task (``settings.task``, else the metadata's, else the model's own
     schema) shapes the validation, ``/v1/model`` and the OpenAPI schema. Without a model, an
     ``rf`` victim is trained on the task (digits by default). The state store named by
-    ``settings.state`` is opened here and closed when the app shuts down (its lifespan).
+    ``settings.state`` is opened here and closed when the app shuts down (its lifespan);
+    ``create_state=False`` refuses a missing SQLite file instead of creating an empty one.
     """
     pipeline = load_pipeline(settings.defense)
     upstream: Upstream | None = None
@@ -71,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     if model is not None:
         inference = fast_model(model, settings.inference, task=task)
         model, engine = inference.model, inference.engine
-    store = open_store(settings.state)
+    store = open_store(settings.state, create=create_state)
     if settings.seed is not None and isinstance(store, MemoryStore):
         # A seeded, in-memory service (tests, demo, notebook) is reproducible down to its
         # HMAC keys; a real one draws them from the OS and keeps them in its store.
@@ -223,7 +226,13 @@ def _resolved(task: str | None) -> str | None:
 
 
 def app_from_env() -> FastAPI:
-    """The app described by ``MODELTHEFT_SERVE_SETTINGS`` (a uvicorn factory for workers)."""
+    """The app described by ``MODELTHEFT_SERVE_SETTINGS`` (a uvicorn factory for workers).
+
+    ``serve`` made the state before starting the workers, so a worker never creates it: a
+    state file gone since (deleted while serving) is refused. A worker that cannot start logs
+    one line and exits with uvicorn's start-up failure code, which stops the service instead
+    of restarting the worker in a loop.
+    """
     raw = os.environ.get(SETTINGS_ENV)
     if not raw:
         raise ConfigError(f"{SETTINGS_ENV} is not set: start workers with 'modeltheft serve'")
@@ -250,4 +259,8 @@ def app_from_env() -> FastAPI:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None
-    return create_app(settings)
+    try:
+        return create_app(settings, create_state=False)
+    except ModelTheftError as exc:
+        log.error("worker %d cannot start: %s", os.getpid(), exc)
+        raise SystemExit(WORKER_START_FAILURE) from None

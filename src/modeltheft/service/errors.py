@@ -26,6 +26,7 @@ from modeltheft.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from modeltheft.state.base import StateLost
 
 log = logging.getLogger("modeltheft.service")
 
@@ -67,8 +68,11 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
                 headers = {**exc.headers, "Retry-After": str(max(1, math.ceil(retry)))}
             elif isinstance(exc, StateUnavailable):
                 # The reason (a path, a host) is for the operator's log, not for clients;
-                # during a known outage it was logged once already (the breaker's line).
-                level = logging.DEBUG if isinstance(exc, StoreDown) else logging.WARNING
+                # a lost state file needs the operator: ERROR; during a known outage the
+                # breaker logged it once already.
+                level = logging.ERROR if isinstance(exc, StateLost) else logging.WARNING
+                if isinstance(exc, StoreDown):
+                    level = logging.DEBUG
                 log.log(level, "state store unavailable: %s", exc)
                 after = str(max(1, math.ceil(exc.retry_after)))
                 return _error(request, status, UNAVAILABLE, {"Retry-After": after})

@@ -12,7 +12,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from modeltheft.errors import StateUnavailable
 from modeltheft.state.audit import AuditEntry
+
+LOST_RETRY_AFTER = 60.0
+"""Retry-After of a lost state: it does not come back until an operator acts."""
+
+
+class StateLost(StateUnavailable):
+    """The store's file was deleted or replaced while in use (HTTP 503, logged at ERROR).
+
+    Nothing is recreated while serving: every request is refused until the service is
+    restarted on a restored file (or, knowingly, on a new empty one).
+    """
+
+    def __init__(self, message: str, retry_after: float = LOST_RETRY_AFTER) -> None:
+        super().__init__(message, retry_after)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ services can share one Redis, and a counter and a list with the same name do not
 in the other backends. The audit log is a stream (XADD): its ids are the server's millisecond
 times, so pruning is one XTRIM MINID.
 
-A Redis that stops answering (refused connection, timeout) raises
+A Redis that stops answering (refused connection, timeout) or refuses a command (a full
+Redis's ``OOM``, a read-only replica, a server still loading) raises
 :class:`~modeltheft.errors.StateUnavailable` (HTTP 503 in the service), never a silent reset.
 """
 
@@ -108,7 +109,8 @@ def _one_line(exc: BaseException, password: str | None) -> str:
 def _available(
     method: "Callable[Concatenate[RedisStore, P], R]",
 ) -> "Callable[Concatenate[RedisStore, P], R]":
-    """Turn a lost or timed-out connection into :class:`StateUnavailable`."""
+    """Turn any Redis failure (lost or timed-out connection, refused command) into
+    :class:`StateUnavailable`."""
 
     @functools.wraps(method)
     def wrapper(self: "RedisStore", *args: P.args, **kwargs: P.kwargs) -> R:
@@ -117,6 +119,11 @@ def _available(
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             reason = _one_line(exc, self._password)
             raise StateUnavailable(f"Redis at {self.url} is unavailable: {reason}") from None
+        except redis.RedisError as exc:  # OutOfMemoryError, ReadOnlyError, BusyLoadingError…
+            reason = _one_line(exc, self._password)
+            raise StateUnavailable(
+                f"Redis at {self.url} refused a command ({type(exc).__name__}): {reason}"
+            ) from None
 
     return wrapper
 
@@ -229,7 +236,7 @@ class RedisStore:
         self._client.set(key, secrets.token_bytes(nbytes), nx=True)
         value = self._client.get(key)
         if value is None:  # only if someone deleted it in between
-            raise ConfigError(f"secret {name!r} vanished from Redis at {self.url}")
+            raise StateUnavailable(f"secret {name!r} vanished from Redis at {self.url}")
         return bytes(value)
 
     @_available
@@ -286,8 +293,8 @@ class RedisStore:
 
     @_available
     def ping(self) -> None:
-        """PING the server."""
-        self._client.ping()
+        """Write one small key: a full or read-only Redis still answers PING, yet refuses writes."""
+        self._client.set(self._key("health", "ping"), b"1", ex=3600)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -6,9 +6,11 @@ survive a crash of the process (``synchronous=NORMAL`` in WAL mode only risks th
 transactions on a power loss, never the database's integrity).
 
 A write that cannot get the database's lock within the busy timeout (2 s by default: another
-process holds a long write transaction) or that meets a disk error raises
-:class:`~modeltheft.errors.StateUnavailable` (HTTP 503 in the service): nothing is answered
-without its state, and nothing already stored is touched.
+process holds a long write transaction), that meets a disk error, a damaged page or a
+read-only file raises :class:`~modeltheft.errors.StateUnavailable` (HTTP 503 in the service):
+nothing is answered without its state, and nothing already stored is touched. A file deleted
+or replaced while in use raises :class:`~modeltheft.state.base.StateLost` from then on (it is
+never recreated behind the service's back).
 """
 
 import logging
@@ -20,11 +22,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from modeltheft.errors import ConfigError, ModelTheftError, StateUnavailable
 from modeltheft.state.audit import AuditEntry
-from modeltheft.state.base import BucketState, refill, withdraw
+from modeltheft.state.base import BucketState, StateLost, refill, withdraw
+from modeltheft.state.sqlite_file import (
+    CHECK_TIMEOUT,
+    FileIdentity,
+    check_integrity,
+    database_uri,
+    in_use,
+    leftovers,
+    read_only_reason,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("modeltheft.state")
@@ -63,13 +74,18 @@ class SqliteStore:
     """State in the SQLite database at ``path``.
 
     A missing file is created with its folder (``create=False`` refuses instead, for tools
-    that only read) and logged at WARNING with its path, so that starting on a new, empty
-    state is never silent. ``read_only=True`` opens an existing file with SQLite's
-    ``mode=ro``: nothing is created, migrated or written (a write raises StateUnavailable).
-    A folder that cannot be created, a file that is not a SQLite database or one that cannot
-    be written is a :class:`~modeltheft.errors.ConfigError` at once. Writes wait
-    ``busy_timeout`` seconds for another process's lock, then raise
-    :class:`~modeltheft.errors.StateUnavailable`.
+    that only read and for the workers of a running service) and logged at WARNING with its
+    path, so that starting on a new, empty state is never silent. A folder that cannot be
+    created, a file that is not a SQLite database, one that fails its integrity check (for
+    ``check_timeout`` seconds at most) or one that cannot be written is a
+    :class:`~modeltheft.errors.ConfigError` at once. Writes wait ``busy_timeout`` seconds for
+    another process's lock, then raise :class:`~modeltheft.errors.StateUnavailable`.
+
+    Every write (and :meth:`ping`) first compares the file at ``path`` with the one opened
+    (device and inode, one ``stat``): deleted or replaced, the store raises :class:`StateLost`
+    from then on, reads included; without any write permission bit, StateUnavailable.
+    ``read_only=True`` opens an existing file with SQLite's ``mode=ro`` for tools that only
+    read: nothing is created, migrated or written (a write raises StateUnavailable).
 
     One connection per store, guarded by a lock, so a store may be shared by threads. A store
     used after ``fork`` opens its own connection in the child (SQLite connections must not
@@ -81,6 +97,7 @@ class SqliteStore:
         path: str | os.PathLike[str],
         busy_timeout: float = BUSY_TIMEOUT,
         create: bool = True,
+        check_timeout: float = CHECK_TIMEOUT,
         read_only: bool = False,
     ) -> None:
         self.path = str(path)
@@ -90,7 +107,7 @@ class SqliteStore:
         self._lock = threading.RLock()  # re-entered by the calls inside a batch()
         self._depth = 0
         # What this connection last read or wrote, valid while no other connection commits
-        # (PRAGMA data_version): counter values and list lengths (upper bounds).
+        # (PRAGMA data_version): counter values, exact list lengths and token buckets.
         self._version: int | None = None
         self._counters: dict[str, int] = {}
         self._lengths: dict[str, int] = {}
@@ -98,13 +115,20 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._identity: FileIdentity | None = None
+        self._lost: str | None = None
         try:
             new = self.path != ":memory:" and not Path(self.path).exists()
+            self._database = database_uri(self.path, create=False)
+            if read_only and self.path != ":memory:":  # nothing created, migrated or written
+                self._database = (self._database[0].replace("?mode=rw", "?mode=ro"), True)
         except (OSError, ValueError) as exc:  # a NUL, a lone surrogate, a name too long
             reason = exc.strerror if isinstance(exc, OSError) else exc
             raise ConfigError(f"invalid state database path {self.path!r}: {reason}") from None
+        stale = leftovers(self.path) if new else []
         if new and not create:
-            raise ConfigError(f"no state database at {self.path}")
+            hint = f" (yet {' and '.join(stale)} are there: deleted while in use?)" if stale else ""
+            raise ConfigError(f"no state database at {self.path}{hint}")
         if new:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -113,20 +137,95 @@ class SqliteStore:
                     f"cannot create the folder of state database {self.path}: {exc.strerror}"
                 ) from None
         with self._lock:
-            self._conn = self._connect(ConfigError)
+            self._conn = self._open(new, create, stale, check_timeout)
         if new:
-            log.warning("created a new, empty state database at %s", self.path)
+            lost = f" ({' and '.join(stale)} of a deleted one were there)" if stale else ""
+            log.warning(
+                "created a new, empty state database at %s%s: budgets, rate limits and the "
+                "audit start empty",
+                self.path,
+                lost,
+            )
 
-    def _connect(self, fault: type[ModelTheftError]) -> sqlite3.Connection:
-        """Open, configure and migrate a connection; an unusable file raises ``fault``."""
+    def _open(
+        self, new: bool, create: bool, stale: list[str], check_timeout: float
+    ) -> sqlite3.Connection:
+        """The first connection: created if ``new``, checked, and its file's identity kept.
+
+        A read-only file is refused when the store may create (a service starting); readers
+        (``create=False``: the audit tool, a service's workers) open it, and writes are refused.
+        """
+        if self.path == ":memory:":
+            return self._connect(ConfigError)
+        if not new:
+            if create and not self.read_only:
+                self._refuse_read_only()
+            conn = self._connect(ConfigError)
+        else:
+            conn = self._create(stale)
+        try:
+            self._identity = FileIdentity.of(os.stat(self.path))
+            if not new:
+                check_integrity(conn, self.path, check_timeout)
+        except (OSError, sqlite3.Error) as exc:
+            conn.close()
+            if isinstance(exc, OSError):
+                reason = exc.strerror
+                raise ConfigError(f"cannot use state database {self.path}: {reason}") from None
+            raise ConfigError(
+                f"state database {self.path} is damaged ({' '.join(str(exc).split())}): "
+                "restore it from a backup, or move it away to start on an empty state"
+            ) from None
+        return conn
+
+    def _refuse_read_only(self) -> None:
+        """ConfigError for a file (or file system) the service may not write."""
+        try:
+            problem = read_only_reason(self.path, os.stat(self.path), mount=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use state database {self.path}: {exc.strerror}") from None
+        if problem is not None:
+            raise ConfigError(f"{problem}: the service must write every request's state")
+
+    def _create(self, stale: list[str]) -> sqlite3.Connection:
+        """Create the missing file, unless the WAL files of a deleted one are still in use.
+
+        Beside WAL files no process holds (a service killed after the deletion), SQLite
+        discards them as it creates the new file. Beside WAL files in use, the new file would
+        share them with a database that is gone: refused.
+        """
+        if stale:
+            shm = self.path + "-shm"
+            used = in_use(shm) if os.path.exists(shm) else False
+            if used is not False:
+                what = (
+                    "a process still uses them (a service still running on the deleted file?): "
+                    "stop it, then start again"
+                    if used
+                    else "a process may still use them: stop any service that ran on it, "
+                    "then delete them to start on an empty state"
+                )
+                raise ConfigError(
+                    f"no state database at {self.path}, yet {' and '.join(stale)} of a deleted "
+                    f"one are there and {what}"
+                )
+        return self._connect(ConfigError, create=True)
+
+    def _connect(self, fault: type[ModelTheftError], create: bool = False) -> sqlite3.Connection:
+        """Open, configure and migrate a connection; an unusable file raises ``fault``.
+
+        The file is created only if ``create``: a reconnection (after ``fork``) never makes a
+        new database where the old one went missing.
+        """
         conn: sqlite3.Connection | None = None
+        database, uri = database_uri(self.path, create) if create else self._database
         try:
             conn = sqlite3.connect(
-                self._target(),
+                database,
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
-                uri=self.read_only,
+                uri=uri,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if self.read_only:  # a file that is not a database fails here, not at first use
@@ -150,14 +249,9 @@ class SqliteStore:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a NUL or lone surrogate
             if conn is not None:
                 conn.close()
-            raise fault(f"cannot use {self.path} as a state database: {exc}") from None
+            reason = " ".join(str(exc).split())
+            raise fault(f"cannot use {self.path} as a state database: {reason}") from None
         return conn
-
-    def _target(self) -> str:
-        """What ``sqlite3.connect`` opens: the path, or a ``mode=ro`` URI when read-only."""
-        if not self.read_only:
-            return self.path
-        return Path(self.path).absolute().as_uri() + "?mode=ro"
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -176,13 +270,47 @@ class SqliteStore:
             self._forget()
             self._version = version
 
-    @contextmanager
-    def _faults(self) -> Iterator[None]:
-        """Turn a locked, busy or failing database into :class:`StateUnavailable`."""
+    def _verify(self) -> None:
+        """Refuse if the file was deleted, replaced or made read-only since it was opened."""
+        if self._identity is None or self._closed:
+            return
         try:
+            result = os.stat(self.path)
+        except FileNotFoundError:
+            self._lose("was deleted")
+        except OSError as exc:
+            raise StateUnavailable(
+                f"cannot check state database {self.path}: {exc.strerror}"
+            ) from None
+        if FileIdentity.of(result) != self._identity:
+            self._lose("was replaced by another file")
+        reason = read_only_reason(self.path, result)
+        if reason:
+            raise StateUnavailable(reason)
+
+    def _lose(self, what: str) -> NoReturn:
+        """Remember for good that the file ``what`` (deleted, replaced); log it once."""
+        self._lost = (
+            f"state database {self.path} {what} while in use: every request is refused and "
+            "nothing is recreated; restore the file and restart the service"
+        )
+        log.error("%s", self._lost)
+        raise StateLost(self._lost)
+
+    @contextmanager
+    def _faults(self, write: bool) -> Iterator[None]:
+        """Turn any SQLite failure (locked, busy, disk error, damaged page, read-only) into
+        :class:`StateUnavailable`; before a write, :meth:`_verify` the file (one ``stat``: the
+        reads, cheaper than a write, only learn of a lost file from the writes)."""
+        if self._lost is not None:
+            raise StateLost(self._lost)
+        try:
+            if write:
+                self._verify()
             yield
-        except sqlite3.OperationalError as exc:
-            raise StateUnavailable(f"state database {self.path} is unavailable: {exc}") from None
+        except sqlite3.Error as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StateUnavailable(f"state database {self.path} is unavailable: {reason}") from None
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -203,7 +331,7 @@ class SqliteStore:
                 finally:
                     self._depth -= 1
                 return
-            with self._faults():
+            with self._faults(write=True):
                 conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
                 self._validate(conn)  # with the write lock held: nobody commits until we do
@@ -223,7 +351,7 @@ class SqliteStore:
         if not commit:
             self._forget()
         try:
-            with self._faults():
+            with self._faults(write=False):
                 conn.execute("COMMIT" if commit else "ROLLBACK")
         except BaseException:
             self._forget()
@@ -242,26 +370,28 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error), under the store's lock;
-        inside a :meth:`batch`, a part of its transaction."""
-        with self._lock, self._faults():
-            conn = self._connection()
-            if self._depth:
-                yield conn
+        inside a :meth:`batch`, a part of its transaction (the file checked at its start)."""
+        with self._lock:
+            if self._depth:  # the lock is ours, so is the batch
+                with self._faults(write=False):
+                    yield self._connection()
                 return
-            conn.execute("BEGIN IMMEDIATE")
-            self._validate(conn)
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                self._forget()
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+            with self._faults(write=True):
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                self._validate(conn)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._forget()
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock, self._faults():
+        with self._lock, self._faults(write=False):
             return query(self._connection())
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -288,7 +418,7 @@ class SqliteStore:
         with self._lock:
             if self._depth and key in self._counters:  # inside a batch: nobody else writes
                 return self._counters[key]
-        with self._lock, self._faults():
+        with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._depth:
                 self._validate(conn)
@@ -344,7 +474,7 @@ class SqliteStore:
                 "(SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?) + ? ORDER BY idx"
             )
             args = (key, key, start)
-        with self._lock, self._faults():
+        with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._depth:
                 self._validate(conn)
