@@ -128,6 +128,13 @@ class Upstream:
 
     url: str
     pid: int | None
+    log: Path
+
+    def state(self) -> str:
+        """Whether the process is still there, and the end of its log (for error messages)."""
+        alive = self.pid is not None and Path(f"/proc/{self.pid}").exists()
+        tail = self.log.read_text(errors="replace")[-1500:] if self.log.is_file() else ""
+        return f"MLServer (pid {self.pid}) {'running' if alive else 'gone'}; its log ends:\n{tail}"
 
 
 def free_port() -> int:
@@ -200,7 +207,7 @@ def started_mlserver(folder: Path, model: Path) -> Iterator[Upstream]:
     with mlserver(folder, {"victim": (estimator, False)}) as server:
         pid = mlserver_pid(folder / "models")
         print(f"MLServer at {server.url} (pid {pid}) ready in {server.startup_seconds:.1f} s")
-        yield Upstream(server.url, pid)
+        yield Upstream(server.url, pid, folder / "mlserver.log")
 
 
 def command(
@@ -246,7 +253,12 @@ def post(url: str, key: str, body: bytes) -> int:
 
 
 def wait_ready(
-    url: str, proc: subprocess.Popen | None, body: bytes, log: Path, timeout: float = 60.0
+    url: str,
+    proc: subprocess.Popen | None,
+    body: bytes,
+    log: Path,
+    timeout: float = 60.0,
+    upstream: "Upstream | None" = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -261,7 +273,8 @@ def wait_ready(
         if status != 200:
             raise SystemExit(f"{url} answered the warm-up request with HTTP {status}")
         return
-    raise SystemExit(f"server at {url} did not start within {timeout:.0f} s")
+    about = f"; {upstream.state()}" if upstream is not None else ""
+    raise SystemExit(f"server at {url} did not answer within {timeout:.0f} s{about}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -327,7 +340,7 @@ def measure(
     up_pid = upstream.pid if upstream is not None and target.startswith("gateway") else None
     try:
         url = base + route
-        wait_ready(url, proc, body[0], log)
+        wait_ready(url, proc, body[0], log, upstream=upstream if up_pid or not proc else None)
         for i in range(warm):
             post(url, WARM_KEY, body[i % len(body)])
         cpu, up_cpu = cpu_seconds(pid), cpu_seconds(up_pid)
