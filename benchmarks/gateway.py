@@ -93,7 +93,8 @@ def serve_command(which: str, victim: Path, upstream: str, seed: int, port: int,
     if which == "ours":
         source = ["--model", str(victim), "--inference", inference]
     else:
-        source = ["--upstream", upstream, "--model-name", "victim"]
+        # a generous upstream timeout: a loaded machine must not turn answers into 504s
+        source = ["--upstream", upstream, "--model-name", "victim", "--upstream-timeout", "60"]
     return [PYTHON, "-m", "modeltheft.cli.app", "serve", *source, *common]
 
 

@@ -116,6 +116,8 @@ class Result:
     """The server's CPU time (user + system) per request over the wrk run."""
     upstream_cpu_ms: float | None = None
     """The upstream MLServer's, for the gateway rows."""
+    load: float | None = None
+    """The machine's 1-minute load average at the end of the wrk run."""
 
     @property
     def ok_rps(self) -> float:
@@ -350,6 +352,7 @@ def measure(
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = parse_wrk(run.stdout)
+        result.load = os.getloadavg()[0]
         if cpu is not None and (after := cpu_seconds(pid)) is not None:
             result.cpu_ms = (after - cpu) * 1e3 / max(result.requests, 1)
         if up_cpu is not None and (after := cpu_seconds(up_pid)) is not None:
@@ -474,7 +477,7 @@ def main() -> None:
                         f"c={conns} rep={rep} {target:18s} {res.rps:8.0f} req/s  "
                         f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  "
                         f"cpu {cpu}+{up} ms/req  non-2xx {res.non2xx}  errors {res.errors}  "
-                        f"flagged {fl}",
+                        f"flagged {fl}  load {res.load:.1f}",
                         flush=True,
                     )
     body = report(results, flags, plan, duration, repeats, args.keys)
@@ -503,6 +506,13 @@ def report(results, flags, plan, duration, repeats, n_keys) -> str:
         "with a separate load machine, ratios are side by side. Python "
         f"{platform.python_version()}.",
     ]
+    loads = [r.load for runs in results.values() for r in runs if r.load is not None]
+    if loads:
+        lines[-1] += (
+            f" The machine's 1-minute load average after each wrk run: median "
+            f"{statistics.median(loads):.1f} (range {min(loads):.1f}–{max(loads):.1f}); above "
+            f"{os.cpu_count()}, other processes competed for the cores during the run."
+        )
     for conns, these in plan:
         lines += ["", f"**{conns} concurrent connection{'s' if conns > 1 else ''}**"]
         if conns == HOP_CONNS:
