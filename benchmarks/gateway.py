@@ -20,7 +20,7 @@ the attack sends the same queries (it adapts to the answers, so its queries may 
 share of identical labels and the largest probability difference.
 
     python benchmarks/gateway.py [--quick] [--no-doc] [--seeds 2] [--workers 2]
-        [--inference auto|sklearn]
+        [--inference auto|sklearn] [--attacks jacobian,active]
 """
 
 import argparse
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--attacks", help="comma-separated strategies to run (default: all)")
     parser.add_argument(
         "--inference", default="auto", help="our server's --inference (auto or sklearn)"
     )
@@ -214,6 +215,11 @@ def main() -> None:
     if not mlserver_installed():
         raise SystemExit("MLServer's venv is not installed: make .venv-mlserver/.installed")
     attacks = [a for a in ATTACKS if not args.quick or a.label in QUICK_ATTACKS]
+    if args.attacks:
+        chosen = set(args.attacks.split(","))
+        if unknown := chosen - {a.strategy for a in ATTACKS}:
+            raise SystemExit(f"unknown attack(s) {', '.join(sorted(unknown))}")
+        attacks = [a for a in attacks if a.strategy in chosen]
     seeds = list(range(1 if args.quick else args.seeds))
     budget = 300 if args.quick else BUDGET
     os.environ.setdefault("OMP_NUM_THREADS", "1")
