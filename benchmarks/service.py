@@ -7,16 +7,29 @@ One run, side by side on loopback, one uvicorn worker each:
 - the service (``modeltheft serve``, its defaults: access log, audit log and metrics on)
   with the ``none``, ``lab`` and ``recommended`` presets, plus ``recommended`` with
   ``--no-access-log``, and ``recommended`` through the Open Inference Protocol v2 front door
-  (``POST /v2/models/victim/infer``, one FP64 row per request).
+  (``POST /v2/models/victim/infer``, one FP64 row per request);
+- gateway mode (issue 13), if MLServer's venv is installed (``make
+  .venv-mlserver/.installed``; else a one-line note and these are skipped): ``mlserver`` is
+  MLServer 1.7.1 alone (mlserver-sklearn, its minimal model settings, one process) serving
+  the same victim; ``gateway`` is ``modeltheft serve --upstream <that MLServer> --model-name
+  victim --task digits --defense recommended`` in front of it, with serve's default state
+  (SQLite, a fresh file per measurement) and access log; ``gateway-memory`` is the same with
+  ``--state memory://`` (comparable to the other service rows). The three get the OIP v2 body
+  of one row plus ``"outputs": [{"name": "predict_proba"}]`` (probabilities: what the gateway
+  asks its upstream for). MLServer is started once per run and stopped at the end, whatever
+  happens. These three are also measured at 1 connection (``wrk -t1 -c1``: no queueing, the
+  latency one hop adds).
 
 Every request is one real test digit (``digits_task().data.X_eval``). The wrk script
 (``benchmarks/wrk/rotate.lua``) rotates the API key over a few dozen keys and the body over
 the 540 test digits, so no key reaches the ``recommended`` token bucket (1,000 queries per
-key) during a run. Each measurement starts a fresh server (state ``memory://``), warms it up
-on a key of its own, then runs ``wrk -t2 -c8 -d10s --latency``; the targets are run 3 times,
-interleaved, and medians reported. wrk shares the machine's cores with the server.
+key) during a run. Each measurement starts a fresh server (state ``memory://`` unless said
+otherwise), warms it up on a key of its own, then runs ``wrk -t2 -c8 -d10s --latency``; the
+targets are run 3 times, interleaved, and medians reported. wrk shares the machine's cores
+with the servers. The server's CPU time per request (user + system, from ``/proc``) is taken
+over each wrk run; for the gateway rows the upstream MLServer's too.
 
-    python benchmarks/service.py [--quick] [--no-doc] [--repeats 3] [--c32]
+    python benchmarks/service.py [--quick] [--no-doc] [--repeats 3] [--c32] [--targets a,b]
 """
 
 import argparse
@@ -34,6 +47,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
 PYTHON = sys.executable
 TARGETS = ["trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip"]
+MLSERVER_TARGETS = ["mlserver", "gateway", "gateway-memory"]
+"""Need MLServer's venv; also measured at 1 connection (the latency one hop adds)."""
+MLSERVER_VENV = ROOT / ".venv-mlserver"
 OIP_ROUTE = "/v2/models/victim/infer"  # the served model's name is its file's stem
 LABELS = {
     "trivial": "trivial FastAPI endpoint",
@@ -55,6 +73,9 @@ LABELS = {
     "recommended": "service, `recommended`",
     "recommended-nolog": "service, `recommended`, `--no-access-log`",
     "recommended-oip": "service, `recommended`, OIP v2 `/infer`",
+    "mlserver": "MLServer alone (`predict_proba`)",
+    "gateway": "gateway, `recommended`, default state (SQLite) → MLServer",
+    "gateway-memory": "gateway, `recommended`, `memory://` → MLServer",
 }
 WARM_KEY = "warmup-key-not-used-by-wrk"
 METRICS_KEY = "metrics-key-only-the-operator-knows"
@@ -72,7 +93,14 @@ RATIOS = [
     ("bare", "trivial", "bare sklearn / trivial", None),
     ("recommended-oip", "recommended", "OIP v2 `/infer` / `/v1/predict` (`recommended`)",
      ("OIP v2 front door within 10% of `/v1/predict` (req/s)", 0.9)),
+    ("gateway", "mlserver", "gateway (default SQLite state) / MLServer alone",
+     ("gateway + `recommended` (default state) ≥ 0.8× MLServer alone (req/s)", 0.8)),
+    ("gateway-memory", "mlserver", "gateway (`memory://`) / MLServer alone", None),
 ]  # fmt: skip
+ADDED_P50_MS = 2.0
+"""Issue 13: the gateway adds at most 2 ms to MLServer's own p50 latency."""
+HOP_CONNS = 1
+"""The gateway rows are also measured at this many connections (no queueing)."""
 
 
 @dataclass
@@ -84,10 +112,31 @@ class Result:
     non2xx: int
     errors: int
     seconds: float
+    cpu_ms: float | None = None
+    """The server's CPU time (user + system) per request over the wrk run."""
+    upstream_cpu_ms: float | None = None
+    """The upstream MLServer's, for the gateway rows."""
+    load: float | None = None
+    """The machine's 1-minute load average at the end of the wrk run."""
 
     @property
     def ok_rps(self) -> float:
         return (self.requests - self.non2xx) / self.seconds
+
+
+@dataclass
+class Upstream:
+    """The run's MLServer: its base URL and its process (for its CPU time)."""
+
+    url: str
+    pid: int | None
+    log: Path
+
+    def state(self) -> str:
+        """Whether the process is still there, and the end of its log (for error messages)."""
+        alive = self.pid is not None and Path(f"/proc/{self.pid}").exists()
+        tail = self.log.read_text(errors="replace")[-1500:] if self.log.is_file() else ""
+        return f"MLServer (pid {self.pid}) {'running' if alive else 'gone'}; its log ends:\n{tail}"
 
 
 def free_port() -> int:
@@ -118,7 +167,54 @@ def parse_wrk(out: str) -> Result:
     )
 
 
-def command(target: str, model: Path, port: int) -> tuple[list[str], dict[str, str]]:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mlserver_pid(models: Path) -> int | None:
+    """The pid of the ``mlserver start MODELS`` that ``tests.servers.real.mlserver`` started."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(models).encode() in argv and any(a.endswith(b"mlserver") for a in argv):
+            return int(entry.name)
+    return None
+
+
+def mlserver_installed() -> bool:
+    return (MLSERVER_VENV / ".installed").is_file()
+
+
+@contextmanager
+def started_mlserver(folder: Path, model: Path) -> Iterator[Upstream]:
+    """MLServer serving the victim as ``victim`` (``tests.servers.real.mlserver``, minimal
+    model settings: it answers ``predict_proba`` when asked); stopped on exit, whatever
+    happened."""
+    sys.path.insert(0, str(ROOT))
+    from modeltheft.victim import load_model
+    from tests.servers.real import mlserver
+
+    estimator = load_model(model).model
+    with mlserver(folder, {"victim": (estimator, False)}) as server:
+        pid = mlserver_pid(folder / "models")
+        print(f"MLServer at {server.url} (pid {pid}) ready in {server.startup_seconds:.1f} s")
+        yield Upstream(server.url, pid, folder / "mlserver.log")
+
+
+def command(
+    target: str, model: Path, port: int, upstream: Upstream | None, folder: Path
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if target in ("trivial", "bare"):
         app = "benchmarks._service_apps:" + target
@@ -127,6 +223,14 @@ def command(target: str, model: Path, port: int) -> tuple[list[str], dict[str, s
         return [
             PYTHON, "-m", "uvicorn", app, *extra, "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--log-level", "warning", "--no-access-log",
+        ], env  # fmt: skip
+    if target.startswith("gateway"):
+        # serve's default store is SQLite: here a fresh file per measurement
+        state = "memory://" if target == "gateway-memory" else f"sqlite:///{folder}/{port}.db"
+        return [
+            PYTHON, "-m", "modeltheft.cli.app", "serve", "--upstream", upstream.url,
+            "--model-name", "victim", "--task", "digits", "--defense", "recommended",
+            "--state", state, "--host", "127.0.0.1", "--port", str(port),
         ], env  # fmt: skip
     preset, _, variant = target.partition("-")
     extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
@@ -151,19 +255,28 @@ def post(url: str, key: str, body: bytes) -> int:
 
 
 def wait_ready(
-    url: str, proc: subprocess.Popen, body: bytes, log: Path, timeout: float = 60.0
+    url: str,
+    proc: subprocess.Popen | None,
+    body: bytes,
+    log: Path,
+    timeout: float = 60.0,
+    upstream: "Upstream | None" = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:]
             raise SystemExit(f"server exited with {proc.returncode}: {tail}")
         try:
-            post(url, WARM_KEY, body)
-            return
+            status = post(url, WARM_KEY, body)
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.2)
-    raise SystemExit(f"server at {url} did not start within {timeout:.0f} s")
+            continue
+        if status != 200:
+            raise SystemExit(f"{url} answered the warm-up request with HTTP {status}")
+        return
+    about = f"; {upstream.state()}" if upstream is not None else ""
+    raise SystemExit(f"server at {url} did not answer within {timeout:.0f} s{about}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -189,45 +302,79 @@ def flagged(url: str) -> int | None:
     return int(float(match.group(1))) if match else None
 
 
+def load_of(target: str) -> tuple[str, str]:
+    """The route and request kind a target gets: ``v1``, ``oip`` or ``proba`` (OIP + the
+    ``predict_proba`` output)."""
+    if target in MLSERVER_TARGETS:
+        return OIP_ROUTE, "proba"
+    if target.endswith("-oip"):
+        return OIP_ROUTE, "oip"
+    return "/v1/predict", "v1"
+
+
 def measure(
-    target: str, model: Path, data: Path, bodies: list[bytes], duration: int, conns: int, warm: int
+    target: str,
+    model: Path,
+    folder: Path,
+    bodies: dict[str, list[bytes]],
+    upstream: Upstream | None,
+    duration: int,
+    conns: int,
+    warm: int,
 ) -> tuple[Result, int | None]:
-    port = free_port()
-    cmd, env = command(target, model, port)
-    # The server's log goes to a file: a pipe nobody reads would fill and stall the server.
-    log = data.with_name(f"{target}-{port}.log")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+    route, kind = load_of(target)
+    data, body = folder / f"requests-{kind}.tsv", bodies[kind]
+    proc, port = None, free_port()
+    log = folder / f"{target}-{port}.log"
+    if target in MLSERVER_TARGETS and upstream is None:
+        raise SystemExit(f"{target} needs MLServer")
+    if target == "mlserver":
+        base, pid = upstream.url, upstream.pid
+    else:
+        cmd, env = command(target, model, port, upstream, folder)
+        # The server's log goes to a file: a pipe nobody reads would fill and stall the server.
+        with log.open("w") as sink:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True,
+            )  # fmt: skip
+        base, pid = f"http://127.0.0.1:{port}", proc.pid
+    up_pid = upstream.pid if upstream is not None and target.startswith("gateway") else None
     try:
-        route = OIP_ROUTE if target.endswith("-oip") else "/v1/predict"
-        if target.endswith("-oip"):
-            data, bodies = data.with_name("requests-oip.tsv"), oip_bodies()
-        url = f"http://127.0.0.1:{port}{route}"
-        wait_ready(url, proc, bodies[0], log)
+        url = base + route
+        wait_ready(url, proc, body[0], log, upstream=upstream if up_pid or not proc else None)
         for i in range(warm):
-            post(url, WARM_KEY, bodies[i % len(bodies)])
+            post(url, WARM_KEY, body[i % len(body)])
+        cpu, up_cpu = cpu_seconds(pid), cpu_seconds(up_pid)
         run = subprocess.run(
-            ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(LUA), url,
-             "--", str(data), route],
+            ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--latency", "-s",
+             str(LUA), url, "--", str(data), route],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         result = parse_wrk(run.stdout)
-        n_flagged = (
-            flagged(f"http://127.0.0.1:{port}") if target.startswith("recommended") else None
-        )
-        return result, n_flagged
+        result.load = os.getloadavg()[0]
+        if cpu is not None and (after := cpu_seconds(pid)) is not None:
+            result.cpu_ms = (after - cpu) * 1e3 / max(result.requests, 1)
+        if up_cpu is not None and (after := cpu_seconds(up_pid)) is not None:
+            result.upstream_cpu_ms = (after - up_cpu) * 1e3 / max(result.requests, 1)
+        guarded = target.startswith(("recommended", "gateway"))
+        return result, flagged(base) if guarded else None
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
 
 
-def oip_bodies() -> list[bytes]:
-    """One OIP v2 inference request per test digit (one FP64 row)."""
+def request_bodies() -> dict[str, list[bytes]]:
+    """Per request kind, one request body per test digit (one row each)."""
     X = digits_task().data.X_eval
     tensor = {"name": "input-0", "shape": [1, X.shape[1]], "datatype": "FP64"}
-    return [json.dumps({"inputs": [tensor | {"data": row.tolist()}]}).encode() for row in X]
+    oip = [{"inputs": [tensor | {"data": row.tolist()}]} for row in X]
+    proba = {"outputs": [{"name": "predict_proba"}]}
+    return {
+        "v1": [json.dumps({"inputs": [row.tolist()]}).encode() for row in X],
+        "oip": [json.dumps(body).encode() for body in oip],
+        "proba": [json.dumps(body | proba).encode() for body in oip],
+    }
 
 
 def train(folder: Path) -> Path:
@@ -237,6 +384,15 @@ def train(folder: Path) -> Path:
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     return out
+
+
+def fmt_cpu(runs: list[Result]) -> str:
+    own = [r.cpu_ms for r in runs if r.cpu_ms is not None]
+    if not own:
+        return "—"
+    text = f"{statistics.median(own):.2f}"
+    up = [r.upstream_cpu_ms for r in runs if r.upstream_cpu_ms is not None]
+    return text + (f" (+ {statistics.median(up):.2f} MLServer)" if up else "")
 
 
 def fmt_row(name: str, runs: list[Result], flags: list[int | None]) -> str:
@@ -253,7 +409,7 @@ def fmt_row(name: str, runs: list[Result], flags: list[int | None]) -> str:
     flag_text = f"{max(fl)}" if fl else "—"
     return (
         f"| {LABELS[name]} | {rps:,.0f} ({spread}) | {ok:,.0f} | {p50:.2f} | {p99:.2f} "
-        f"| {share} | {errors} | {flag_text} |"
+        f"| {fmt_cpu(runs)} | {share} | {errors} | {flag_text} |"
     )
 
 
@@ -265,79 +421,109 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--keys", type=int, default=48, help="API keys the load rotates over")
     parser.add_argument("--c32", action="store_true", help="also measure at 32 connections")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated, of {', '.join(LABELS)} (default: all; the last "
+        f"{len(MLSERVER_TARGETS)} only if MLServer's venv is installed)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: install it with 'apt-get install -y wrk'")
+    if args.targets is None:
+        targets = list(TARGETS)
+        if mlserver_installed():
+            targets += MLSERVER_TARGETS
+        else:
+            print(f"note: {MLSERVER_VENV} is not installed: MLServer and gateway rows skipped")
+    else:
+        targets = [t for t in args.targets.split(",") if t]
+        if unknown := [t for t in targets if t not in LABELS]:
+            raise SystemExit(f"unknown target(s) {', '.join(unknown)}; choose from {list(LABELS)}")
+        if set(targets) & set(MLSERVER_TARGETS) and not mlserver_installed():
+            raise SystemExit(f"{MLSERVER_VENV} is not installed: make .venv-mlserver/.installed")
     duration, repeats, warm = (2, 1, 100) if args.quick else (args.duration, args.repeats, 300)
-    targets = [t for t in args.targets.split(",") if t]
-    X = digits_task().data.X_eval
-    bodies = [json.dumps({"inputs": [row.tolist()]}).encode() for row in X]
+    hop = [t for t in targets if t in MLSERVER_TARGETS]
+    plan = [(8, targets)] + ([(HOP_CONNS, hop)] if hop else [])
+    plan += [(32, targets)] if args.c32 else []
     keys = [f"bench-{i:02d}-" + "k" * 32 for i in range(args.keys)]
     os.environ["MODELTHEFT_API_KEYS"] = ",".join(
         [f"warm:{WARM_KEY}"] + [f"c{i:02d}:{k}" for i, k in enumerate(keys)]
     )
     os.environ["MODELTHEFT_METRICS_KEY"] = METRICS_KEY  # the served workers inherit it
-    conns_list = [8, 32] if args.c32 else [8]
-    with tempfile.TemporaryDirectory() as tmp:
+    bodies = request_bodies()
+    results: dict[tuple[str, int], list[Result]] = {}
+    flags: dict[tuple[str, int], list[int | None]] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         folder = Path(tmp)
         model = train(folder)
-        data = folder / "requests.tsv"
-        data.write_text(
-            "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(bodies))
+        for kind, lines in bodies.items():
+            (folder / f"requests-{kind}.tsv").write_text(
+                "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(lines))
+            )
+        upstream = (
+            stack.enter_context(started_mlserver(folder / "mlserver", model)) if hop else None
         )
-        data.with_name("requests-oip.tsv").write_text(
-            "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(oip_bodies()))
-        )
-        results: dict[tuple[str, int], list[Result]] = {}
-        flags: dict[tuple[str, int], list[int | None]] = {}
-        for conns in conns_list:
-            for rep in range(repeats):
-                for target in targets:
-                    res, fl = measure(target, model, data, bodies, duration, conns, warm)
+        for rep in range(repeats):  # every target once per repeat: drift hits them all
+            for conns, these in plan:
+                for target in these:
+                    res, fl = measure(
+                        target, model, folder, bodies, upstream, duration, conns, warm
+                    )
                     results.setdefault((target, conns), []).append(res)
                     flags.setdefault((target, conns), []).append(fl)
+                    cpu = f"{res.cpu_ms:.2f}" if res.cpu_ms is not None else "-"
+                    up = f"{res.upstream_cpu_ms:.2f}" if res.upstream_cpu_ms is not None else "-"
                     print(
                         f"c={conns} rep={rep} {target:18s} {res.rps:8.0f} req/s  "
                         f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  "
-                        f"non-2xx {res.non2xx}  errors {res.errors}  flagged {fl}",
+                        f"cpu {cpu}+{up} ms/req  non-2xx {res.non2xx}  errors {res.errors}  "
+                        f"flagged {fl}  load {res.load:.1f}",
                         flush=True,
                     )
-    body = report(results, flags, targets, conns_list, duration, repeats, args.keys)
+    body = report(results, flags, plan, duration, repeats, args.keys)
     print(body)
     if not args.no_doc and not args.quick:
         print(f"wrote {write_section('service', body)}")
 
 
-def report(results, flags, targets, conns_list, duration, repeats, n_keys) -> str:
+def report(results, flags, plan, duration, repeats, n_keys) -> str:
     def med(target: str, conns: int = 8, attr: str = "rps") -> float:
         return statistics.median(getattr(r, attr) for r in results[(target, conns)])
 
+    have = {t for _, these in plan for t in these}
     lines = [
         "## Service throughput under load (`benchmarks/service.py`)",
         "",
-        f"wrk (`-t2 -c<N> -d{duration}s --latency`) on loopback against one uvicorn worker, "
-        f"each target started fresh (state `memory://`) and warmed up, {repeats} runs per "
-        "target interleaved, medians (range of requests/s in brackets). Every request is one "
-        f"real test digit; the wrk script rotates over {n_keys} API keys so that no key reaches "
-        "the `recommended` token bucket (1,000 queries) within a run. The service runs with "
-        "its defaults: Prometheus metrics, the audit log (in memory here) and one access-log "
-        "line per request. The machine has "
+        f"wrk (`-t2 -c<N> -d{duration}s --latency`; `-t1` at 1 connection) on loopback against "
+        "one uvicorn worker, each target started fresh (state `memory://` unless said "
+        f"otherwise) and warmed up, {repeats} runs per target interleaved, medians (range of "
+        "requests/s in brackets). Every request is one real test digit; the wrk script rotates "
+        f"over {n_keys} API keys so that no key reaches the `recommended` token bucket (1,000 "
+        "queries) within a run. The service runs with its defaults: Prometheus metrics, the "
+        "audit log (in memory here) and one access-log line per request. Server CPU: the "
+        "server process's user + system time over the wrk run, per request. The machine has "
         f"{os.cpu_count()} cores, and wrk runs on them too: absolute rates are lower than "
         "with a separate load machine, ratios are side by side. Python "
         f"{platform.python_version()}.",
     ]
-    for conns in conns_list:
+    loads = [r.load for runs in results.values() for r in runs if r.load is not None]
+    if loads:
+        lines[-1] += (
+            f" The machine's 1-minute load average after each wrk run: median "
+            f"{statistics.median(loads):.1f} (range {min(loads):.1f}–{max(loads):.1f}); above "
+            f"{os.cpu_count()}, other processes competed for the cores during the run."
+        )
+    for conns, these in plan:
+        lines += ["", f"**{conns} concurrent connection{'s' if conns > 1 else ''}**"]
+        if conns == HOP_CONNS:
+            lines[-1] += " (gateway rows: one request at a time, no queueing)"
         lines += [
             "",
-            f"**{conns} concurrent connections**",
-            "",
-            "| endpoint | requests/s | 2xx/s | p50 (ms) | p99 (ms) | non-2xx | socket errors "
-            "| flagged keys |",
-            "|---|---|---|---|---|---|---|---|",
+            "| endpoint | requests/s | 2xx/s | p50 (ms) | p99 (ms) | server CPU (ms/request) "
+            "| non-2xx | socket errors | flagged keys |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        lines += [fmt_row(t, results[(t, conns)], flags[(t, conns)]) for t in targets]
-    have = set(targets)
+        lines += [fmt_row(t, results[(t, conns)], flags[(t, conns)]) for t in these]
     lines += [""]
     if "lab" in have:
         lines.append(
@@ -347,13 +533,26 @@ def report(results, flags, targets, conns_list, duration, repeats, n_keys) -> st
     if "recommended-nolog" in have:
         lines.append(
             "- `modeltheft serve` writes one access-log line per request by default; the "
-            "baselines run uvicorn with `--no-access-log`, and so does the last service row."
+            "baselines run uvicorn with `--no-access-log`, and so does the `--no-access-log` row."
         )
-    if "recommended" in have:
+    if have & {"recommended", "gateway", "gateway-memory"}:
         lines.append(
             "- flagged keys: clients the `recommended` detectors flagged during the run (from "
             "`/metrics`); the load repeats each key's dozen digits many times, and the "
             "detectors count a repeated query once."
+        )
+    if have & set(MLSERVER_TARGETS):
+        lines.append(
+            "- MLServer 1.7.1 (mlserver-sklearn, its own venv, minimal model settings, "
+            "`parallel_workers: 0`: one process) serves the same victim (a 100-tree forest, "
+            "scikit-learn) and is started once for the run. The MLServer and gateway rows get "
+            "OIP v2 bodies of one FP64 row asking for the output `predict_proba`; the gateway "
+            "(`serve --upstream … --model-name victim --task digits --defense recommended`) "
+            "sends each admitted row upstream asking for `predict_proba` only. The gateway's "
+            "default state is serve's default store, SQLite (a fresh file per measurement); "
+            "`memory://` beside it. Its CPU column adds the upstream MLServer's CPU per request "
+            "in that run. Gateway and MLServer share the 2 cores with wrk, so the gateway's own "
+            "CPU comes out of MLServer's throughput."
         )
     ratios, checks = [], []
     for top, bottom, label, target in RATIOS:
@@ -366,9 +565,34 @@ def report(results, flags, targets, conns_list, duration, repeats, n_keys) -> st
     if "recommended" in have:
         p99 = med("recommended", 8, "p99_ms")
         checks.append(("`recommended` p99 ≤ 15 ms at 8 connections", f"{p99:.2f} ms", p99 <= 15))
+    added = []
+    for gateway in ("gateway", "gateway-memory"):
+        if {gateway, "mlserver"} <= have:
+            at8 = med(gateway, 8, "p50_ms") - med("mlserver", 8, "p50_ms")
+            at1 = med(gateway, HOP_CONNS, "p50_ms") - med("mlserver", HOP_CONNS, "p50_ms")
+            added.append(f"| {LABELS[gateway]} | {at8:+.2f} | {at1:+.2f} |")
+            if gateway == "gateway":
+                checks += [
+                    (f"gateway (default state) adds ≤ {ADDED_P50_MS:g} ms p50 at 8 connections "
+                     "(p50 gateway − p50 MLServer, the issue's wording)", f"{at8:+.2f} ms",
+                     at8 <= ADDED_P50_MS),
+                    (f"gateway (default state) adds ≤ {ADDED_P50_MS:g} ms p50 at 1 connection "
+                     "(no queueing: one hop)", f"{at1:+.2f} ms", at1 <= ADDED_P50_MS),
+                ]  # fmt: skip
     if ratios:
         lines += ["", "Ratios of median requests/s at 8 connections:", "", "| ratio | value |",
                   "|---|---|", *ratios]  # fmt: skip
+    if added:
+        lines += [
+            "",
+            "Added p50 latency over MLServer alone (medians, ms). At 8 connections it includes "
+            "queueing: both servers share the cores with wrk, and the gateway's lower "
+            "throughput shows up as waiting; at 1 connection it is the time one hop adds.",
+            "",
+            "| gateway | at 8 connections | at 1 connection |",
+            "|---|---|---|",
+            *added,
+        ]
     if checks:
         lines += ["", "| target (issue) | measured | met |", "|---|---|---|"]
         lines += [
