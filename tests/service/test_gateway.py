@@ -423,3 +423,36 @@ def test_workers_rebuild_the_gateway_without_the_key_in_the_environment_json(
     with TestClient(app) as client:
         answer = client.post("/v1/predict", json={"inputs": ROWS.tolist()}, headers=auth())
         assert answer.status_code == 200, answer.text
+
+
+def test_a_key_blocked_while_its_request_is_upstream_gets_no_answer(
+    models: dict[str, ClassifierMixin],
+) -> None:
+    """A concurrent request blocks (or flags) the key while this one awaits the upstream:
+    this one is refused (or answered under the strict policy), never answered as before."""
+    from modeltheft.defenses import GuardedModel, load_pipeline
+    from modeltheft.defenses.alerts import BLOCKED, STRICT, status_key
+    from modeltheft.errors import Blocked
+
+    task = BC.without_data()
+    for raised, outcome in ((BLOCKED, "blocked"), (STRICT, "answered")):
+        store = MemoryStore()
+        guarded = GuardedModel(
+            None, load_pipeline("none"), store=store, task=task, seed=1, audit_retention=3600
+        )
+
+        async def predict(
+            X: np.ndarray, level: int = raised, store: MemoryStore = store
+        ) -> np.ndarray:
+            store.raise_to(status_key("alice"), level)  # meanwhile, elsewhere
+            return models["bc"].predict_proba(X)
+
+        if raised == BLOCKED:
+            with pytest.raises(Blocked):
+                asyncio.run(guarded.answer_async("alice", ROWS, predict))
+        else:
+            reply = asyncio.run(guarded.answer_async("alice", ROWS, predict))
+            assert reply.answers.strict
+        entries = store.audit_entries()
+        assert [e.outcome for e in entries] == [outcome]
+        assert store.get(served_key("alice")) == (0 if raised == BLOCKED else len(ROWS))

@@ -96,9 +96,11 @@ class GuardedModel:
         """Answer ``X`` with probabilities from ``predict`` (a model another server serves).
 
         Status and admission run first (a refusal never reaches ``predict``), then ``predict``
-        runs without the lock, then the stages. If ``predict`` raises, nothing is answered or
-        remembered: the request is audited as ``failed`` and the error propagates. With
-        ``labels_only`` (the upstream sends one-hot rows), no probabilities are exposed.
+        runs without the lock, then the stages, under the client's status read again (a
+        concurrent request may have flagged or blocked the key meanwhile). If ``predict``
+        raises, nothing is answered or remembered: the request is audited as ``failed`` and
+        the error propagates. With ``labels_only`` (the upstream sends one-hot rows), no
+        probabilities are exposed.
         """
         with self._lock, self.store.batch():
             ctx, status = self._admit(client_id, X)
@@ -108,6 +110,13 @@ class GuardedModel:
             self._audit(ctx, status, failed=True)
             raise
         with self._lock, self.store.batch():
+            # Another request of this key may have flagged or blocked it during the await.
+            now = client_status(self.store, client_id)
+            if now >= BLOCKED > status:
+                refused = Blocked("this API key is blocked: its queries look like model extraction")
+                self._audit(ctx, now, refused=refused)
+                raise refused
+            status = max(status, now)
             answers = self._transform(ctx, status, probabilities)
             if labels_only and answers.expose_probabilities:
                 answers = replace(answers, expose_probabilities=False)

@@ -195,7 +195,9 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                 connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
                 headers=self._headers,
-                skip_auto_headers=("User-Agent",),
+                # No Accept-Encoding: a compressed answer costs both servers CPU on loopback
+                # (MLServer gzips batched answers when asked).
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 
