@@ -23,8 +23,9 @@ One run, side by side on loopback, one uvicorn worker each:
 Every request is one real test digit (``digits_task().data.X_eval``). The wrk script
 (``benchmarks/wrk/rotate.lua``) rotates the API key over a few dozen keys and the body over
 the 540 test digits, so no key reaches the ``recommended`` token bucket (1,000 queries per
-key) during a run. Each measurement starts a fresh server (state ``memory://`` unless said
-otherwise), warms it up on a key of its own, then runs ``wrk -t2 -c8 -d10s --latency``; the
+key) during a run. Each measurement starts a fresh server (serve's default state, SQLite,
+in a new file, unless said otherwise: ``recommended-memory`` is ``--state memory://``),
+warms it up on a key of its own, then runs ``wrk -t2 -c8 -d10s --latency``; the
 targets are run 3 times, interleaved, and medians reported. wrk shares the machine's cores
 with the servers. The server's CPU time per request (user + system, from ``/proc``) is taken
 over each wrk run; for the gateway rows the upstream MLServer's too.
@@ -60,7 +61,10 @@ from modeltheft.tasks import digits_task
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
 PYTHON = sys.executable
-TARGETS = ["trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip"]
+TARGETS = [
+    "trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip",
+    "recommended-memory",
+]  # fmt: skip
 MLSERVER_TARGETS = ["mlserver", "gateway", "gateway-memory"]
 """Need MLServer's venv; also measured at 1 connection (the latency one hop adds)."""
 MLSERVER_VENV = ROOT / ".venv-mlserver"
@@ -73,6 +77,7 @@ LABELS = {
     "recommended": "service, `recommended`",
     "recommended-nolog": "service, `recommended`, `--no-access-log`",
     "recommended-oip": "service, `recommended`, OIP v2 `/infer`",
+    "recommended-memory": "service, `recommended`, `--state memory://`",
     "mlserver": "MLServer alone (`predict_proba`)",
     "gateway": "gateway, `recommended`, default state (SQLite) → MLServer",
     "gateway-memory": "gateway, `recommended`, `memory://` → MLServer",
@@ -91,6 +96,9 @@ RATIOS = [
     ("recommended-nolog", "trivial", "`recommended` (no access log) / trivial",
      ("same, `--no-access-log` ≥ 0.6× trivial endpoint", 0.6)),
     ("bare", "trivial", "bare sklearn / trivial", None),
+    ("recommended-memory", "bare", "`recommended` (`memory://`) / bare sklearn", None),
+    ("recommended-memory", "trivial", "`recommended` (`memory://`) / trivial", None),
+    ("recommended", "recommended-memory", "`recommended`: default SQLite / `memory://`", None),
     ("recommended-oip", "recommended", "OIP v2 `/infer` / `/v1/predict` (`recommended`)",
      ("OIP v2 front door within 10% of `/v1/predict` (req/s)", 0.9)),
     ("gateway", "mlserver", "gateway (default SQLite state) / MLServer alone",
@@ -234,9 +242,11 @@ def command(
         ], env  # fmt: skip
     preset, _, variant = target.partition("-")
     extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
+    # serve's default store (SQLite), a fresh file per measurement; "memory": memory://
+    state = "memory://" if variant == "memory" else f"sqlite:///{folder}/{port}.db"
     return [
         PYTHON, "-m", "modeltheft.cli.app", "serve", "--model", str(model), "--defense", preset,
-        "--state", "memory://", "--host", "127.0.0.1", "--port", str(port), *extra,
+        "--state", state, "--host", "127.0.0.1", "--port", str(port), *extra,
     ], env  # fmt: skip
 
 
@@ -495,12 +505,13 @@ def report(results, flags, plan, duration, repeats, n_keys) -> str:
         "## Service throughput under load (`benchmarks/service.py`)",
         "",
         f"wrk (`-t2 -c<N> -d{duration}s --latency`; `-t1` at 1 connection) on loopback against "
-        "one uvicorn worker, each target started fresh (state `memory://` unless said "
-        f"otherwise) and warmed up, {repeats} runs per target interleaved, medians (range of "
-        "requests/s in brackets). Every request is one real test digit; the wrk script rotates "
+        "one uvicorn worker, each target started fresh (serve's default state, SQLite, in a "
+        f"new file, unless said otherwise) and warmed up, {repeats} runs per target "
+        "interleaved, medians (range of requests/s in brackets). Every request is one real "
+        "test digit; the wrk script rotates "
         f"over {n_keys} API keys so that no key reaches the `recommended` token bucket (1,000 "
-        "queries) within a run. The service runs with its defaults: Prometheus metrics, the "
-        "audit log (in memory here) and one access-log line per request. Server CPU: the "
+        "queries) within a run. The service runs with its defaults: SQLite state, Prometheus "
+        "metrics, the audit log and one access-log line per request. Server CPU: the "
         "server process's user + system time over the wrk run, per request. The machine has "
         f"{os.cpu_count()} cores, and wrk runs on them too: absolute rates are lower than "
         "with a separate load machine, ratios are side by side. Python "
