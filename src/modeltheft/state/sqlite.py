@@ -354,11 +354,15 @@ class SqliteStore:
             with self._faults(write=False):
                 conn.execute("COMMIT" if commit else "ROLLBACK")
         except BaseException:
-            self._forget()
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Roll back what is open (quietly) and drop the cached reads it may have written."""
+        self._forget()
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _forget(self) -> None:
         """Drop the cached reads (a rolled-back transaction may have written them)."""
@@ -384,10 +388,7 @@ class SqliteStore:
                     yield conn
                     conn.execute("COMMIT")
                 except BaseException:
-                    self._forget()
-                    if conn.in_transaction:
-                        with suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
+                    self._rollback(conn)
                     raise
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
