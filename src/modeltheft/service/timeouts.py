@@ -273,8 +273,23 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._in_head = False
         self._in_body = True
         super().on_headers_complete()
-        if self.cycle is not None:
-            self.cycle.transport = _CycleTransport(self, self.transport)  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.transport = _CycleTransport(self, self.transport)  # type: ignore[assignment]
+            send = cycle.send
+
+            async def send_early_close(message: Any) -> None:
+                # Answered before its body arrived (413, 401, …): say so, as this connection
+                # then ends (lingering), so a client does not send its next request on it.
+                if (
+                    message["type"] == "http.response.start"
+                    and self._in_body
+                    and self.cycle is cycle
+                ):
+                    cycle.keep_alive = False
+                await send(message)
+
+            cycle.send = send_early_close  # type: ignore[method-assign]
 
     def on_message_complete(self) -> None:
         """The request is fully received: bytes from now on are the next request's head."""

@@ -118,6 +118,8 @@ class SqliteStore:
         self._identity: FileIdentity | None = None
         self._lost: str | None = None
         try:
+            if "\x00" in self.path:
+                raise ValueError("embedded null byte")
             new = self.path != ":memory:" and not Path(self.path).exists()
             self._database = database_uri(self.path, create=False)
             if read_only and self.path != ":memory:":  # nothing created, migrated or written
