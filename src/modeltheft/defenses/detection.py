@@ -16,6 +16,7 @@ from scipy import special, stats
 
 from modeltheft.defenses.alerts import ACTIONS, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.clients import ClientCache
 from modeltheft.defenses.keyed import label_prefix, split_label
 from modeltheft.defenses.ood import (
     SCALES,
@@ -270,7 +271,7 @@ class Prada(OutputStage):
                 f"defense stage 'prada': window must be >= min_queries ({min_queries}), "
                 f"got {window!r}"
             )
-        self._clients: dict[str, _PradaClient] = {}
+        self._clients: ClientCache[_PradaClient] = ClientCache()
         self._space: FeatureSpace | None = None
 
     def setup(self, env: StageEnv) -> None:
@@ -284,7 +285,9 @@ class Prada(OutputStage):
 
     def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
         """Read what this worker has not seen yet (its own appends included), in store order."""
-        state = self._clients.setdefault(client_id, _PradaClient())
+        state = self._clients.get(client_id)
+        if state is None:  # new here, or dropped: read back from the store below
+            state = self._clients.put(client_id, _PradaClient())
         for item in store.items(f"prada:{client_id}:rows", state.n_rows):
             label, payload = split_label(item)
             row = np.frombuffer(payload, dtype=np.float64)

@@ -23,6 +23,7 @@ from scipy import special
 
 from modeltheft.defenses.alerts import ACTIONS, NORMAL, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.clients import ClientCache
 from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted, _Rows
 from modeltheft.defenses.naturalness import KINDS, Scorer, make_scorer
 from modeltheft.defenses.ood import SCALES, FeatureSpace, knn_scorer
@@ -107,7 +108,7 @@ class StreamTest(OutputStage):
         self.novelty = novelty
         self.validate_params()
         self._scorers: dict[str, Scorer] = {}
-        self._clients: dict[str, _Rows] = {}
+        self._clients: ClientCache[_Rows] = ClientCache()
         self._space: FeatureSpace | None = None
         self._radius2 = 0.0
 
@@ -127,7 +128,7 @@ class StreamTest(OutputStage):
         for item in store.items(f"stream:rows:{client_id}", state.n if state else 0):
             row = np.frombuffer(item, dtype=np.float64)
             if state is None:
-                state = self._clients[client_id] = _Rows(len(row))
+                state = self._clients.put(client_id, _Rows(len(row)))
             state.add(row)
         return state
 
