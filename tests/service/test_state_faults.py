@@ -24,7 +24,13 @@ from modeltheft.service.app import SETTINGS_ENV
 from modeltheft.state import SqliteStore
 from tests.conftest import KEYS, auth
 from tests.service.processes import launch, serve_processes
-from tests.state.damage import fill, full_redis, smash_header, smash_table, touch_other_table
+from tests.state.damage import (
+    filled_database,
+    full_redis,
+    smash_header,
+    smash_table,
+    touch_other_table,
+)
 
 ROW = [0.5] * 64
 
@@ -59,10 +65,7 @@ def one_line_warnings(caplog: pytest.LogCaptureFixture, level: int = logging.WAR
 @pytest.fixture
 def filled(tmp_path: Path) -> Path:
     """A state file whose tables span several pages."""
-    path = tmp_path / "state.db"
-    SqliteStore(path).close()
-    fill(path)
-    return path
+    return filled_database(tmp_path)
 
 
 def test_a_damaged_page_while_serving_is_503(

@@ -5,6 +5,16 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from modeltheft.state import SqliteStore
+
+
+def filled_database(folder: Path) -> Path:
+    """A new state database ``folder/state.db`` whose tables span several pages (:func:`fill`)."""
+    path = folder / "state.db"
+    SqliteStore(path).close()
+    fill(path)
+    return path
+
 
 def fill(path: Path, rows: int = 3000) -> None:
     """Give the ``lists`` and ``audit`` tables several pages each (interior pages, not one leaf)."""

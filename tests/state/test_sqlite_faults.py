@@ -19,15 +19,12 @@ import pytest
 from modeltheft.errors import ConfigError, StateUnavailable
 from modeltheft.state import SqliteStore
 from modeltheft.state.base import StateLost
-from tests.state.damage import fill, smash_header, smash_table, touch_other_table
+from tests.state.damage import filled_database, smash_header, smash_table, touch_other_table
 
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "state.db"
-    SqliteStore(path).close()
-    fill(path)
-    return path
+    return filled_database(tmp_path)
 
 
 def test_a_damaged_page_while_open_is_unavailable(store_path: Path) -> None:

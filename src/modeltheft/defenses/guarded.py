@@ -17,6 +17,8 @@ from modeltheft.state.base import StateStore
 from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import Task, task_from_model
 
+BLOCKED_MESSAGE = "this API key is blocked: its queries look like model extraction"
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -113,7 +115,7 @@ class GuardedModel:
             # Another request of this key may have flagged or blocked it during the await.
             now = client_status(self.store, client_id)
             if now >= BLOCKED > status:
-                refused = Blocked("this API key is blocked: its queries look like model extraction")
+                refused = Blocked(BLOCKED_MESSAGE)
                 self._audit(ctx, now, refused=refused)
                 raise refused
             status = max(status, now)
@@ -137,7 +139,7 @@ class GuardedModel:
         )
         try:
             if status >= BLOCKED:
-                raise Blocked("this API key is blocked: its queries look like model extraction")
+                raise Blocked(BLOCKED_MESSAGE)
             self.pipeline.admit(len(inputs), ctx)
         except (Blocked, RateLimited) as refused:
             self._audit(ctx, status, refused=refused)

@@ -29,11 +29,12 @@ import orjson
 
 from modeltheft.errors import ConfigError, ModelTheftError, UpstreamError, UpstreamTimeout
 from modeltheft.oracle.classes import ClassBook
-from modeltheft.oracle.http import HttpOracleBase
+from modeltheft.oracle.http import HttpOracleBase, described_task
 from modeltheft.oracle.oip import OipV2Oracle
 from modeltheft.oracle.protocols import PROTOCOLS, make_oracle
 from modeltheft.tasks import get_task
 from modeltheft.tasks.base import Task, TaskData
+from modeltheft.tasks.files import read_rows
 
 log = logging.getLogger("modeltheft.service")
 
@@ -126,7 +127,7 @@ class Upstream:
         reference = self._reference_rows()
         try:
             if self.given_task is None and reference is not None and cfg.protocol == "kserve-v1":
-                oracle.given_task = oracle.task = _width_task(reference.shape[1])
+                oracle.given_task = oracle.task = described_task("upstream", reference.shape[1])
             task = oracle.discover()
             rows = reference if reference is not None else _probe_row(task)
             if rows.shape[1] != task.n_features:
@@ -162,18 +163,16 @@ class Upstream:
         return task
 
     def _reference_rows(self) -> np.ndarray | None:
+        """The ``--reference`` rows, read and checked as a task's NPY data is."""
         path = self.config.reference
         if path is None:
             return None
         try:
-            rows = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read --reference {path}: {exc}") from None
-        if rows.ndim != 2 or len(rows) < 2 or rows.dtype.kind not in "iuf":
-            raise ConfigError(f"--reference {path}: need a numeric 2-D array of rows")
-        rows = np.asarray(rows, dtype=float)
-        if not np.isfinite(rows).all():
-            raise ConfigError(f"--reference {path}: rows hold NaN or infinite values")
+            _, rows, _ = read_rows(path, None)
+        except ConfigError as exc:
+            raise ConfigError(f"--reference {path}: {exc}") from None
+        if len(rows) < 2:
+            raise ConfigError(f"--reference {path}: need at least 2 rows")
         return rows
 
     def describe(self) -> str:
@@ -235,14 +234,11 @@ class Upstream:
             answers = book.answers(oracle._parse(body, len(X)))
         except (orjson.JSONDecodeError, ModelTheftError) as exc:
             log.warning("upstream %s answered garbage: %.200s", url, exc)
-            raise UpstreamError(f"{label} answered something that is not {_what(self)}") from None
+            what = f"a {self.config.protocol} answer with one label or probability row per row"
+            raise UpstreamError(f"{label} answered something that is not {what}") from None
         if answers.probabilities is None:
             return np.eye(len(book.classes))[answers.labels]
         return _checked(answers.probabilities, label)
-
-
-def _what(upstream: Upstream) -> str:
-    return f"a {upstream.config.protocol} answer with one label or probability row per row"
 
 
 def _checked(probabilities: np.ndarray, label: str) -> np.ndarray:
@@ -258,21 +254,14 @@ def _checked(probabilities: np.ndarray, label: str) -> np.ndarray:
     return p
 
 
-def _width_task(width: int) -> Task:
-    from modeltheft.oracle.http import described_task
-
-    return described_task("upstream", width)
-
-
 def _probe_row(task: Task) -> np.ndarray:
-    """One row inside the task's bounds (their midpoint, 0 where unbounded): the start-up probe
+    """One row inside the task's bounds (their midpoint; 0 where a bound is missing, clipped
+    into the other): the start-up probe
     that shows whether the upstream sends probabilities."""
     lower, upper = np.asarray(task.lower), np.asarray(task.upper)
-    finite = np.isfinite(lower) & np.isfinite(upper)
-    row = np.where(finite, (np.where(finite, lower, 0) + np.where(finite, upper, 0)) / 2, 0.0)
-    row = np.where(np.isfinite(lower) & ~finite, lower, row)
-    row = np.where(np.isfinite(upper) & ~finite & (row > upper), upper, row)
-    return row.reshape(1, -1)
+    bounded = np.isfinite(lower) & np.isfinite(upper)
+    middle = np.where(bounded, lower, 0.0) / 2 + np.where(bounded, upper, 0.0) / 2
+    return task.clip(middle.reshape(1, -1))
 
 
 def labels_only_warning(stages: list[str], upstream: Upstream) -> str | None:

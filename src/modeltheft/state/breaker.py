@@ -101,12 +101,7 @@ class Breaker:
 
     def ping(self) -> None:
         """StateUnavailable while down (``/healthz`` reports the outage); else the store's ping."""
-        self._check()
-        try:
-            self.store.ping()
-        except StateUnavailable as exc:
-            self._trip(exc)
-            raise
+        self._guarded(self.store.ping)()
 
     def close(self) -> None:
         """Stop probing and close the store."""
