@@ -43,13 +43,13 @@ def test_http_oracle_resumes_from_its_log_without_paying_twice(
     server = live_server("none")
     guarded: GuardedModel = server.app.state.guarded
     rows_answered: list[int] = []
-    answer = guarded.answer
+    answer = guarded.answer_shared  # what the service's routes await
 
-    def counting(client_id: str, X: np.ndarray):
+    async def counting(client_id: str, X: np.ndarray):
         rows_answered.append(len(X))
-        return answer(client_id, X)
+        return await answer(client_id, X)
 
-    guarded.answer = counting  # type: ignore[method-assign]
+    guarded.answer_shared = counting  # type: ignore[method-assign]
     log_path = tmp_path / "q.jsonl"
     X = rows(30)
     first = HttpOracle(server.url, KEYS["alice"], budget=30, log=QueryLog(log_path))

@@ -1,6 +1,7 @@
 """Ways to damage a SQLite state file as disks, operators and accidents do, for the fault tests."""
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ def filled_database(folder: Path) -> Path:
 
 def fill(path: Path, rows: int = 3000) -> None:
     """Give the ``lists`` and ``audit`` tables several pages each (interior pages, not one leaf)."""
+    now = time.time()
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("BEGIN")
         conn.executemany(
@@ -26,7 +28,8 @@ def fill(path: Path, rows: int = 3000) -> None:
         )
         conn.executemany(
             "INSERT INTO audit (time, client, entry) VALUES (?, 'filler', hex(randomblob(100)))",
-            [(float(i),) for i in range(rows)],
+            # Recent times: a service's audit retention keeps them (an interior root page).
+            [(now - i,) for i in range(rows)],
         )
         conn.execute("COMMIT")
 

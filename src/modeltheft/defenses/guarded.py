@@ -5,6 +5,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -14,9 +15,11 @@ from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
 from modeltheft.errors import Blocked, ConfigError, RateLimited
 from modeltheft.state.audit import AuditEntry, status_name
 from modeltheft.state.base import StateStore
+from modeltheft.state.group import GroupCommit
 from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import Task, task_from_model
 
+T = TypeVar("T")
 BLOCKED_MESSAGE = "this API key is blocked: its queries look like model extraction"
 
 
@@ -66,6 +69,7 @@ class GuardedModel:
         self._remember = pipeline.remembers_clean
         self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
+        self._commits = GroupCommit(self.store)
         self.audit_retention = audit_retention or None
         self._next_prune = 0.0
 
@@ -82,11 +86,34 @@ class GuardedModel:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
         if self.model is None:
             raise TypeError("this GuardedModel has no model: use answer_async with a predict")
-        with self._lock, self.store.batch():  # one transaction: state, then the audit entry
+        return self._answer_now(self.model, client_id, X)  # one transaction, audit included
+
+    async def answer_shared(self, client_id: str, X: np.ndarray) -> Reply:
+        """:meth:`answer` in a running event loop: the requests of one turn of the loop share
+        one commit of the store (:mod:`~modeltheft.state.group`), each answered after it."""
+        if self.model is None:
+            raise TypeError("this GuardedModel has no model: use answer_async with a predict")
+        model = self.model
+        return await self._grouped(lambda: self._answer_now(model, client_id, X))
+
+    def _answer_now(self, model: ClassifierMixin, client_id: str, X: np.ndarray) -> Reply:
+        with self._lock, self.store.batch():
             ctx, status = self._admit(client_id, X)
-            probabilities = self.model.predict_proba(ctx.inputs)
+            probabilities = model.predict_proba(ctx.inputs)
             answers = self._transform(ctx, status, probabilities)
             return self._reply(ctx, status, answers)
+
+    async def _grouped(self, work: Callable[[], T]) -> T:
+        """``work()`` (one store batch) in this turn's group commit; its result (or its
+        refusal: 429, 403) once the commit is done."""
+        done = self._commits.join()
+        try:
+            result = work()
+        except (Blocked, RateLimited):
+            await GroupCommit.committed(done)  # the refusal was audited: commit it first
+            raise
+        await GroupCommit.committed(done)
+        return result
 
     async def answer_async(
         self,
@@ -97,32 +124,39 @@ class GuardedModel:
     ) -> Reply:
         """Answer ``X`` with probabilities from ``predict`` (a model another server serves).
 
-        Status and admission run first (a refusal never reaches ``predict``), then ``predict``
-        runs without the lock, then the stages, under the client's status read again (a
-        concurrent request may have flagged or blocked the key meanwhile). If ``predict``
-        raises, nothing is answered or remembered: the request is audited as ``failed`` and
-        the error propagates. With ``labels_only`` (the upstream sends one-hot rows), no
-        probabilities are exposed.
+        Status and admission run first and are committed (a refusal never reaches
+        ``predict``), then ``predict`` runs without the lock, then the stages, under the
+        client's status read again (a concurrent request may have flagged or blocked the key
+        meanwhile). If ``predict`` raises, nothing is answered or remembered: the request is
+        audited as ``failed`` and the error propagates. With ``labels_only`` (the upstream
+        sends one-hot rows), no probabilities are exposed.
         """
-        with self._lock, self.store.batch():
-            ctx, status = self._admit(client_id, X)
+
+        def admit() -> tuple[DefenseContext, int]:
+            with self._lock, self.store.batch():
+                return self._admit(client_id, X)
+
+        ctx, status = await self._grouped(admit)
         try:
             probabilities = await predict(ctx.inputs)
         except Exception:
-            self._audit(ctx, status, failed=True)
+            await self._grouped(lambda: self._audit(ctx, status, failed=True))
             raise
-        with self._lock, self.store.batch():
-            # Another request of this key may have flagged or blocked it during the await.
-            now = client_status(self.store, client_id)
-            if now >= BLOCKED > status:
-                refused = Blocked(BLOCKED_MESSAGE)
-                self._audit(ctx, now, refused=refused)
-                raise refused
-            status = max(status, now)
-            answers = self._transform(ctx, status, probabilities)
-            if labels_only and answers.expose_probabilities:
-                answers = replace(answers, expose_probabilities=False)
-            return self._reply(ctx, status, answers)
+
+        def finish() -> Reply:
+            with self._lock, self.store.batch():
+                # Another request of this key may have flagged or blocked it meanwhile.
+                now = client_status(self.store, client_id)
+                if now >= BLOCKED > status:
+                    refused = Blocked(BLOCKED_MESSAGE)
+                    self._audit(ctx, now, refused=refused)
+                    raise refused
+                answers = self._transform(ctx, max(status, now), probabilities)
+                if labels_only and answers.expose_probabilities:
+                    answers = replace(answers, expose_probabilities=False)
+                return self._reply(ctx, max(status, now), answers)
+
+        return await self._grouped(finish)
 
     def _admit(self, client_id: str, X: np.ndarray) -> tuple[DefenseContext, int]:
         """The client's status and context, after admission (hold the lock). A refusal is

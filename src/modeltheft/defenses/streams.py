@@ -148,6 +148,7 @@ class StreamTest(OutputStage):
                 pending.append(z)
         if pending:
             ctx.store.append(f"stream:rows:{ctx.client_id}", [z.tobytes() for z in pending])
+            self._sync(ctx.store, ctx.client_id)  # read back now, while the store caches them
         return novel
 
     @property

@@ -146,7 +146,7 @@ def _answerer(
     if upstream is None:
 
         async def local(client: str, X: np.ndarray) -> Reply:
-            return guarded.answer(client, X)
+            return await guarded.answer_shared(client, X)
 
         return local
     labels_only = upstream.labels_only

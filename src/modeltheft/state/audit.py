@@ -8,7 +8,7 @@ what the service answered and the defense decisions visible from outside the sta
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -53,8 +53,8 @@ class AuditEntry:
         return len(self.row_hashes)
 
     def encode(self) -> str:
-        """Compact JSON, one line."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        """Compact JSON, one line (the fields in order; faster than ``asdict``)."""
+        return json.dumps({field: getattr(self, field) for field in FIELDS}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | bytes) -> "AuditEntry":
@@ -130,3 +130,7 @@ def parse_duration(text: str, what: str = "duration") -> float:
             "(for example 7d, 12h, 30m or 0)"
         )
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+FIELDS = tuple(field.name for field in fields(AuditEntry))
+"""The fields an encoded entry holds, in order."""

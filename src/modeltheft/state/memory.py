@@ -19,6 +19,9 @@ class MemoryStore:
     from a seed may pass ``rng`` to draw them instead (never do that in a service).
     """
 
+    transactions = False
+    """Whether calls share transactions (batches; group commit: :mod:`modeltheft.state.group`)."""
+
     def __init__(self, rng: np.random.Generator | None = None) -> None:
         self._rng = rng
         self._counters: dict[str, int] = {}

@@ -135,6 +135,9 @@ class RedisStore:
     :class:`~modeltheft.errors.ConfigError` naming the URL without its password.
     """
 
+    transactions = False
+    """Whether calls share transactions (batches; group commit: :mod:`modeltheft.state.group`)."""
+
     def __init__(
         self,
         url: str,

@@ -1,9 +1,13 @@
 """Embedded state in one SQLite file (WAL mode): shared by the processes of one machine.
 
-Every read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, so several worker
+Every read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, so several worker
 processes (each with its own :class:`SqliteStore`) count exactly once; committed writes
 survive a crash of the process (``synchronous=NORMAL`` in WAL mode only risks the last
-transactions on a power loss, never the database's integrity).
+transactions on a power loss, never the database's integrity). Inside a transaction the
+counters, buckets, list items and audit rows are held back and written just before the
+commit (:mod:`~modeltheft.state.sqlite_cache`), and a service shares one transaction among
+the requests of a turn of its event loop (:meth:`SqliteStore.open_group`,
+:mod:`~modeltheft.state.group`): each request is answered after the commit that holds it.
 
 A write that cannot get the database's lock within the busy timeout (2 s by default: another
 process holds a long write transaction), that meets a disk error, a damaged page or a
@@ -27,6 +31,7 @@ from typing import NoReturn, TypeVar
 from modeltheft.errors import ConfigError, ModelTheftError, StateUnavailable
 from modeltheft.state.audit import AuditEntry
 from modeltheft.state.base import BucketState, StateLost, refill, withdraw
+from modeltheft.state.sqlite_cache import Cache
 from modeltheft.state.sqlite_file import (
     CHECK_TIMEOUT,
     FileIdentity,
@@ -66,9 +71,6 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 CACHE_LIMIT = 200_000
 """Cached counters and list lengths kept before the cache starts over."""
 
-# UPSERT ... RETURNING needs SQLite 3.35; older libraries read the value back instead.
-HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-
 
 class SqliteStore:
     """State in the SQLite database at ``path``.
@@ -92,6 +94,9 @@ class SqliteStore:
     cross a fork).
     """
 
+    transactions = True
+    """Whether calls share transactions (batches; group commit: :mod:`modeltheft.state.group`)."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -106,12 +111,12 @@ class SqliteStore:
         self.busy_timeout = float(busy_timeout)
         self._lock = threading.RLock()  # re-entered by the calls inside a batch()
         self._depth = 0
-        # What this connection last read or wrote, valid while no other connection commits
-        # (PRAGMA data_version): counter values, exact list lengths and token buckets.
+        # Cached reads and held-back writes, valid while no other connection commits
+        # (PRAGMA data_version is checked as each transaction starts).
         self._version: int | None = None
-        self._counters: dict[str, int] = {}
-        self._lengths: dict[str, int] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._cache = Cache()
+        self._group = False  # a group transaction is open (open_group … close_group)
+        self._group_error: StateUnavailable | None = None
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -267,8 +272,7 @@ class SqliteStore:
     def _validate(self, conn: sqlite3.Connection) -> None:
         """Forget the cached reads if another connection committed since the last call."""
         (version,) = conn.execute("PRAGMA data_version").fetchone()
-        cached = len(self._counters) + len(self._lengths) + len(self._buckets)
-        if version != self._version or cached > CACHE_LIMIT:
+        if version != self._version or len(self._cache) > CACHE_LIMIT:
             self._forget()
             self._version = version
 
@@ -316,187 +320,279 @@ class SqliteStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """The calls inside run in one transaction: one ``BEGIN IMMEDIATE`` and one commit.
+        """The calls inside as one unit: one transaction, its writes held back to the commit.
 
-        A request's reads, updates and audit entry then cost one commit instead of one each
-        (the service's default store, measured: ~29 transactions a request with `recommended`).
-        Other threads wait for the batch; nested batches join the outer one. A domain
-        refusal raised inside (429, 403: decisions already recorded) commits; any other error
-        rolls everything back. Each worker process holds the database's write lock for its
-        batch, so keep a batch to one request.
+        Outside a group: one ``BEGIN IMMEDIATE`` and one commit, where the counters, buckets,
+        list items and audit rows written inside reach the database in one ``executemany``
+        per table (measured with `recommended`: ~29 transactions a request before batches,
+        ~17 statements with one, ~6 with the writes held back). Inside a group
+        (:meth:`open_group`): a savepoint of the group's transaction, committed with it.
+
+        Other threads wait for the batch; nested batches join the outer one. A domain refusal
+        raised inside (429, 403: decisions already recorded) keeps the batch's writes; any
+        other error takes them all back (and fails the whole group if the store itself
+        failed). Each worker process holds the database's write lock for its transaction, so
+        keep a batch to one request.
         """
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            with self._faults(write=True):
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                self._validate(conn)  # with the write lock held: nobody commits until we do
-            self._depth = 1
-            try:
-                yield
-            except BaseException as exc:
-                self._depth = 0
-                keep = isinstance(exc, ModelTheftError) and not isinstance(exc, StateUnavailable)
-                self._end(conn, commit=keep)
-                raise
-            self._depth = 0
-            self._end(conn, commit=True)
+        with self._unit():
+            yield
 
-    def _end(self, conn: sqlite3.Connection, commit: bool) -> None:
-        """Commit (or roll back) the batch's transaction; a failed commit is rolled back."""
-        if not commit:
-            self._forget()
+    def open_group(self) -> None:
+        """Start a transaction that every later batch (and call) joins, as a savepoint, until
+        :meth:`close_group` commits them all at once (group commit: the requests answered in
+        one turn of a service's event loop share one commit; each is answered after it)."""
+        with self._lock:
+            if self._group or self._depth:
+                raise RuntimeError("open_group inside a transaction")
+            self._begin()
+            self._group, self._group_error = True, None
+
+    def close_group(self) -> None:
+        """Commit the group (its held-back writes first). StateUnavailable if the commit or
+        any batch of the group met a store failure: then nothing of the group is kept."""
+        with self._lock:
+            if not self._group:
+                return
+            self._group = False
+            error, self._group_error = self._group_error, None
+            if error is not None:  # rolled back when it happened
+                raise error
+            self._commit(self._connection())
+
+    def _begin(self) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` after checking the file; cached reads dropped if stale."""
+        with self._faults(write=True):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._validate(conn)  # with the write lock held: nobody commits until we do
+            except BaseException:
+                self._rollback(conn)
+                raise
+        return conn
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """Write what is held back, then commit; on any failure roll everything back."""
         try:
             with self._faults(write=False):
-                conn.execute("COMMIT" if commit else "ROLLBACK")
+                self._cache.flush(conn)
+                conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
 
+    @contextmanager
+    def _unit(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit, under the store's lock: inside a batch, a part of it; inside an
+        open group, a savepoint (taken back alone if it fails); else its own transaction."""
+        with self._lock:
+            if self._depth:  # the lock is ours, so is the batch
+                self._depth += 1
+                try:
+                    with self._faults(write=False):
+                        yield self._connection()
+                finally:
+                    self._depth -= 1
+                return
+            if self._group:
+                yield from self._savepoint()
+                return
+            conn = self._begin()
+            self._depth = 1
+            try:
+                with self._faults(write=False):
+                    yield conn
+            except BaseException as exc:
+                self._depth = 0
+                if _keeps(exc):
+                    self._commit(conn)
+                else:
+                    self._rollback(conn)
+                raise
+            self._depth = 0
+            self._commit(conn)
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A unit of the open group (hold the lock); a failed group refuses at once."""
+        if self._group_error is not None:
+            raise self._group_error
+        conn = self._connection()
+        with self._faults(write=False):
+            try:
+                conn.execute("SAVEPOINT unit")
+            except sqlite3.Error as exc:
+                self._fail_group(conn, exc)
+        self._cache.begin_unit()
+        self._depth = 1
+        try:
+            with self._faults(write=False):
+                yield conn
+        except BaseException as exc:
+            self._depth = 0
+            if isinstance(exc, StateUnavailable):
+                self._fail_group(conn, exc)
+            if not _keeps(exc):
+                self._cache.undo_unit()
+                try:
+                    with self._faults(write=False):
+                        conn.execute("ROLLBACK TO unit")
+                except StateUnavailable as failed:
+                    self._fail_group(conn, failed)
+            self._release(conn)
+            raise
+        self._depth = 0
+        self._release(conn)
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        self._cache.end_unit()
+        try:
+            with self._faults(write=False):
+                conn.execute("RELEASE unit")
+        except StateUnavailable as exc:
+            self._fail_group(conn, exc)
+
+    def _fail_group(self, conn: sqlite3.Connection, exc: Exception) -> NoReturn:
+        """Roll the whole group back and refuse its later units and its commit with ``exc``."""
+        if not isinstance(exc, StateUnavailable):
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            exc = StateUnavailable(f"state database {self.path} is unavailable: {reason}")
+        self._group_error = exc
+        self._depth = 0
+        self._rollback(conn)
+        raise exc
+
     def _rollback(self, conn: sqlite3.Connection) -> None:
-        """Roll back what is open (quietly) and drop the cached reads it may have written."""
+        """Roll back what is open (quietly) and drop the cached reads and held writes."""
         self._forget()
         if conn.in_transaction:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
     def _forget(self) -> None:
-        """Drop the cached reads (a rolled-back transaction may have written them)."""
-        self._counters.clear()
-        self._lengths.clear()
-        self._buckets.clear()
+        """Drop the cached reads and held writes (a rollback, another connection's commit)."""
+        self._cache.forget()
         self._version = None
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error), under the store's lock;
-        inside a :meth:`batch`, a part of its transaction (the file checked at its start)."""
-        with self._lock:
-            if self._depth:  # the lock is ours, so is the batch
-                with self._faults(write=False):
-                    yield self._connection()
-                return
-            with self._faults(write=True):
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                self._validate(conn)
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
+    def _in_transaction(self) -> bool:
+        """Whether this connection holds the write lock now (caches need no check)."""
+        return bool(self._depth or self._group)
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """``query`` under the lock; between the units of a group, held writes first (so
+        that audit reads see them)."""
         with self._lock, self._faults(write=False):
-            return query(self._connection())
+            conn = self._connection()
+            if self._group and not self._depth and self._cache.held:
+                try:
+                    self._cache.flush(conn)
+                except sqlite3.Error as exc:
+                    self._fail_group(conn, exc)
+            return query(conn)
+
+    def _counter(self, conn: sqlite3.Connection, key: str) -> int:
+        """Counter ``key``: cached, else read (and cached)."""
+        value = self._cache.counters.get(key)
+        if value is None:
+            row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
+            value = int(row[0]) if row else 0
+            self._cache.read_counter(key, value)
+        return value
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to counter ``key`` and return the new value."""
-        with self._transaction() as conn:
-            if HAS_RETURNING:
-                row = conn.execute(
-                    "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                    "DO UPDATE SET value = value + excluded.value RETURNING value",
-                    (key, amount),
-                ).fetchone()
-            else:  # pragma: no cover - SQLite < 3.35
-                conn.execute(
-                    "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                    "DO UPDATE SET value = value + excluded.value",
-                    (key, amount),
-                )
-                row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
-            self._counters[key] = value = int(row[0])
+        with self._lock:
+            if self._depth and (cached := self._cache.counters.get(key)) is not None:
+                self._cache.write_counter(key, value := cached + int(amount))  # no SQL: held
+                return value
+        with self._unit() as conn:
+            value = self._counter(conn, key) + int(amount)
+            self._cache.write_counter(key, value)
             return value
 
     def get(self, key: str) -> int:
         """Current value of counter ``key`` (0 if never set)."""
         with self._lock:
-            if self._depth and key in self._counters:  # inside a batch: nobody else writes
-                return self._counters[key]
+            if self._in_transaction() and (cached := self._cache.counters.get(key)) is not None:
+                return cached  # the write lock is ours: nobody else changed it
         with self._lock, self._faults(write=False):
             conn = self._connection()
-            if not self._depth:
+            if not self._in_transaction():
                 self._validate(conn)
-            value = self._counters.get(key)
-            if value is None:
-                row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
-                self._counters[key] = value = int(row[0]) if row else 0
-            return value
+            return self._counter(conn, key)
 
     def raise_to(self, key: str, value: int) -> int:
         """Set counter ``key`` to ``max(current, value)`` and return the result."""
-        with self._transaction() as conn:
-            current = self._counters.get(key)
-            if current is None:
-                row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
-                current = int(row[0]) if row else 0
+        with self._unit() as conn:
+            current = self._counter(conn, key)
             new = max(current, int(value))
             if new != current:
-                conn.execute(
-                    "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                    "DO UPDATE SET value = excluded.value",
-                    (key, new),
-                )
-            self._counters[key] = new
+                self._cache.write_counter(key, new)
             return new
 
     def append(self, key: str, items: Sequence[bytes]) -> int:
         """Append ``items`` to list ``key`` at consecutive indexes; return its new length."""
-        with self._transaction() as conn:
-            length = self._lengths.get(key)
+        rows = [bytes(item) for item in items]
+        with self._lock:
+            if self._depth and (length := self._cache.lengths.get(key)) is not None:
+                return self._cache.write_items(key, length, rows)
+        with self._unit() as conn:
+            length = self._cache.lengths.get(key)
             if length is None:
                 (length,) = conn.execute(
                     "SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?", (key,)
                 ).fetchone()
-            conn.executemany(
-                "INSERT INTO lists (key, idx, item) VALUES (?, ?, ?)",
-                [(key, length + i, bytes(item)) for i, item in enumerate(items)],
-            )
-            self._lengths[key] = new = int(length) + len(items)
-            return new
+            return self._cache.write_items(key, int(length), rows)
 
     def items(self, key: str, start: int = 0) -> list[bytes]:
-        """Items of list ``key`` from index ``start`` on (a negative start counts from the end)."""
-        args: tuple[str | int, ...]
-        if start >= 0:
-            sql, args = (
-                "SELECT item FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
-                (key, start),
-            )
-        else:  # one statement, so the length and the items come from one snapshot
-            sql = (
-                "SELECT item FROM lists WHERE key = ? AND idx >= "
-                "(SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?) + ? ORDER BY idx"
-            )
-            args = (key, key, start)
+        """Items of list ``key`` from index ``start`` on (a negative start counts from the end);
+        items held back for the commit included."""
+        with self._lock:
+            known = self._cache.lengths.get(key)
+            if self._in_transaction() and known is not None and 0 <= known <= start:
+                return []  # nothing past a length known while the write lock is ours
         with self._lock, self._faults(write=False):
             conn = self._connection()
-            if not self._depth:
+            if not self._in_transaction():
                 self._validate(conn)
-            length = self._lengths.get(key)
+            length = self._cache.lengths.get(key)
+            if start < 0 and length is not None:
+                start = max(0, length + start)
             if start >= 0 and length is not None and start >= length:
                 return []
+            held = self._cache.held_items(key, start) if start >= 0 else None
+            if held is not None:
+                first, tail = held
+                if start >= first:
+                    return tail
+                rows = conn.execute(
+                    "SELECT item FROM lists WHERE key = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                    (key, start, first),
+                ).fetchall()
+                return [bytes(row[0]) for row in rows] + tail
+            if start >= 0:
+                sql, args = (
+                    "SELECT item FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
+                    (key, start),
+                )
+            else:  # one statement, so the length and the items come from one snapshot
+                sql = (
+                    "SELECT item FROM lists WHERE key = ? AND idx >= "
+                    "(SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?) + ? ORDER BY idx"
+                )
+                args = (key, key, start)
             rows = conn.execute(sql, args).fetchall()
             if start >= 0 and (rows or start == 0):  # indexes run 0, 1, … without gaps
-                self._lengths[key] = start + len(rows)
+                self._cache.read_length(key, start + len(rows))
         return [bytes(row[0]) for row in rows]
 
     def add_member(self, key: str, member: str) -> None:
         """Add ``member`` to set ``key``."""
-        with self._transaction() as conn:
+        with self._unit() as conn:
             conn.execute("INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member))
 
     def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
         """Add ``members`` to set ``key``; for each, whether it was new (one transaction)."""
-        with self._transaction() as conn:
+        with self._unit() as conn:
             return [
                 conn.execute(
                     "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member)
@@ -530,7 +626,7 @@ class SqliteStore:
 
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
-        with self._transaction() as conn:
+        with self._unit() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
                 (name, secrets.token_bytes(nbytes)),
@@ -542,8 +638,8 @@ class SqliteStore:
         self, key: str, cost: float, capacity: float, refill_per_second: float, now: float
     ) -> BucketState:
         """Withdraw ``cost`` tokens from bucket ``key`` (full at first, refilled continuously)."""
-        with self._transaction() as conn:
-            cached = self._buckets.get(key)
+        with self._unit() as conn:
+            cached = self._cache.buckets.get(key)
             if cached is None:
                 row = conn.execute(
                     "SELECT tokens, last FROM buckets WHERE key = ?", (key,)
@@ -552,21 +648,18 @@ class SqliteStore:
             tokens, last = cached
             tokens = refill(tokens, last, capacity, refill_per_second, now)
             state = withdraw(tokens, cost, capacity, refill_per_second)
-            conn.execute(
-                "INSERT INTO buckets (key, tokens, last) VALUES (?, ?, ?) ON CONFLICT (key) "
-                "DO UPDATE SET tokens = excluded.tokens, last = excluded.last",
-                (key, state.remaining, max(last, now)),
-            )
-            self._buckets[key] = (state.remaining, max(last, now))
+            self._cache.write_bucket(key, state.remaining, max(last, now))
             return state
 
     def audit_append(self, entries: Sequence[AuditEntry]) -> None:
-        """Add ``entries`` to the audit table, in one transaction."""
-        with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO audit (time, client, entry) VALUES (?, ?, ?)",
-                [(e.time, e.client, e.encode()) for e in entries],
-            )
+        """Add ``entries`` to the audit table, in order, with the transaction's commit."""
+        rows = [(e.time, e.client, e.encode()) for e in entries]
+        with self._lock:
+            if self._depth:
+                self._cache.write_audit(rows)
+                return
+        with self._unit():
+            self._cache.write_audit(rows)
 
     def audit_entries(
         self, client: str | None = None, since: float | None = None, limit: int | None = None
@@ -582,12 +675,12 @@ class SqliteStore:
 
     def audit_prune(self, before: float) -> int:
         """Delete the entries older than ``before`` (through the index on time)."""
-        with self._transaction() as conn:
+        with self._unit() as conn:
             return conn.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
 
     def ping(self) -> None:
         """Take the write lock and release it: StateUnavailable if it cannot be had in time."""
-        with self._transaction():
+        with self._unit():
             pass
 
     def close(self) -> None:
@@ -597,3 +690,10 @@ class SqliteStore:
                 self._conn.close()
             self._conn = None
             self._closed = True
+            self._group = False  # an open group's transaction ended with its connection
+
+
+def _keeps(exc: BaseException) -> bool:
+    """Whether a unit that raised ``exc`` keeps its writes: a domain refusal (429, 403) was
+    decided and recorded; a store failure or any other error takes them back."""
+    return isinstance(exc, ModelTheftError) and not isinstance(exc, StateUnavailable)

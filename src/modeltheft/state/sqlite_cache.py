@@ -1,0 +1,148 @@
+"""What a :class:`~modeltheft.state.sqlite.SqliteStore` keeps between its statements.
+
+Two things, both valid only while the store holds the database's write lock or no other
+connection has committed since (``PRAGMA data_version``):
+
+- **reads**: counter values, list lengths and token buckets it last read or wrote, so a
+  request does not read back what it just wrote;
+- **held-back writes** (write-behind): counters, buckets, list items and audit rows written
+  inside a transaction are kept here and reach the database in one ``executemany`` per table
+  just before the commit. A request then costs a few statements per table per transaction,
+  not one per call.
+
+Every change made inside a *unit* (one request sharing a group transaction with others) is
+noted, so that a unit that fails is taken back alone (:meth:`Cache.undo_unit`) while its
+savepoint rolls back its direct statements.
+"""
+
+import sqlite3
+from typing import Any
+
+MISSING: Any = object()
+"""An undo note's old value for a key that was absent."""
+
+AUDIT_MARK = "\x00audit"
+"""An undo note's key for the audit rows: the old value is their count."""
+
+
+class Cache:
+    """Cached reads and held-back writes of one SQLite connection (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.lengths: dict[str, int] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.dirty_counters: dict[str, int] = {}
+        self.dirty_buckets: dict[str, tuple[float, float]] = {}
+        self.appends: dict[str, list[tuple[int, bytes]]] = {}
+        self.audit: list[tuple[float, str, str]] = []
+        self._undo: list[tuple[Any, str, Any]] | None = None
+
+    def __len__(self) -> int:
+        """Cached reads held (the store starts over past its limit)."""
+        return len(self.counters) + len(self.lengths) + len(self.buckets)
+
+    @property
+    def held(self) -> bool:
+        """Whether writes are waiting for the commit."""
+        return bool(self.dirty_counters or self.dirty_buckets or self.appends or self.audit)
+
+    def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
+        if self._undo is not None:
+            self._undo.append((table, key, table.get(key, MISSING)))
+        table[key] = value
+
+    def read_counter(self, key: str, value: int) -> None:
+        """Remember a counter's value as read from the database."""
+        self._set(self.counters, key, value)
+
+    def read_length(self, key: str, length: int) -> None:
+        """Remember a list's length as read from the database."""
+        self._set(self.lengths, key, length)
+
+    def write_counter(self, key: str, value: int) -> None:
+        """Set counter ``key`` to ``value`` at the commit."""
+        self._set(self.counters, key, value)
+        self._set(self.dirty_counters, key, value)
+
+    def write_bucket(self, key: str, tokens: float, last: float) -> None:
+        """Set bucket ``key`` at the commit."""
+        self._set(self.buckets, key, (tokens, last))
+        self._set(self.dirty_buckets, key, (tokens, last))
+
+    def write_items(self, key: str, start: int, items: list[bytes]) -> int:
+        """Append ``items`` to list ``key`` (of length ``start``) at the commit; its new length."""
+        rows = [(start + i, item) for i, item in enumerate(items)]
+        self._set(self.appends, key, self.appends.get(key, []) + rows)
+        self._set(self.lengths, key, start + len(items))
+        return start + len(items)
+
+    def write_audit(self, rows: list[tuple[float, str, str]]) -> None:
+        """Insert audit ``rows`` at the commit, after those already held."""
+        if self._undo is not None:
+            self._undo.append((self.audit, AUDIT_MARK, len(self.audit)))
+        self.audit.extend(rows)
+
+    def held_items(self, key: str, start: int) -> tuple[int, list[bytes]] | None:
+        """``(first held index, held items from start on)`` of list ``key``; None if none held."""
+        rows = self.appends.get(key)
+        if not rows:
+            return None
+        return rows[0][0], [item for idx, item in rows if idx >= start]
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write what is held, one ``executemany`` per table, in the order it was written."""
+        if self.dirty_counters:
+            conn.executemany(
+                "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                self.dirty_counters.items(),
+            )
+        if self.dirty_buckets:
+            conn.executemany(
+                "INSERT INTO buckets (key, tokens, last) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET tokens = excluded.tokens, last = excluded.last",
+                [(key, tokens, last) for key, (tokens, last) in self.dirty_buckets.items()],
+            )
+        if self.appends:
+            conn.executemany(
+                "INSERT INTO lists (key, idx, item) VALUES (?, ?, ?)",
+                [(key, idx, item) for key, rows in self.appends.items() for idx, item in rows],
+            )
+        if self.audit:
+            conn.executemany("INSERT INTO audit (time, client, entry) VALUES (?, ?, ?)", self.audit)
+        self.drop_held()
+
+    def drop_held(self) -> None:
+        """Forget the held writes (written, or rolled back with the cached reads)."""
+        self.dirty_counters.clear()
+        self.dirty_buckets.clear()
+        self.appends.clear()
+        self.audit.clear()
+
+    def forget(self) -> None:
+        """Drop everything: cached reads and held writes (a rollback, another writer)."""
+        self.counters.clear()
+        self.lengths.clear()
+        self.buckets.clear()
+        self.drop_held()
+        self._undo = None
+
+    def begin_unit(self) -> None:
+        """Note every change from now on, until :meth:`end_unit` or :meth:`undo_unit`."""
+        self._undo = []
+
+    def end_unit(self) -> None:
+        """Keep the unit's changes."""
+        self._undo = None
+
+    def undo_unit(self) -> None:
+        """Take back every change since :meth:`begin_unit`, newest first."""
+        notes, self._undo = self._undo or [], None
+        for table, key, old in reversed(notes):
+            if key == AUDIT_MARK and table is self.audit:
+                del self.audit[old:]
+            elif old is MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = old

@@ -1,0 +1,220 @@
+"""Writes held back to the commit, and group commit: what one SQLite transaction shared by
+several requests keeps, takes back and shows to other connections (#14, item 1)."""
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from modeltheft.errors import RateLimited, StateUnavailable
+from modeltheft.state import SqliteStore
+from modeltheft.state.audit import AuditEntry
+from modeltheft.state.breaker import Breaker
+from modeltheft.state.group import GroupCommit
+
+
+def entry(t: float, client: str = "c") -> AuditEntry:
+    return AuditEntry(t, client, "answered", ("ab",))
+
+
+def committed(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """What another connection reads now (only committed data)."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+def test_a_batch_holds_its_writes_back_to_one_commit(path: Path) -> None:
+    store = SqliteStore(path)
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    with store.batch():
+        assert store.incr("n", 2) == 2
+        assert store.incr("n", 3) == 5
+        assert store.append("l", [b"a", b"b"]) == 2
+        assert store.append("l", [b"c"]) == 3
+        assert store.items("l") == [b"a", b"b", b"c"]
+        assert store.items("l", 1) == [b"b", b"c"]
+        assert store.items("l", -1) == [b"c"]
+        assert store.take_tokens("b", 1, 10, 0, now=1.0).remaining == 9
+        store.audit_append([entry(1.0)])
+        assert committed(path, "SELECT COUNT(*) FROM counters") == [(0,)]  # nothing yet
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    # one statement per row of executemany (the trace's view), each table written once
+    assert [s.split()[2] for s in inserts] == [
+        "counters",
+        "buckets",
+        "lists",
+        "lists",
+        "lists",
+        "audit",
+    ]
+    assert committed(path, "SELECT value FROM counters WHERE key = 'n'") == [(5,)]
+    assert committed(path, "SELECT idx, item FROM lists ORDER BY idx") == [
+        (0, b"a"), (1, b"b"), (2, b"c")
+    ]  # fmt: skip
+    other = SqliteStore(path)
+    assert other.get("n") == 5 and other.items("l", 1) == [b"b", b"c"]
+    assert other.take_tokens("b", 1, 10, 0, now=2.0).remaining == 8
+    assert [e.time for e in other.audit_entries()] == [1.0]
+
+
+def test_a_failed_batch_keeps_nothing_and_a_refusal_keeps_everything(path: Path) -> None:
+    store = SqliteStore(path)
+    store.incr("n")
+    with pytest.raises(ValueError), store.batch():
+        store.incr("n")
+        store.append("l", [b"x"])
+        raise ValueError("a bug")
+    assert store.get("n") == 1 and store.items("l") == []
+    with pytest.raises(RateLimited), store.batch():
+        store.incr("n")
+        store.audit_append([entry(1.0)])
+        raise RateLimited("over budget", 1.0)
+    assert SqliteStore(path).get("n") == 2
+    assert len(SqliteStore(path).audit_entries()) == 1
+
+
+def run_group(store: object, *units: object) -> list[object]:
+    """Run ``units`` (callables) as the requests of one turn of an event loop, each in its
+    own batch, and return what each returned or raised once the group committed."""
+
+    async def request(commits: GroupCommit, unit: object) -> object:
+        done = commits.join()
+        try:
+            with store.batch():  # type: ignore[attr-defined]
+                result = unit()  # type: ignore[operator]
+        except Exception as exc:
+            result = exc
+        try:
+            await GroupCommit.committed(done)
+        except Exception as exc:
+            return exc
+        return result
+
+    async def main() -> list[object]:
+        commits = GroupCommit(store)
+        return await asyncio.gather(*(request(commits, unit) for unit in units))
+
+    return asyncio.run(main())
+
+
+def test_a_group_commits_once_and_a_failed_request_is_taken_back_alone(path: Path) -> None:
+    store = SqliteStore(path)
+    commits: list[str] = []
+    store._connection().set_trace_callback(lambda s: commits.append(s) if s == "COMMIT" else None)
+
+    def ok(name: str) -> object:
+        def unit() -> int:
+            store.add_new_members("seen", [name])
+            store.append("l", [name.encode()])
+            store.audit_append([entry(1.0, name)])
+            return store.incr("n")
+
+        return unit
+
+    def bug() -> None:
+        store.add_new_members("seen", ["bug"])  # a direct statement: its savepoint undoes it
+        store.append("l", [b"bug"])
+        store.incr("n", 100)
+        store.audit_append([entry(1.0, "bug")])
+        raise ValueError("a bug")
+
+    results = run_group(store, ok("a"), bug, ok("b"))
+    assert results[0] == 1 and isinstance(results[1], ValueError) and results[2] == 2
+    assert commits == ["COMMIT"]  # one commit for the three
+    assert committed(path, "SELECT value FROM counters WHERE key = 'n'") == [(2,)]
+    assert committed(path, "SELECT idx, item FROM lists ORDER BY idx") == [(0, b"a"), (1, b"b")]
+    assert committed(path, "SELECT member FROM sets ORDER BY member") == [("a",), ("b",)]
+    assert [e.client for e in store.audit_entries()] == ["a", "b"]
+    assert store.incr("n") == 3  # the cache was taken back with it
+
+
+def test_nothing_of_a_group_is_visible_before_its_commit(path: Path) -> None:
+    store = SqliteStore(path)
+    seen: list[list[tuple[object, ...]]] = []
+
+    def unit() -> None:
+        store.incr("n")
+        seen.append(committed(path, "SELECT COUNT(*) FROM counters"))
+
+    run_group(store, unit, unit)
+    assert seen == [[(0,)], [(0,)]]
+    assert committed(path, "SELECT value FROM counters") == [(2,)]
+
+
+def test_a_store_failure_fails_every_request_of_the_group(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(path)
+    store.incr("n")
+
+    def ok() -> int:
+        return store.incr("n")
+
+    def fail_commit(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store._cache, "flush", fail_commit)
+    results = run_group(store, ok, ok)
+    assert all(isinstance(r, StateUnavailable) and "disk I/O" in str(r) for r in results)
+    monkeypatch.undo()
+    assert store.get("n") == 1  # nothing of the group was kept, and the store goes on
+    assert run_group(store, ok) == [2]
+
+
+def test_a_failure_inside_one_request_fails_the_group_at_once(path: Path) -> None:
+    store = SqliteStore(path)
+    calls: list[str] = []
+
+    def broken() -> None:
+        store.incr("n")
+        raise StateUnavailable("the disk went away")
+
+    def later() -> int:
+        calls.append("later")
+        return store.incr("n")
+
+    results = run_group(store, broken, later)
+    assert all(isinstance(r, StateUnavailable) for r in results)
+    assert calls == []  # refused before it ran
+    assert store.get("n") == 0
+
+
+def test_two_processes_groups_count_exactly(path: Path) -> None:
+    """Two stores on one file (two workers) interleave groups: every increment counts once."""
+    first, second = SqliteStore(path), SqliteStore(path)
+    for _ in range(5):
+        run_group(first, *(lambda: first.incr("n") for _ in range(3)))
+        run_group(second, *(lambda: second.incr("n") for _ in range(4)))
+    assert first.get("n") == second.get("n") == 35
+
+
+def test_reads_between_the_requests_of_a_group_see_the_held_writes(path: Path) -> None:
+    store = SqliteStore(path)
+
+    async def main() -> list[float]:
+        commits = GroupCommit(store)
+        done = commits.join()
+        with store.batch():
+            store.audit_append([entry(7.0)])
+        times = [e.time for e in store.audit_entries()]  # another thread's read, say
+        await GroupCommit.committed(done)
+        return times
+
+    assert asyncio.run(main()) == [7.0]
+
+
+def test_group_commit_goes_through_the_breaker_and_skips_memory(path: Path) -> None:
+    from modeltheft.state.memory import MemoryStore
+
+    assert GroupCommit(MemoryStore()).join() is None
+    breaker = Breaker(SqliteStore(path))
+    assert run_group(breaker, lambda: breaker.incr("n"), lambda: breaker.incr("n")) == [1, 2]
+    breaker.close()
