@@ -512,7 +512,8 @@ class SqliteStore:
     def get(self, key: str) -> int:
         """Current value of counter ``key`` (0 if never set)."""
         with self._lock:
-            if self._in_transaction() and (cached := self._cache.counters.get(key)) is not None:
+            cached = self._cache.counters.get(key)
+            if (self._depth or self._group) and cached is not None:
                 return cached  # the write lock is ours: nobody else changed it
         with self._lock, self._faults(write=False):
             conn = self._connection()
@@ -547,9 +548,13 @@ class SqliteStore:
         """Items of list ``key`` from index ``start`` on (a negative start counts from the end);
         items held back for the commit included."""
         with self._lock:
-            known = self._cache.lengths.get(key)
-            if self._in_transaction() and known is not None and 0 <= known <= start:
-                return []  # nothing past a length known while the write lock is ours
+            if (self._depth or self._group) and start >= 0:  # the write lock is ours
+                known = self._cache.lengths.get(key)
+                if known is not None and known <= start:
+                    return []  # nothing past a length known
+                held = self._cache.held_items(key, start)
+                if held is not None and start >= held[0]:
+                    return held[1]  # all of it held back for the commit
         with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._in_transaction():

@@ -62,8 +62,10 @@ class Cache:
 
     def write_counter(self, key: str, value: int) -> None:
         """Set counter ``key`` to ``value`` at the commit."""
-        self._set(self.counters, key, value)
-        self._set(self.dirty_counters, key, value)
+        if self._undo is not None:
+            self._undo.append((self.counters, key, self.counters.get(key, MISSING)))
+            self._undo.append((self.dirty_counters, key, self.dirty_counters.get(key, MISSING)))
+        self.counters[key] = self.dirty_counters[key] = value
 
     def write_bucket(self, key: str, tokens: float, last: float) -> None:
         """Set bucket ``key`` at the commit."""
