@@ -2,7 +2,9 @@
 several requests keeps, takes back and shows to other connections (#14, item 1)."""
 
 import asyncio
+import multiprocessing
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -218,3 +220,46 @@ def test_group_commit_goes_through_the_breaker_and_skips_memory(path: Path) -> N
     breaker = Breaker(SqliteStore(path))
     assert run_group(breaker, lambda: breaker.incr("n"), lambda: breaker.incr("n")) == [1, 2]
     breaker.close()
+
+
+def _busy_worker(path: str, seconds: float, results: "multiprocessing.Queue[object]") -> None:
+    """A worker that commits a group every ~3 ms and begins the next one at once."""
+    store = SqliteStore(path, create=False)
+    groups, failures, longest = 0, 0, 0.0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.monotonic()
+        try:
+            store.open_group()
+        except StateUnavailable:
+            failures += 1
+            continue
+        longest = max(longest, time.monotonic() - started)
+        store.incr("n")
+        busy = time.perf_counter()
+        while time.perf_counter() - busy < 0.003:  # the rest of the turn, holding the lock
+            pass
+        store.close_group()
+        groups += 1
+    results.put((groups, failures, longest))
+
+
+def test_two_busy_workers_share_the_write_lock_fairly(path: Path) -> None:
+    """SQLite's busy handler sleeps up to 100 ms between tries, so a worker that begins again
+    right after each commit starved the other for seconds (then 503); polling often does not."""
+    SqliteStore(path).close()
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [
+        context.Process(target=_busy_worker, args=(str(path), 2.0, results)) for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+    (a, fails_a, wait_a), (b, fails_b, wait_b) = outcomes
+    assert fails_a == fails_b == 0
+    assert max(wait_a, wait_b) < 0.5
+    assert min(a, b) > 0.3 * max(a, b)
+    assert SqliteStore(path).get("n") == a + b

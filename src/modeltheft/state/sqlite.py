@@ -47,6 +47,8 @@ log = logging.getLogger("modeltheft.state")
 
 BUSY_TIMEOUT = 2.0
 """Seconds a write waits for another process's lock before the store gives up (503)."""
+LOCK_POLL = 0.0002
+"""Seconds between two tries for the database's write lock held by another process."""
 OPEN_TIMEOUT = 10.0
 """Seconds opening a database may retry the locks that the busy handler does not wait for."""
 
@@ -363,13 +365,35 @@ class SqliteStore:
         """``BEGIN IMMEDIATE`` after checking the file; cached reads dropped if stale."""
         with self._faults(write=True):
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            self._lock_database(conn)
             try:
                 self._validate(conn)  # with the write lock held: nobody commits until we do
             except BaseException:
                 self._rollback(conn)
                 raise
         return conn
+
+    def _lock_database(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, retried every ``LOCK_POLL`` seconds for ``busy_timeout``.
+
+        SQLite's own busy handler sleeps up to 100 ms between tries: against a worker that
+        commits and begins again within a fraction of a millisecond, it rarely finds the lock
+        free and waits seconds (measured: 1.3 s, then 503, while the other worker committed
+        900 times). Polling often finds the gaps, so workers share the database fairly.
+        """
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(LOCK_POLL)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         """Write what is held back, then commit; on any failure roll everything back."""
