@@ -130,7 +130,9 @@ def _read_npy(path: Path) -> np.ndarray:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ConfigError(f"{path}: cannot read NPY (object arrays are refused): {reason}") from None
+        raise ConfigError(
+            f"{path}: cannot read NPY (object arrays are refused): {reason}"
+        ) from None
     if not isinstance(data, np.ndarray):  # an .npz archive under an .npy name
         data.close()
         raise ConfigError(f"{path}: not an NPY array (an NPZ archive?)")
