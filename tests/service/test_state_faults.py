@@ -239,12 +239,19 @@ def test_workers_refuse_a_deleted_state_file_and_the_next_start_warns(
         assert statuses[503] == 6
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 503
         os.kill(_worker_pids(server.process.pid)[0], signal.SIGKILL)
-        deadline = time.monotonic() + 120
+        killed = time.monotonic()
+        deadline = killed + 120
         while server.process.poll() is None and time.monotonic() < deadline:
             send(server.url, 1)
             time.sleep(0.5)
         assert server.process.poll() is not None, "the service went on without its state"
+        stopped = time.monotonic() - killed
         log = server.log.read_text()
+    # The replacement refuses (it loads the model first): the service stops within seconds,
+    # with exit code 1 and one line that says so (was: up to 60 s more, then exit code 0).
+    assert server.process.returncode == 1, log[-2000:]
+    assert stopped < 30, f"{stopped:.1f} s"
+    assert log.strip().splitlines()[-1].startswith("error: worker "), log[-2000:]
     assert not state.exists()
     # The next start (one worker, to be quick): a new, empty state, and a WARNING that says so.
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']}"}

@@ -7,6 +7,7 @@ import of ``create_app`` (2.2 s here, and workers killed on a busy host)."""
 
 import subprocess
 import sys
+import time
 
 CHECK = """
 import pickle, sys
@@ -30,3 +31,28 @@ def test_the_package_still_offers_create_app_and_settings() -> None:
     from modeltheft.service.settings import Settings
 
     assert service.create_app is create_app and service.Settings is Settings
+
+
+RUN_FAILING = """
+import sys
+from modeltheft.service.runner import run_workers, WorkerStartFailed
+try:
+    run_workers("tests.service.failing_worker:app", 2, host="127.0.0.1", port=0,
+                timeout_worker_healthcheck=60, log_level="info")
+except WorkerStartFailed as exc:
+    print("error:", exc)
+    sys.exit(1)
+"""
+
+
+def test_a_worker_that_cannot_start_stops_the_workers_at_once() -> None:
+    """uvicorn's supervisor waited its whole 60 s health-check timeout for the answer to a ping
+    sent to a worker that then exited, and the run ended as a success."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_FAILING], capture_output=True, text=True, timeout=120
+    )
+    took = time.monotonic() - started
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "could not start" in out.stdout and "cannot start: test" in out.stderr
+    assert took < 20, f"{took:.1f} s"

@@ -208,6 +208,7 @@ def serve(
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing, MetricsKey
     from modeltheft.service.observability import log_config, multiprocess_metrics
+    from modeltheft.service.runner import run_workers
     from modeltheft.service.timeouts import protocol_for
     from modeltheft.service.upstream import UPSTREAM_KEY_ENV, UpstreamConfig
     from modeltheft.state import redact_url
@@ -286,10 +287,10 @@ def serve(
     os.environ[SETTINGS_ENV] = settings_env(settings, keys_file)
     try:
         with multiprocess_metrics():  # set before the workers import prometheus_client
-            uvicorn.run(
+            # A worker that cannot start stops the service at once: WorkerStartFailed, exit 1.
+            run_workers(
                 "modeltheft.service.app:app_from_env",
-                factory=True,
-                workers=workers,
+                workers,
                 **server_options,
                 **_worker_start_timeout(),
             )
@@ -307,7 +308,7 @@ def _worker_start_timeout() -> dict[str, Any]:
 
     import uvicorn
 
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         return {"timeout_worker_healthcheck": 60}
     return {}
 
