@@ -115,6 +115,14 @@ def serve(
         Path | None, typer.Option(help="File of name:sha256$salt$digest lines.")
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Most rows per request.")] = 256,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Most bytes in a request's line and headers together; a longer head gets "
+            "431 and its connection is closed.",
+        ),
+    ] = 16 * 1024,  # timeouts.DEFAULT_MAX_HEAD_BYTES, not imported here (FastAPI's cost)
     inference: Annotated[
         str,
         typer.Option(
@@ -242,6 +250,7 @@ def serve(
         task=task,
         defense=defense,
         max_batch=max_batch,
+        max_header_bytes=max_header_bytes,
         seed=seed,
         state=state,
         inference=inference,
