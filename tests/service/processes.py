@@ -23,6 +23,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The uvicorn workers among the children of ``pid`` (not multiprocessing's helpers)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
 @dataclass
 class Server:
     """One ``modeltheft serve`` process group."""
