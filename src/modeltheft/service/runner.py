@@ -89,7 +89,8 @@ class BackgroundServer:
 
 
 WORKER_START_FAILURE = 3
-"""The exit code of a worker that cannot start (uvicorn's ``STARTUP_FAILURE``)."""
+"""The exit code of a worker that cannot start (uvicorn's ``STARTUP_FAILURE``; what
+:func:`modeltheft.service.app.app_from_env` exits with)."""
 
 
 class WorkerStartFailed(ModelTheftError):
@@ -103,7 +104,7 @@ class _Supervisor(Multiprocess):
     sent to a worker that exits before answering waits the whole health-check timeout (60 s
     for ``serve``) instead of seeing the pipe close. Here the parent closes its copy once the
     worker has started, and a worker that exited with :data:`WORKER_START_FAILURE` stops the
-    service (older uvicorn versions restart such a worker in a loop).
+    service (uvicorn releases without that check of their own restart it in a loop).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -132,7 +133,7 @@ class _Supervisor(Multiprocess):
                 end.close()  # the worker has its own copy since start()
 
     def _start_failed(self) -> bool:
-        if self.should_exit.is_set() and self.failed is not None:
+        if self.failed is not None:
             return True
         for process in self.processes:
             if process.exitcode == WORKER_START_FAILURE:
