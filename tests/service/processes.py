@@ -23,6 +23,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The uvicorn workers among the children of ``pid`` (not multiprocessing's helpers)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
 @dataclass
 class Server:
     """One ``modeltheft serve`` process group."""
@@ -92,3 +102,47 @@ def serve_processes(
     for server in started:
         text = server.log.read_text()
         assert KEYS["alice"] not in text and KEYS["bob"] not in text
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of its own on a free loopback port (no persistence): its URL and its
+    process (to freeze it with SIGSTOP); stopped at exit, thawed first if frozen."""
+    import shutil
+
+    import pytest
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(folder)]
+    with (folder / "redis.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+                    if client.ping():
+                        break
+            except redis.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server did not start: {folder / 'redis.log'}")
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,7 +1,11 @@
 """A state-store outage longer than the store's timeout: 503 at once after the first refusal,
 ``/healthz`` 503 while it lasts, answers again soon after (:mod:`modeltheft.state.breaker`)."""
 
+import os
+import signal
 import sqlite3
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -15,6 +19,7 @@ from modeltheft.errors import StateUnavailable, StoreDown
 from modeltheft.state import MemoryStore
 from modeltheft.state.breaker import Breaker
 from tests.conftest import auth
+from tests.service.processes import redis_server
 
 ROW = [0.5] * 64
 
@@ -50,6 +55,77 @@ def test_a_long_lock_is_503_at_once_after_the_first_timeout(
         back = time.monotonic()
         while client.post("/v1/predict", json=body, headers=auth()).status_code != 200:
             assert time.monotonic() - back < 1.5
+            time.sleep(0.05)
+        assert client.get("/healthz").status_code == 200
+
+
+REDIS_TIMEOUT = 5.0
+"""RedisStore's default socket timeout, the one ``serve --state redis://…`` configures."""
+
+
+def _frozen_traffic(
+    client: TestClient, redis_process: "subprocess.Popen[bytes]", seconds: float
+) -> tuple[list[tuple[float, int, str | None]], list[int]]:
+    """Freeze Redis (SIGSTOP) for ``seconds`` while 3 clients post and /healthz is polled;
+    thaw it. Every request's (wait, status, Retry-After) (status -1: /healthz), the health
+    statuses."""
+    body = {"inputs": [ROW]}
+    frozen = threading.Event()
+    outcomes: list[tuple[float, int, str | None]] = []
+    health: list[int] = []
+
+    def post_while_frozen() -> None:
+        while frozen.is_set():
+            started = time.monotonic()
+            answer = client.post("/v1/predict", json=body, headers=auth())
+            wait = time.monotonic() - started
+            outcomes.append((wait, answer.status_code, answer.headers.get("Retry-After")))
+            time.sleep(0.05)
+
+    os.kill(redis_process.pid, signal.SIGSTOP)
+    frozen.set()
+    threads = [threading.Thread(target=post_while_frozen) for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            health.append(client.get("/healthz").status_code)
+            outcomes.append((time.monotonic() - started, -1, None))
+            time.sleep(0.1)
+    finally:
+        frozen.clear()
+        os.kill(redis_process.pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(timeout=60)
+    return outcomes, health
+
+
+def test_a_redis_freeze_is_503_within_its_timeout(
+    make_app: Callable[..., FastAPI], tmp_path: Path
+) -> None:
+    """A Redis frozen (SIGSTOP) for 7 s under 3 clients and /healthz: no request waits longer
+    than the Redis timeout + 1 s (only the first ones wait it), each gets 503 + Retry-After,
+    /healthz says 503, and answers resume soon after the thaw. Without the breaker, calls
+    made on the event loop one after the other stalled requests 15-30 s."""
+    body = {"inputs": [ROW]}
+    with (
+        redis_server(tmp_path) as (url, redis_process),
+        TestClient(make_app("recommended", state=url)) as client,
+    ):
+        assert client.post("/v1/predict", json=body, headers=auth()).status_code == 200
+        outcomes, health = _frozen_traffic(client, redis_process, seconds=7)
+        thawed = time.monotonic()
+        waits = sorted(wait for wait, _, _ in outcomes)
+        assert waits[-1] < REDIS_TIMEOUT + 1, waits[-5:]
+        assert waits[len(waits) // 2] < 0.5, waits  # the rest are refused at once
+        answers = [(status, retry) for _, status, retry in outcomes if status != -1]
+        assert len(answers) > 10
+        assert all(status == 503 and retry and int(retry) >= 1 for status, retry in answers)
+        assert set(health) == {503}
+        while client.post("/v1/predict", json=body, headers=auth()).status_code != 200:
+            assert time.monotonic() - thawed < REDIS_TIMEOUT + 1.5
             time.sleep(0.05)
         assert client.get("/healthz").status_code == 200
 

@@ -23,7 +23,7 @@ from modeltheft.errors import ConfigError
 from modeltheft.service.app import SETTINGS_ENV
 from modeltheft.state import SqliteStore
 from tests.conftest import KEYS, auth
-from tests.service.processes import launch, serve_processes
+from tests.service.processes import launch, serve_processes, worker_pids
 from tests.state.damage import (
     filled_database,
     full_redis,
@@ -202,16 +202,6 @@ def test_a_state_file_deleted_or_replaced_while_serving_is_503_for_good(
         assert path.exists() is (how == "replaced")  # never recreated
 
 
-def _worker_pids(pid: int) -> list[int]:
-    """The uvicorn workers among the children of ``pid`` (not multiprocessing's helpers)."""
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"spawn_main" in cmdline:
-            found.append(int(child))
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_workers_refuse_a_deleted_state_file_and_the_next_start_warns(
     victim_path: Path, tmp_path: Path
@@ -238,13 +228,20 @@ def test_workers_refuse_a_deleted_state_file_and_the_next_start_warns(
         send(server.url, 6)
         assert statuses[503] == 6
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 503
-        os.kill(_worker_pids(server.process.pid)[0], signal.SIGKILL)
-        deadline = time.monotonic() + 120
+        os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + 120
         while server.process.poll() is None and time.monotonic() < deadline:
             send(server.url, 1)
             time.sleep(0.5)
         assert server.process.poll() is not None, "the service went on without its state"
+        stopped = time.monotonic() - killed
         log = server.log.read_text()
+    # The replacement refuses (it loads the model first): the service stops within seconds,
+    # with exit code 1 and one line that says so (was: up to 60 s more, then exit code 0).
+    assert server.process.returncode == 1, log[-2000:]
+    assert stopped < 30, f"{stopped:.1f} s"
+    assert log.strip().splitlines()[-1].startswith("error: worker "), log[-2000:]
     assert not state.exists()
     # The next start (one worker, to be quick): a new, empty state, and a WARNING that says so.
     env = {**os.environ, "MODELTHEFT_API_KEYS": f"alice:{KEYS['alice']}"}

@@ -115,6 +115,14 @@ def serve(
         Path | None, typer.Option(help="File of name:sha256$salt$digest lines.")
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Most rows per request.")] = 256,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Most bytes in a request's line and headers together; a longer head gets "
+            "431 and its connection is closed.",
+        ),
+    ] = 16 * 1024,  # timeouts.DEFAULT_MAX_HEAD_BYTES, not imported here (FastAPI's cost)
     inference: Annotated[
         str,
         typer.Option(
@@ -208,6 +216,7 @@ def serve(
     from modeltheft.service.app import SETTINGS_ENV, settings_env
     from modeltheft.service.auth import KeyRing, MetricsKey
     from modeltheft.service.observability import log_config, multiprocess_metrics
+    from modeltheft.service.runner import run_workers
     from modeltheft.service.timeouts import protocol_for
     from modeltheft.service.upstream import UPSTREAM_KEY_ENV, UpstreamConfig
     from modeltheft.state import redact_url
@@ -241,6 +250,7 @@ def serve(
         task=task,
         defense=defense,
         max_batch=max_batch,
+        max_header_bytes=max_header_bytes,
         seed=seed,
         state=state,
         inference=inference,
@@ -286,10 +296,10 @@ def serve(
     os.environ[SETTINGS_ENV] = settings_env(settings, keys_file)
     try:
         with multiprocess_metrics():  # set before the workers import prometheus_client
-            uvicorn.run(
+            # A worker that cannot start stops the service at once: WorkerStartFailed, exit 1.
+            run_workers(
                 "modeltheft.service.app:app_from_env",
-                factory=True,
-                workers=workers,
+                workers,
                 **server_options,
                 **_worker_start_timeout(),
             )
@@ -307,7 +317,7 @@ def _worker_start_timeout() -> dict[str, Any]:
 
     import uvicorn
 
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         return {"timeout_worker_healthcheck": 60}
     return {}
 

@@ -11,7 +11,8 @@ The reference (``reference``):
 - ``"task"`` (default): the training rows of the model's task (``task.data.X_train``);
 - ``"lab"`` / ``"holdout"``: the digits task's training rows with / without its 200 public
   digits (the names older configuration files use);
-- a ``.npy`` file of rows as wide as the task (read with ``allow_pickle=False``).
+- a ``.npy`` file of at least 10 finite rows as wide as the task (read with the tasks' reader,
+  :func:`~modeltheft.tasks.files.read_rows`, which refuses pickles).
 
 The scale (``scale``):
 
@@ -44,6 +45,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from modeltheft.errors import ConfigError
 from modeltheft.tasks.base import Task
+from modeltheft.tasks.files import read_rows
 
 ALIASES = ("lab", "holdout")
 SCALES = ("auto", "standard", "rank", "range", "none")
@@ -77,15 +79,9 @@ def reference_rows(reference: str, task: Task) -> np.ndarray:
         path = Path(reference)
         if path.suffix != ".npy" or not path.is_file():
             raise _reference_error(reference)
-        try:
-            rows = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read reference data {path}: {exc}") from None
-        if rows.ndim != 2 or len(rows) < _MIN_ROWS or rows.dtype.kind not in "iuf":
-            raise ConfigError(f"{path}: need a numeric 2-D array with at least {_MIN_ROWS} rows")
-        rows = np.asarray(rows, dtype=float)
-        if not np.isfinite(rows).all():
-            raise ConfigError(f"{path}: reference rows hold NaN or infinite values")
+        _, rows, _ = read_rows(path, None)  # no pickles; finite, numeric, 2-D; one-line errors
+        if len(rows) < _MIN_ROWS:
+            raise ConfigError(f"{path}: need at least {_MIN_ROWS} reference rows, got {len(rows)}")
     if rows.shape[1] != task.n_features:
         raise ConfigError(
             f"reference {reference!r} has {rows.shape[1]} features, task {task.name!r} has "

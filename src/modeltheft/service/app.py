@@ -259,6 +259,9 @@ def app_from_env() -> FastAPI:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{SETTINGS_ENV} is malformed: {type(exc).__name__}") from None
+    except ModelTheftError as exc:  # the keys file gone or changed since serve started
+        log.error("worker %d cannot start: %s", os.getpid(), exc)
+        raise SystemExit(WORKER_START_FAILURE) from None
     try:
         return create_app(settings, create_state=False)
     except ModelTheftError as exc:

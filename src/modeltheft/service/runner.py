@@ -1,11 +1,14 @@
-"""Run the service with uvicorn on a loopback port in a background thread (demo, tests)."""
+"""Run the service with uvicorn: on a loopback port in a background thread (demo, tests), or
+in worker processes under uvicorn's supervisor (``serve --workers``)."""
 
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from modeltheft.errors import ModelTheftError
 from modeltheft.service.timeouts import header_timeout_protocol, protocol_for
@@ -83,3 +86,75 @@ class BackgroundServer:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+WORKER_START_FAILURE = 3
+"""The exit code of a worker that cannot start (uvicorn's ``STARTUP_FAILURE``; what
+:func:`modeltheft.service.app.app_from_env` exits with)."""
+
+
+class WorkerStartFailed(ModelTheftError):
+    """A worker refused to start; the other workers were stopped."""
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, told at once that a worker died or refused to start.
+
+    uvicorn's parent keeps its copy of each worker's end of the health-ping pipe, so a ping
+    sent to a worker that exits before answering waits the whole health-check timeout (60 s
+    for ``serve``) instead of seeing the pipe close. Here the parent closes its copy once the
+    worker has started, and a worker that exited with :data:`WORKER_START_FAILURE` stops the
+    service (uvicorn releases without that check of their own restart it in a loop).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: int | None = None
+        """The pid of a worker that could not start, if one could not."""
+
+    def init_processes(self) -> None:
+        """Start the workers and close the parent's copies of their pipe ends."""
+        super().init_processes()
+        self._release_child_ends()
+
+    def keep_subprocess_alive(self) -> None:
+        """Stop if a worker could not start; else uvicorn's check (ping, replace the dead)."""
+        self._release_child_ends()
+        if self._start_failed():
+            return
+        super().keep_subprocess_alive()
+        self._release_child_ends()
+        self._start_failed()
+
+    def _release_child_ends(self) -> None:
+        for process in self.processes:
+            end = getattr(process, "child_conn", None)
+            if process.pid is not None and end is not None and not end.closed:
+                end.close()  # the worker has its own copy since start()
+
+    def _start_failed(self) -> bool:
+        if self.failed is not None:
+            return True
+        for process in self.processes:
+            if process.exitcode == WORKER_START_FAILURE:
+                self.failed = process.pid
+                self.should_exit.set()
+                return True
+        return False
+
+
+def run_workers(app: str, workers: int, **options: Any) -> None:
+    """Serve the app factory ``app`` ("module:function") in ``workers`` processes.
+
+    ``options`` are :class:`uvicorn.Config`'s. Returns when the service is stopped (SIGINT,
+    SIGTERM); raises :class:`WorkerStartFailed` within about a second of a worker refusing to
+    start (its own log line says why), once the other workers have stopped.
+    """
+    config = uvicorn.Config(app, factory=True, workers=workers, **options)
+    supervisor = _Supervisor(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if supervisor.failed is not None:
+        raise WorkerStartFailed(
+            f"worker {supervisor.failed} could not start (the log above says why); "
+            "the service stopped"
+        )

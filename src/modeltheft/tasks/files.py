@@ -127,9 +127,16 @@ def _read_parquet(path: Path, label: str | None) -> tuple[list[str], np.ndarray,
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read NPY (object arrays are refused): {exc}") from None
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(
+            f"{path}: cannot read NPY (object arrays are refused): {reason}"
+        ) from None
+    if not isinstance(data, np.ndarray):  # an .npz archive under an .npy name
+        data.close()
+        raise ConfigError(f"{path}: not an NPY array (an NPZ archive?)")
+    return data
 
 
 def read_rows(
@@ -156,8 +163,11 @@ def read_rows(
             return _read_parquet(path, label)
         X, y = _read_npy(path), None
     X = np.asarray(X)
-    if X.ndim != 2 or X.dtype.kind not in "biuf" or not np.isfinite(X).all() or len(X) == 0:
-        raise ConfigError(f"NPY features must be a finite, numeric 2-D array, got {X.shape}")
+    if X.ndim != 2 or X.dtype.kind not in "biuf" or len(X) == 0 or not np.isfinite(X).all():
+        where = source["X"] if isinstance(source, Mapping) else source
+        raise ConfigError(
+            f"{where}: NPY features must be a finite, numeric 2-D array, got {X.dtype} {X.shape}"
+        )
     if y is not None and len(y) != len(X):
         raise ConfigError(f"NPY labels have {len(y)} rows, the features {len(X)}")
     return None, X.astype(float), y
