@@ -181,7 +181,7 @@ def test_relabel_keeps_values_and_puts_label_on_top() -> None:
 
 
 def test_watermark_scope_and_records(victim: LoadedVictim) -> None:
-    store = MemoryStore()
+    store = MemoryStore(np.random.default_rng(0))  # a fixed watermark key: reproducible
     g = guarded(victim, AdaptiveMisinformation(), Watermark(rate=0.5), store=store)
     honest = g.answer("honest", digits_task().data.X_eval[:100])
     assert not honest.answers.flagged.any() and watermarked_clients(store) == []

@@ -86,7 +86,9 @@ class Breaker:
         attribute = getattr(self.store, name)
         if name.startswith("_") or not callable(attribute) or name in _OWN:
             return attribute
-        return self._guarded(attribute)
+        guarded = self._guarded(attribute)
+        setattr(self, name, guarded)  # built once: later lookups find it without __getattr__
+        return guarded
 
     @contextmanager
     def batch(self) -> Iterator[None]:
