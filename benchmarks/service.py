@@ -1,6 +1,6 @@
 """Requests/s and latency of the prediction service under a real load generator (wrk).
 
-One run, side by side on loopback, one uvicorn worker each:
+One run, side by side on loopback, one uvicorn worker each (but ``recommended-2w``):
 
 - ``trivial``: FastAPI alone (parse the body, answer a constant label),
 - ``bare sklearn``: FastAPI + scikit-learn ``predict_proba`` on the same victim,
@@ -24,7 +24,8 @@ Every request is one real test digit (``digits_task().data.X_eval``). The wrk sc
 (``benchmarks/wrk/rotate.lua``) rotates the API key over a few dozen keys and the body over
 the 540 test digits, so no key reaches the ``recommended`` token bucket (1,000 queries per
 key) during a run. Each measurement starts a fresh server (serve's default state, SQLite,
-in a new file, unless said otherwise: ``recommended-memory`` is ``--state memory://``),
+in a new file, unless said otherwise: ``recommended-memory`` is ``--state memory://``,
+``recommended-2w`` is ``--workers 2`` on one SQLite file),
 warms it up on a key of its own, then runs ``wrk -t2 -c8 -d10s --latency``; the
 targets are run 3 times, interleaved, and medians reported. wrk shares the machine's cores
 with the servers. The server's CPU time per request (user + system, from ``/proc``) is taken
@@ -63,7 +64,7 @@ LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
 PYTHON = sys.executable
 TARGETS = [
     "trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip",
-    "recommended-memory",
+    "recommended-memory", "recommended-2w",
 ]  # fmt: skip
 MLSERVER_TARGETS = ["mlserver", "gateway", "gateway-memory"]
 """Need MLServer's venv; also measured at 1 connection (the latency one hop adds)."""
@@ -78,6 +79,7 @@ LABELS = {
     "recommended-nolog": "service, `recommended`, `--no-access-log`",
     "recommended-oip": "service, `recommended`, OIP v2 `/infer`",
     "recommended-memory": "service, `recommended`, `--state memory://`",
+    "recommended-2w": "service, `recommended`, `--workers 2` (one SQLite file)",
     "mlserver": "MLServer alone (`predict_proba`)",
     "gateway": "gateway, `recommended`, default state (SQLite) → MLServer",
     "gateway-memory": "gateway, `recommended`, `memory://` → MLServer",
@@ -99,6 +101,7 @@ RATIOS = [
     ("recommended-memory", "bare", "`recommended` (`memory://`) / bare sklearn", None),
     ("recommended-memory", "trivial", "`recommended` (`memory://`) / trivial", None),
     ("recommended", "recommended-memory", "`recommended`: default SQLite / `memory://`", None),
+    ("recommended-2w", "recommended", "`recommended`: 2 workers / 1 (default SQLite)", None),
     ("recommended-oip", "recommended", "OIP v2 `/infer` / `/v1/predict` (`recommended`)",
      ("OIP v2 front door within 10% of `/v1/predict` (req/s)", 0.9)),
     ("gateway", "mlserver", "gateway (default SQLite state) / MLServer alone",
@@ -175,15 +178,23 @@ def parse_wrk(out: str) -> Result:
     )
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None if unknown."""
+def cpu_seconds(pid: int | None, group: bool = False) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None if unknown.
+
+    ``group``: of every process in ``pid``'s process group (a server and its workers)."""
     if pid is None:
         return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stats = [Path(f"/proc/{pid}/stat")] if not group else list(Path("/proc").glob("[0-9]*/stat"))
+    total, found = 0, False
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if group and int(fields[2]) != pid:
+            continue
+        total, found = total + int(fields[11]) + int(fields[12]), True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
 def mlserver_pid(models: Path) -> int | None:
@@ -242,6 +253,7 @@ def command(
         ], env  # fmt: skip
     preset, _, variant = target.partition("-")
     extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
+    extra += ["--workers", "2"] if variant == "2w" else []
     # serve's default store (SQLite), a fresh file per measurement; "memory": memory://
     state = "memory://" if variant == "memory" else f"sqlite:///{folder}/{port}.db"
     return [
@@ -355,7 +367,8 @@ def measure(
         wait_ready(url, proc, body[0], log, upstream=upstream if up_pid or not proc else None)
         for i in range(warm):
             post(url, WARM_KEY, body[i % len(body)])
-        cpu, up_cpu = cpu_seconds(pid), cpu_seconds(up_pid)
+        own = proc is not None  # started in a session of its own: its workers too
+        cpu, up_cpu = cpu_seconds(pid, group=own), cpu_seconds(up_pid)
         run = subprocess.run(
             ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--latency", "-s",
              str(LUA), url, "--", str(data), route],
@@ -363,7 +376,7 @@ def measure(
         )  # fmt: skip
         result = parse_wrk(run.stdout)
         result.load = os.getloadavg()[0]
-        if cpu is not None and (after := cpu_seconds(pid)) is not None:
+        if cpu is not None and (after := cpu_seconds(pid, group=own)) is not None:
             result.cpu_ms = (after - cpu) * 1e3 / max(result.requests, 1)
         if up_cpu is not None and (after := cpu_seconds(up_pid)) is not None:
             result.upstream_cpu_ms = (after - up_cpu) * 1e3 / max(result.requests, 1)
@@ -505,14 +518,17 @@ def report(results, flags, plan, duration, repeats, n_keys) -> str:
         "## Service throughput under load (`benchmarks/service.py`)",
         "",
         f"wrk (`-t2 -c<N> -d{duration}s --latency`; `-t1` at 1 connection) on loopback against "
-        "one uvicorn worker, each target started fresh (serve's default state, SQLite, in a "
-        f"new file, unless said otherwise) and warmed up, {repeats} runs per target "
+        "one uvicorn worker (two for `--workers 2`), each target started fresh (serve's default "
+        "state, SQLite, in a new file, unless said otherwise) and warmed up, "
+        f"{repeats} runs per target "
         "interleaved, medians (range of requests/s in brackets). Every request is one real "
         "test digit; the wrk script rotates "
         f"over {n_keys} API keys so that no key reaches the `recommended` token bucket (1,000 "
         "queries) within a run. The service runs with its defaults: SQLite state, Prometheus "
-        "metrics, the audit log and one access-log line per request. Server CPU: the "
-        "server process's user + system time over the wrk run, per request. The machine has "
+        "metrics, the audit log and one access-log line per request; the requests a worker "
+        "handles in one turn of its event loop share one SQLite commit, and each is answered "
+        "after it. Server CPU: the server's processes' user + system time over the wrk run, "
+        "per request. The machine has "
         f"{os.cpu_count()} cores, and wrk runs on them too: absolute rates are lower than "
         "with a separate load machine, ratios are side by side. Python "
         f"{platform.python_version()}.",
