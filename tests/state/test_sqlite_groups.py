@@ -48,15 +48,10 @@ def test_a_batch_holds_its_writes_back_to_one_commit(path: Path) -> None:
         store.audit_append([entry(1.0)])
         assert committed(path, "SELECT COUNT(*) FROM counters") == [(0,)]  # nothing yet
     inserts = [s for s in statements if s.startswith("INSERT")]
-    # one statement per row of executemany (the trace's view), each table written once
-    assert [s.split()[2] for s in inserts] == [
-        "counters",
-        "buckets",
-        "lists",
-        "lists",
-        "lists",
-        "audit",
-    ]
+    # one statement per row of executemany (the trace's view), each table written once,
+    # after the log of the keys written (for the other workers' caches)
+    tables = ["changes"] * 3 + ["counters", "buckets", "lists", "lists", "lists", "audit"]
+    assert [s.split()[2] for s in inserts] == tables
     assert committed(path, "SELECT value FROM counters WHERE key = 'n'") == [(5,)]
     assert committed(path, "SELECT idx, item FROM lists ORDER BY idx") == [
         (0, b"a"), (1, b"b"), (2, b"c")
@@ -263,3 +258,40 @@ def test_two_busy_workers_share_the_write_lock_fairly(path: Path) -> None:
     assert max(wait_a, wait_b) < 0.5
     assert min(a, b) > 0.3 * max(a, b)
     assert SqliteStore(path).get("n") == a + b
+
+
+def test_another_workers_writes_drop_only_the_keys_it_changed(path: Path) -> None:
+    """Each commit logs the keys it wrote; another store drops just those from its cache."""
+    first, second = SqliteStore(path), SqliteStore(path)
+    first.incr("mine", 5)
+    first.append("rows", [b"a"])
+    assert first.get("shared") == 0
+    second.incr("shared", 2)
+    second.append("rows", [b"b"])
+    reads: list[str] = []
+    first._connection().set_trace_callback(reads.append)
+    with first.batch():
+        assert first.get("shared") == 2  # read again: the other store changed it
+        assert first.get("mine") == 5  # still cached: nobody else wrote it
+        assert first.items("rows") == [b"a", b"b"]
+        assert first.incr("mine") == 6
+    selects = [s for s in reads if s.startswith("SELECT") and "changes" not in s]
+    assert any("'shared'" in s for s in selects)
+    assert not any("'mine'" in s for s in selects)
+
+
+@pytest.mark.parametrize("lag", ["pruned", "too_many"])
+def test_a_store_that_cannot_tell_what_changed_starts_over(
+    path: Path, lag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = SqliteStore(path), SqliteStore(path)
+    assert first.get("n") == 0 and first.get("m") == 0
+    second.incr("n")
+    second.incr("m")
+    if lag == "pruned":  # the log no longer holds what followed first's last known change
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("DELETE FROM changes WHERE key = 'n'")
+            conn.commit()
+    else:
+        monkeypatch.setattr("modeltheft.state.sqlite.CHANGES_READ", 1)
+    assert first.get("n") == 1 and first.get("m") == 1

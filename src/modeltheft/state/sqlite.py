@@ -68,10 +68,17 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, client TEXT NOT NULL, entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, key TEXT NOT NULL);
 """
 
 CACHE_LIMIT = 200_000
 """Cached counters and list lengths kept before the cache starts over."""
+CHANGES_READ = 10_000
+"""Keys changed by other connections read at most; past that, the whole cache starts over."""
+CHANGES_KEPT = 100_000
+"""Rows of the ``changes`` log kept (a connection that lags further starts over)."""
+PRUNE_EVERY = 1024
+"""Commits between two prunings of the ``changes`` log."""
 
 
 class SqliteStore:
@@ -116,6 +123,8 @@ class SqliteStore:
         # Cached reads and held-back writes, valid while no other connection commits
         # (PRAGMA data_version is checked as each transaction starts).
         self._version: int | None = None
+        self._changes: int | None = None  # the last row of ``changes`` this connection knows
+        self._commits = 0
         self._cache = Cache()
         self._group = False  # a group transaction is open (open_group … close_group)
         self._group_error: StateUnavailable | None = None
@@ -268,15 +277,33 @@ class SqliteStore:
         if self._conn is None or self._pid != os.getpid():
             # After a fork the parent's connection belongs to the parent: leave it alone.
             self._conn, self._pid = self._connect(StateUnavailable), os.getpid()
-            self._version = None
+            self._version = self._changes = None
         return self._conn
 
     def _validate(self, conn: sqlite3.Connection) -> None:
-        """Forget the cached reads if another connection committed since the last call."""
+        """Drop the cached reads that another connection changed since the last call: the
+        keys it logged in ``changes``, or everything if that log cannot tell."""
         (version,) = conn.execute("PRAGMA data_version").fetchone()
-        if version != self._version or len(self._cache) > CACHE_LIMIT:
-            self._forget()
+        if version == self._version and len(self._cache) <= CACHE_LIMIT:
+            return
+        if self.read_only:  # an older file may lack the log, and nothing is written here
+            self._cache.forget()
             self._version = version
+            return
+        known = self._changes
+        if known is not None and len(self._cache) <= CACHE_LIMIT:
+            rows = conn.execute(
+                "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (known, CHANGES_READ + 1),
+            ).fetchall()
+            if len(rows) <= CHANGES_READ and (not rows or rows[0][0] == known + 1):
+                self._cache.invalidate([key for _, key in rows])
+                self._changes = rows[-1][0] if rows else known
+                self._version = version
+                return
+        self._cache.forget()
+        (self._changes,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        self._version = version
 
     def _verify(self) -> None:
         """Refuse if the file was deleted, replaced or made read-only since it was opened."""
@@ -399,7 +426,11 @@ class SqliteStore:
         """Write what is held back, then commit; on any failure roll everything back."""
         try:
             with self._faults(write=False):
-                self._cache.flush(conn)
+                self._flush(conn)
+                self._commits += 1
+                if self._commits % PRUNE_EVERY == 0 and self._changes is not None:
+                    old = self._changes - CHANGES_KEPT
+                    conn.execute("DELETE FROM changes WHERE seq <= ?", (old,))
                 conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -493,9 +524,15 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
 
     def _forget(self) -> None:
-        """Drop the cached reads and held writes (a rollback, another connection's commit)."""
+        """Drop the cached reads and held writes (a rollback, a failure)."""
         self._cache.forget()
-        self._version = None
+        self._version = self._changes = None
+
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        """Write the held writes; the change rows logged are this connection's own."""
+        logged = self._cache.flush(conn)
+        if self._changes is not None:  # we hold the write lock: they follow the last we knew
+            self._changes += logged
 
     def _in_transaction(self) -> bool:
         """Whether this connection holds the write lock now (caches need no check)."""
@@ -508,7 +545,7 @@ class SqliteStore:
             conn = self._connection()
             if self._group and not self._depth and self._cache.held:
                 try:
-                    self._cache.flush(conn)
+                    self._flush(conn)
                 except sqlite3.Error as exc:
                     self._fail_group(conn, exc)
             return query(conn)

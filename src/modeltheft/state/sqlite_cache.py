@@ -8,7 +8,8 @@ connection has committed since (``PRAGMA data_version``):
 - **held-back writes** (write-behind): counters, buckets, list items and audit rows written
   inside a transaction are kept here and reach the database in one ``executemany`` per table
   just before the commit. A request then costs a few statements per table per transaction,
-  not one per call.
+  not one per call. The keys written are logged in the ``changes`` table, so that another
+  connection (another worker) drops only those from its cached reads, not all of them.
 
 Every change made inside a *unit* (one request sharing a group transaction with others) is
 noted, so that a unit that fails is taken back alone (:meth:`Cache.undo_unit`) while its
@@ -92,8 +93,20 @@ class Cache:
             return None
         return rows[0][0], [item for idx, item in rows if idx >= start]
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        """Write what is held, one ``executemany`` per table, in the order it was written."""
+    def invalidate(self, keys: "list[str]") -> None:
+        """Drop the cached reads of ``keys`` (another connection changed them)."""
+        for key in keys:
+            self.counters.pop(key, None)
+            self.lengths.pop(key, None)
+            self.buckets.pop(key, None)
+
+    def flush(self, conn: sqlite3.Connection) -> int:
+        """Write what is held, one ``executemany`` per table, in the order it was written, and
+        log the keys written in ``changes`` (so other connections drop only those); return
+        how many change rows were logged."""
+        changed = [*self.dirty_counters, *self.dirty_buckets, *self.appends]
+        if changed:
+            conn.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in changed])
         if self.dirty_counters:
             conn.executemany(
                 "INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT (key) "
@@ -114,6 +127,7 @@ class Cache:
         if self.audit:
             conn.executemany("INSERT INTO audit (time, client, entry) VALUES (?, ?, ?)", self.audit)
         self.drop_held()
+        return len(changed)
 
     def drop_held(self) -> None:
         """Forget the held writes (written, or rolled back with the cached reads)."""
