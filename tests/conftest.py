@@ -2,10 +2,12 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +98,35 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     Under CI (the ``CI`` variable set) a missing redis-server fails instead: CI must test Redis.
     """
-    import redis
-
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    folder = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    log = (folder / "redis.log").open("w")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    command += ["no", "--dir", str(folder)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
+    with redis_server(tmp_path_factory.mktemp("redis"), binary) as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_server(
+    folder: Path, binary: str | None = None
+) -> Iterator[tuple[str, "subprocess.Popen[bytes]"]]:
+    """A redis-server of its own on a free loopback port (no persistence): its URL and its
+    process (to freeze it with SIGSTOP); stopped at exit, thawed first if frozen. Skipped if
+    redis-server is missing (failed under CI)."""
+    import redis
+
+    binary = binary or shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    command = [binary, "--port", str(_free_port()), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(folder)]
+    with (folder / "redis.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{command[2]}/0"
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -123,15 +139,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"redis-server did not start: {(folder / 'redis.log').read_text()}")
             time.sleep(0.05)
-        yield url
+        yield url, process
     finally:
+        with suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
 
 
 def noise_thief(model: Any, db: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 from modeltheft.errors import StateUnavailable, StoreDown
 from modeltheft.state import MemoryStore
 from modeltheft.state.breaker import Breaker
-from tests.conftest import auth
-from tests.service.processes import redis_server
+from tests.conftest import auth, redis_server
 
 ROW = [0.5] * 64
 
