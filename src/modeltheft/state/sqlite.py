@@ -468,12 +468,12 @@ class SqliteStore:
         args: tuple[str | int, ...]
         if start >= 0:
             sql, args = (
-                "SELECT item FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
+                "SELECT item, idx FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
                 (key, start),
             )
         else:  # one statement, so the length and the items come from one snapshot
             sql = (
-                "SELECT item FROM lists WHERE key = ? AND idx >= "
+                "SELECT item, idx FROM lists WHERE key = ? AND idx >= "
                 "(SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?) + ? ORDER BY idx"
             )
             args = (key, key, start)
@@ -485,8 +485,10 @@ class SqliteStore:
             if start >= 0 and length is not None and start >= length:
                 return []
             rows = conn.execute(sql, args).fetchall()
-            if start >= 0 and (rows or start == 0):  # indexes run 0, 1, … without gaps
-                self._lengths[key] = start + len(rows)
+            if rows:  # the last index read, not start + len(rows): a trimmed head leaves a gap
+                self._lengths[key] = int(rows[-1][1]) + 1
+            elif start == 0:
+                self._lengths[key] = 0
         return [bytes(row[0]) for row in rows]
 
     def add_member(self, key: str, member: str) -> None:
@@ -597,3 +599,34 @@ class SqliteStore:
                 self._conn.close()
             self._conn = None
             self._closed = True
+
+    def trim(self, key: str, start: int) -> int:
+        """Delete the items of list ``key`` before index ``start`` (the others keep theirs)."""
+        with self._transaction() as conn:
+            removed = conn.execute(
+                "DELETE FROM lists WHERE key = ? AND idx < ? "
+                "AND idx < (SELECT MAX(idx) FROM lists WHERE key = ?)",
+                (key, start, key),
+            ).rowcount
+            # The newest item always stays: the list's length is its index + 1.
+            return removed
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete the counters, lists, sets and buckets named ``keys`` (one transaction)."""
+        if not keys:
+            return
+        with self._transaction() as conn:
+            for table in ("counters", "lists", "sets", "buckets"):
+                conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
+            self._forget()
+
+    def take_members(self, key: str, count: int) -> list[str]:
+        """Remove up to ``count`` members of set ``key`` and return them (one transaction)."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT member FROM sets WHERE key = ? LIMIT ?", (key, max(0, count))
+            ).fetchall()
+            conn.executemany(
+                "DELETE FROM sets WHERE key = ? AND member = ?", [(key, r[0]) for r in rows]
+            )
+            return [row[0] for row in rows]
