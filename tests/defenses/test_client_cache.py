@@ -12,15 +12,39 @@ from modeltheft.state import MemoryStore
 from modeltheft.tasks import digits_task
 
 
+class Held:
+    def __init__(self, name: str, nbytes: int = 1) -> None:
+        self.name = name
+        self.nbytes = nbytes
+
+
 def test_the_least_recently_used_client_is_dropped() -> None:
-    cache: ClientCache[int] = ClientCache(size=2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1  # a is now the most recent
-    cache.put("c", 3)
-    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    cache: ClientCache[Held] = ClientCache(size=2)
+    a, b, c = Held("a"), Held("b"), Held("c")
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # a is now the most recent
+    cache.put("c", c)
+    assert "b" not in cache and cache.get("a") is a and cache.get("c") is c and len(cache) == 2
     with pytest.raises(ValueError):
         ClientCache(size=0)
+
+
+def test_the_cache_keeps_to_its_byte_budget_and_drops_idle_clients() -> None:
+    """Issue 14: 4,096 clients of 100 KB each were 400 MB a worker; bytes are capped too."""
+    now = [0.0]
+    cache: ClientCache[Held] = ClientCache(size=100, budget=250, ttl=60.0, clock=lambda: now[0])
+    for name in "abc":
+        cache.put(name, Held(name, 100))
+    assert "a" not in cache and len(cache) == 2 and cache.nbytes == 200
+    grown = cache["b"]
+    grown.nbytes = 200
+    cache.put("b", grown)  # b grew: c, the least recently used, goes
+    assert list("b") == [n for n in "abc" if n in cache] and cache.nbytes == 200
+    huge = cache.put("d", Held("d", 1000))  # alone over the budget: kept, the rest dropped
+    assert cache.get("d") is huge and len(cache) == 1
+    now[0] = 61.0
+    assert cache.get("d") is None and len(cache) == 0 and cache.nbytes == 0
 
 
 @pytest.mark.parametrize("stage_type", [Prada, StreamTest])

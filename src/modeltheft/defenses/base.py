@@ -29,6 +29,9 @@ class StageEnv:
 
     store: StateStore
     task: Task
+    idle_after: float | None = None
+    """Seconds after which an idle client's detector state may be evicted from the store
+    (:meth:`Stage.forget`): a worker's copy of it is not kept longer either. None: never."""
 
     @property
     def n_classes(self) -> int:
@@ -221,6 +224,10 @@ class Stage(Plugin):
         """Return the defended answers; must keep the array's shape."""
         return answers
 
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Delete what the stage keeps about an idle client, except what must outlive idling:
+        its status, alerts and quota (see :class:`~modeltheft.defenses.guarded.GuardedModel`)."""
+
     def describe(self) -> dict[str, object]:
         """Public description (name only: parameters may be secret)."""
         return {"name": self.name}
@@ -267,6 +274,12 @@ class Pipeline:
         """Prepare every stage (once, before serving)."""
         for stage in self.stages:
             stage.setup(env)
+
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Evict an idle client's state from every stage, and the rows it sent while clean."""
+        for stage in self.stages:
+            stage.forget(client_id, store)
+        store.delete([seen_key(client_id)])
 
     def admit(self, n_rows: int, ctx: DefenseContext) -> None:
         """Run every stage's admission; the first refusal raises."""
