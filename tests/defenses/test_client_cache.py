@@ -72,3 +72,70 @@ def test_a_dropped_client_is_read_back_from_the_store(stage_type: type) -> None:
         assert len(small._clients) <= 2
     if stage_type is Prada:
         assert small.statistic("a", store_small) == full.statistic("a", store_full)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+@pytest.mark.parametrize("stage_type", [Prada, StreamTest])
+def test_windows_bound_the_store_and_a_fresh_worker_agrees(
+    stage_type: type, backend: str, tmp_path
+) -> None:
+    """Issue 14: a client's rows and records are trimmed to a window in the store, and a
+    worker that reads the client afresh after trims decides as the one that held it all."""
+    from modeltheft.state import SqliteStore
+
+    task = digits_task()
+    rows = np.asarray(task.data.X_eval, dtype=float)
+    kwargs = {"window": 20, "max_rows": 10} if stage_type is Prada else {"max_rows": 10}
+    store = MemoryStore() if backend == "memory" else SqliteStore(tmp_path / "s.db")
+    held, fresh = stage_type(**kwargs), stage_type(**kwargs)
+    fresh._clients = ClientCache(size=1)  # two clients: every request reads afresh
+    for stage in (held, fresh):
+        stage.setup(StageEnv(store, task))
+    rng = np.random.default_rng(1)
+    list_key = "prada:{}:rows" if stage_type is Prada else "stream:rows:{}"
+    for step in range(150):
+        X = rows[rng.integers(len(rows), size=int(rng.integers(1, 5)))]
+        probabilities = np.eye(10)[rng.integers(10, size=len(X))] * 0.9 + 0.01
+        flags = []
+        for client, stage in (("held", held), ("fresh", fresh)):
+            ctx = DefenseContext(client, np.random.default_rng(step), store, inputs=X)
+            flags.append(stage.transform(Answers(probabilities, probabilities.copy()), ctx))
+        assert np.array_equal(flags[0].flagged, flags[1].flagged)
+        if stage_type is Prada:
+            assert held.statistic("held", store) == fresh.statistic("fresh", store)
+        for client in ("held", "fresh"):
+            items = store.items(list_key.format(client), 0)
+            assert sum(len(_rows_of(item)) for item in items) <= 2 * 10 + 4
+        if stage_type is Prada:
+            assert len(store.items("prada:held:d", 0)) <= 2 * 20 + 4
+    total = held._clients["held"]
+    if stage_type is Prada:
+        assert total.n_records > 300 and total.base.records_from > 0  # windows did move
+    else:
+        assert total.rows is not None and total.rows.n == 10
+
+
+def _rows_of(item: bytes) -> np.ndarray:
+    from modeltheft.defenses.detection import read_rows
+
+    return read_rows(item, labelled=True)[1]
+
+
+def test_rows_stored_one_per_item_before_are_still_read() -> None:
+    """A state written before rows were packed (one row an item) reads as it did."""
+    from modeltheft.defenses.detection import JOINED, _record
+    from modeltheft.defenses.keyed import label_prefix
+
+    task = digits_task()
+    rows = np.asarray(task.data.X_eval[:30], dtype=float)
+    store = MemoryStore()
+    store.append("prada:old:rows", [label_prefix(i % 3) + r.tobytes() for i, r in enumerate(rows)])
+    store.append("prada:old:d", [_record(0, JOINED, 1.0 + i, bytes(8)) for i in range(30)])
+    store.append("stream:rows:old", [r.tobytes() for r in rows])
+    prada, stream = Prada(), StreamTest()
+    for stage in (prada, stream):
+        stage.setup(StageEnv(store, task))
+    assert prada.statistic("old", store) is not None
+    state = prada._clients["old"]
+    assert sum(g.n for g in state.growing.values()) == 30 and len(state.distances) == 30
+    assert stream._sync(store, "old").rows.n == 30
