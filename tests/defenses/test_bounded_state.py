@@ -113,3 +113,26 @@ def test_the_service_monitor_deletes_epochs_it_no_longer_reads(model: LogisticRe
         g.answer(f"k{i}", X[3 * i : 3 * i + 3])
     epochs = sorted(int(k.split(":")[2]) for k in store._lists if k.startswith("svc:rows:"))
     assert epochs == [8, 9]  # the two read
+
+
+def test_seen_sets_keep_two_spans_of_rows(model: LogisticRegression) -> None:
+    """The rows a client sent while clean and the OOD monitor's rows seen are kept per span
+    of SEEN_SPAN queries, two spans at most; within them, repeats are still recognised."""
+    from modeltheft.defenses import base
+
+    store = MemoryStore(np.random.default_rng(0))
+    g = GuardedModel(model, load_pipeline("recommended"), store, seed=0, task=TASK)
+    X = TASK.data.X_eval
+    with mock.patch.object(base, "SEEN_SPAN", 10):
+        for i in range(12):  # 60 rows, spans of 10 queries
+            g.answer("c", X[5 * i : 5 * i + 5])
+            sets = sorted(k for k in store._sets if k.startswith(("seen:c", "ood:seen:c")))
+            assert len(sets) <= 4
+        assert sets == ["ood:seen:c:5", "seen:c:5"]  # the next batch starts span 6
+        n = store.get("ood:n:c")
+        g.answer("c", X[50:55])  # sent in the span before: repeats, not counted again
+        assert store.get("ood:n:c") == n
+        g.answer("c", X[0:5])  # sent 5 spans ago: forgotten, counted as new
+        assert store.get("ood:n:c") == n + 5
+        ctx = base.DefenseContext("c", np.random.default_rng(0), store, inputs=X[0:10])
+        assert ctx.known.tolist() == [True] * 5 + [False] * 5  # X[5:10]: 6 spans ago

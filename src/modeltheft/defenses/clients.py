@@ -26,8 +26,9 @@ V = TypeVar("V", bound=Sized)
 
 MAX_CLIENTS = 4096
 """Clients whose state a stage keeps in a worker's memory."""
-MAX_BYTES = 32 * 2**20
-"""Bytes of client state a stage keeps in a worker's memory (32 MiB)."""
+MAX_BYTES = 8 * 2**20
+"""Bytes of client state a stage keeps in a worker's memory (8 MiB: a `serve` worker starts
+at ~255 MB, and issue 14's target is 300 MB; a client not held costs a read of its windows)."""
 
 
 class ClientCache(Generic[V]):

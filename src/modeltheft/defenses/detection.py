@@ -16,7 +16,16 @@ import numpy as np
 from scipy import special, stats
 
 from modeltheft.defenses.alerts import ACTIONS, client_status, escalate, raise_alert
-from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.base import (
+    STAGES,
+    Answers,
+    DefenseContext,
+    OutputStage,
+    StageEnv,
+    generation,
+    generations,
+    served_key,
+)
 from modeltheft.defenses.clients import ClientCache
 from modeltheft.defenses.keyed import split_label
 from modeltheft.defenses.ood import (
@@ -55,7 +64,9 @@ class OodRateMonitor(OutputStage):
     distances. Honest clients send such queries at
     about ``honest_rate``; the client is flagged once ``P(Binomial(n, honest_rate) >= hits)``
     falls below ``alpha`` after at least ``min_queries`` queries. ``n`` and ``hits`` count
-    distinct queries: an exact repeat of an earlier query of the client is not counted.
+    distinct queries: an exact repeat of an earlier query of the client is not counted (one
+    of the last :data:`~modeltheft.defenses.base.SEEN_SPAN` to twice as many queries: the
+    rows seen are kept one set per span, the two newest read).
     """
 
     name = "ood_monitor"
@@ -106,7 +117,14 @@ class OodRateMonitor(OutputStage):
 
     def forget(self, client_id: str, store: StateStore) -> None:
         """Delete the client's counts and rows seen (an idle client's eviction)."""
-        store.delete([f"ood:seen:{client_id}", f"ood:n:{client_id}", f"ood:hits:{client_id}"])
+        current = generation(store.get(served_key(client_id)))
+        sets = [self._seen(client_id, g) for g in range(max(0, current - 2), current + 1)]
+        store.delete([*sets, f"ood:n:{client_id}", f"ood:hits:{client_id}"])
+
+    @staticmethod
+    def _seen(client_id: str, generation: int) -> str:
+        """The set of rows counted in one generation (:data:`~.base.SEEN_SPAN` queries)."""
+        return f"ood:seen:{client_id}" + (f":{generation}" if generation else "")
 
     def out_of_distribution(self, X: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows counted as out of distribution."""
@@ -121,8 +139,15 @@ class OodRateMonitor(OutputStage):
         # refreshing) is not evidence of extraction, and teaches a thief nothing new.
         # Canonical rows: a twin of an earlier query (-0.0, float32, within the task's
         # precision) is that query again, and scores as it does.
+        # The rows of this span and the one before are remembered (base.SEEN_SPAN).
         digests = [digest.hex() for digest in ctx.canonical_digests]
-        new = np.array(ctx.store.add_new_members(f"ood:seen:{ctx.client_id}", digests))
+        current, stale = generations(ctx.served_before, len(digests))
+        new = np.array(ctx.store.add_new_members(self._seen(ctx.client_id, current), digests))
+        if current and new.any():
+            earlier = ctx.store.has_members(self._seen(ctx.client_id, current - 1), digests)
+            new &= ~np.array(earlier, dtype=bool)
+        if stale is not None:
+            ctx.store.delete([self._seen(ctx.client_id, stale)])
         if not new.any():
             return answers
         hits_now = int(self.out_of_distribution(ctx.canonical)[new].sum())

@@ -255,7 +255,7 @@ class GuardedModel:
             return
         now = time.time()
         epoch = self._epoch(now)
-        if self._marked[0] != epoch or len(self._marked[1]) > 100_000:
+        if self._marked[0] != epoch or len(self._marked[1]) > 20_000:
             self._marked = (epoch, set())
         if client_id not in self._marked[1]:
             self.store.add_member(active_key(epoch), client_id)
