@@ -13,9 +13,11 @@ worker's RSS (`VmRSS`) and the state's size on disk (database + WAL) are taken.
 
 Two runs side by side, each in its own process: `after` is this checkout, `before` the code
 of ``--before`` (default: main's merge base, exported with `git archive`), with the same
-traffic. With ``--serve-queries``, one real `modeltheft serve --defense recommended` worker
-(1 process, SQLite state, access log) gets the same kind of traffic over HTTP from 1,000 keys,
-and its RSS is read from `/proc`, for both codes.
+traffic. With ``--detection``, the detection rows against `recommended` of
+`benchmarks/defenses.py` (its thefts and 50 honest clients) run with both codes too and are
+compared. With ``--serve-queries``, one real `modeltheft serve --defense recommended` worker
+(1 process, SQLite state, access log) gets the same kind of traffic over HTTP from
+``--serve-keys`` keys (a keys file), and its RSS is read from `/proc`, for both codes.
 
     python benchmarks/memory.py [--queries 1000000] [--keys 10000] [--serve-queries 100000]
 """
@@ -32,6 +34,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import DOC, write_section
@@ -55,8 +59,6 @@ def on_disk(path: Path) -> int:
 
 def child(args: argparse.Namespace) -> None:
     """One run: drive GuardedModel, print a JSON line per checkpoint."""
-    import numpy as np
-
     from modeltheft.defenses import GuardedModel, load_pipeline
     from modeltheft.errors import Blocked, RateLimited
     from modeltheft.state.audit import DEFAULT_RETENTION
@@ -97,6 +99,50 @@ def child(args: argparse.Namespace) -> None:
     store.close()
 
 
+def detect_child(args: argparse.Namespace) -> None:
+    """Detection rows against `recommended` (benchmarks/defenses.py's thefts and honest
+    clients) with the code on PYTHONPATH; one JSON document on stdout."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import defenses as bench
+    from attacks import one_thread
+
+    seeds = np.random.SeedSequence(20261128).spawn(args.seeds)
+    thefts = [
+        ("recommended", a, m, s) for a in bench.THEFT_ATTACKS for m in bench.MODES for s in seeds
+    ]
+    honest = [("recommended", first, 5, bench.HONEST_QUERIES) for first in range(0, 50, 5)]
+    with ProcessPoolExecutor(1, initializer=one_thread) as pool:
+        out = {"thefts": list(pool.map(bench.theft, thefts))}
+        out["honests"] = list(pool.map(bench.honest, honest))
+    print(json.dumps(out))
+
+
+def detection(args: argparse.Namespace, sources: dict[str, Path], workdir: Path) -> dict:
+    """The detection rows with each code, side by side; a summary of both."""
+    procs = {}
+    for name, src in sources.items():
+        env = os.environ | {"PYTHONPATH": f"{src}:{ROOT}", "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, __file__, "--detect-child", "--seeds", str(args.seeds)]
+        out = (workdir / f"detect-{name}.json").open("w")
+        procs[name] = (subprocess.Popen(command, env=env, stdout=out, cwd=workdir), out)
+    summary = {}
+    for name, (proc, out) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"the detection run of {name} failed")
+        out.close()
+        result = json.loads(Path(out.name).read_text().strip().splitlines()[-1])
+        rows = {}
+        for r in result["thefts"]:
+            row = rows.setdefault(f"{r['attack']} / {r['mode']}", [])
+            curve = r["curve"].get("1000", r["curve"].get(1000, {}))
+            row.append([r["flagged_after"], sorted(r["detectors"]), curve.get("p_value")])
+        alarms = sorted({c for h in result["honests"] for c in h["false_alarms"]})
+        accuracy = [c["accuracy"] for h in result["honests"] for c in h["clients"]]
+        summary[name] = {"rows": rows, "false_alarms": alarms, "accuracy": accuracy}
+    return summary
+
+
 def run_children(args: argparse.Namespace, sources: dict[str, Path], workdir: Path) -> dict:
     """Both runs at once (one core each); their checkpoints by code."""
     procs = {}
@@ -111,7 +157,7 @@ def run_children(args: argparse.Namespace, sources: dict[str, Path], workdir: Pa
         procs[name] = (subprocess.Popen(command, env=env, stdout=log, cwd=workdir), log)
     for proc, log in procs.values():
         if proc.wait() != 0:
-            raise SystemExit(f"a run failed: see {log.name}")
+            raise SystemExit(f"a run failed ({log.name}): {Path(log.name).read_text()[-2000:]}")
         log.close()
     out = {}
     for name in sources:
@@ -128,22 +174,21 @@ def free_port() -> int:
 
 def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> list[dict]:
     """One `serve` worker (its defaults but the port) under ``queries`` over HTTP; its RSS."""
-    import numpy as np
-
+    from modeltheft.service.auth import hash_key
     from modeltheft.tasks import digits_task
 
     port = free_port()
     names = [f"k{i}" for i in range(keys)]
-    env = os.environ | {
-        "PYTHONPATH": f"{src}:{ROOT}",
-        "OMP_NUM_THREADS": "1",
-        "MODELTHEFT_API_KEYS": ",".join(f"{n}:secret-{n}-0123456789" for n in names),
-    }
-    state = workdir / f"serve-{src.name}" / "state.db"
+    keys_file = workdir / f"keys-{src.parent.name}.txt"
+    keys_file.write_text("".join(f"{n}:{hash_key(f'secret-{n}-0123456789')}\n" for n in names))
+    env = os.environ | {"PYTHONPATH": f"{src}:{ROOT}", "OMP_NUM_THREADS": "1"}
+    env.pop("MODELTHEFT_API_KEYS", None)
+    state = workdir / f"serve-{src.parent.name}" / "state.db"
     entry = "from modeltheft.cli.app import run; run()"
     command = [sys.executable, "-c", entry, "serve", "--defense", "recommended"]
+    command += ["--keys-file", str(keys_file)]
     command += ["--state", f"sqlite:///{state}", "--host", "127.0.0.1", "--port", str(port)]
-    log = (workdir / f"serve-{src.name}.log").open("w")
+    log = (workdir / f"serve-{src.parent.name}.log").open("w")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     points: list[dict] = []
     try:
@@ -240,6 +285,29 @@ def plot(runs: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
+def detection_lines(summary: dict[str, Any]) -> list[str]:
+    """Whether the detection rows against `recommended` changed between the two codes."""
+    if set(summary) != {"before", "after"}:
+        return []
+    before, after = summary["before"], summary["after"]
+    same = [row for row in before["rows"] if before["rows"][row] == after["rows"].get(row)]
+    changed = [row for row in before["rows"] if row not in same]
+    n = sum(len(v) for v in after["rows"].values())
+    line = (
+        f"- Detection against `recommended` (`benchmarks/defenses.py`'s {n} thefts and 50 "
+        f"honest clients x 1,000 queries, in-process), rerun with both codes: "
+        f"{len(same)} of {len(before['rows'])} attack rows identical (queries until flagged, "
+        "detectors, watermark p at 1,000)"
+    )
+    if changed:
+        line += "; changed: " + ", ".join(
+            f"{row} {before['rows'][row]} -> {after['rows'].get(row)}" for row in changed
+        )
+    alarms = f"{len(before['false_alarms'])} / {len(after['false_alarms'])}"
+    acc = f"{np.mean(before['accuracy']):.4f} / {np.mean(after['accuracy']):.4f}"
+    return [line + f"; false alarms before / after: {alarms}; honest accuracy {acc}."]
+
+
 def render(saved: dict[str, Any]) -> list[str]:
     args, runs = saved["args"], saved["runs"]
     lines = [
@@ -291,11 +359,12 @@ def render(saved: dict[str, Any]) -> list[str]:
                 f"{points[-1]['rss'] / 1e6:.0f} MB at the end; state "
                 f"{points[-1]['disk'] / 1e6:.0f} MB."
             )
+    lines += detection_lines(saved.get("detection") or {})
     lines += [
         "",
         "What bounds it: PRADA keeps per key the records of its last 5,000-10,000 queries and "
         "2,000-4,000 growing-set rows, the stream test its newest 2,000 counted rows; rows are "
-        "stored one deflated item per request; a worker keeps at most 32 MiB of client state "
+        "stored one deflated item per request; a worker keeps at most 8 MiB of client state "
         "per stage (and 4,096 clients, 4,096 random streams); clients idle for 7 days lose "
         "their detector state (status, alerts and quota stay); the audit keeps 7 days. "
         "Over this run every key stays active and under those windows (100 queries each), "
@@ -315,14 +384,22 @@ def main() -> None:
     parser.add_argument("--before", default="", help="git revision (default: main's merge base)")
     parser.add_argument("--no-before", action="store_true")
     parser.add_argument("--serve-queries", type=int, default=0)
-    parser.add_argument("--serve-keys", type=int, default=1000)
+    parser.add_argument("--serve-keys", type=int, default=10_000)
     parser.add_argument("--records", default="runs/bench-memory.json")
     parser.add_argument("--from-records", action="store_true", help="only re-render")
+    parser.add_argument(
+        "--detection", action="store_true", help="also rerun the detection rows, both codes"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the detection rows")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--detect-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.detect_child:
+        detect_child(args)
         return
     records = Path(args.records)
     if args.from_records:
@@ -343,6 +420,7 @@ def main() -> None:
             if not args.no_before:
                 sources = {"before": export(rev, workdir)} | sources
             runs = run_children(args, sources, workdir)
+            detected = detection(args, sources, workdir) if args.detection else {}
             serve = {}
             if args.serve_queries:
                 for name, src in sources.items():
@@ -357,6 +435,7 @@ def main() -> None:
             "before": rev[:12],
             "runs": runs,
             "serve": serve,
+            "detection": detected,
             "plot": image.relative_to(DOC.parent).as_posix(),
         }
         records.parent.mkdir(parents=True, exist_ok=True)

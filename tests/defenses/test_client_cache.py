@@ -74,19 +74,23 @@ def test_a_dropped_client_is_read_back_from_the_store(stage_type: type) -> None:
         assert small.statistic("a", store_small) == full.statistic("a", store_full)
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 @pytest.mark.parametrize("stage_type", [Prada, StreamTest])
 def test_windows_bound_the_store_and_a_fresh_worker_agrees(
-    stage_type: type, backend: str, tmp_path
+    stage_type: type, backend: str, tmp_path, request: pytest.FixtureRequest
 ) -> None:
     """Issue 14: a client's rows and records are trimmed to a window in the store, and a
     worker that reads the client afresh after trims decides as the one that held it all."""
-    from modeltheft.state import SqliteStore
+    from modeltheft.state import RedisStore, SqliteStore
 
     task = digits_task()
     rows = np.asarray(task.data.X_eval, dtype=float)
     kwargs = {"window": 20, "max_rows": 10} if stage_type is Prada else {"max_rows": 10}
-    store = MemoryStore() if backend == "memory" else SqliteStore(tmp_path / "s.db")
+    if backend == "redis":
+        namespace = f"test:{request.node.nodeid}:"
+        store = RedisStore(request.getfixturevalue("redis_url"), namespace=namespace)
+    else:
+        store = MemoryStore() if backend == "memory" else SqliteStore(tmp_path / "s.db")
     held, fresh = stage_type(**kwargs), stage_type(**kwargs)
     fresh._clients = ClientCache(size=1)  # two clients: every request reads afresh
     for stage in (held, fresh):
