@@ -226,6 +226,7 @@ def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> l
             if sent >= mark + queries // 10:
                 mark = sent - sent % (queries // 10)
                 points.append({"queries": sent, "rss": rss(proc.pid), "disk": on_disk(state)})
+                print(f"serve {src.parent.name}: {json.dumps(points[-1])}", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -259,7 +260,10 @@ def at_target(points: list[dict], key: str) -> tuple[float, bool]:
     return last[key] + per_query(points, key) * (TARGET_QUERIES - last["queries"]), True
 
 
-def plot(runs: dict[str, list[dict]], path: Path) -> Path:
+Points = list[dict[str, Any]]
+
+
+def plot(runs: dict[str, Points], path: Path, serve: dict[str, Points] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +276,11 @@ def plot(runs: dict[str, list[dict]], path: Path) -> Path:
     ):
         for name, points in runs.items():
             q = [p["queries"] / 1e3 for p in points]
-            ax.plot(q, [p[key] / 1e6 for p in points], marker=".", label=name)
+            ax.plot(q, [p[key] / 1e6 for p in points], marker=".", label=f"{name} (in-process)")
+        for name, points in (serve or {}).items():
+            q = [p["queries"] / 1e3 for p in points]
+            style = {"linestyle": ":", "marker": "x"}
+            ax.plot(q, [p[key] / 1e6 for p in points], label=f"{name} (serve worker)", **style)
         ax.axhline(target / 1e6, color="grey", linestyle="--", linewidth=1, label="target")
         ax.set_xlabel("queries (thousands)")
         ax.set_title(title)
@@ -386,7 +394,11 @@ def main() -> None:
     parser.add_argument("--serve-queries", type=int, default=0)
     parser.add_argument("--serve-keys", type=int, default=10_000)
     parser.add_argument("--records", default="runs/bench-memory.json")
-    parser.add_argument("--from-records", action="store_true", help="only re-render")
+    parser.add_argument(
+        "--from-records",
+        action="store_true",
+        help="re-render; with --detection or --serve-queries, run (only) those again",
+    )
     parser.add_argument(
         "--detection", action="store_true", help="also rerun the detection rows, both codes"
     )
@@ -402,8 +414,24 @@ def main() -> None:
         detect_child(args)
         return
     records = Path(args.records)
-    if args.from_records:
+    if args.from_records:  # with --detection: run the detection rows only, keep the rest
         saved = json.loads(records.read_text())
+        if args.detection or args.serve_queries:
+            workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+            try:
+                sources = {"before": export(saved["before"], workdir), "after": ROOT / "src"}
+                if args.no_before:
+                    del sources["before"]
+                if args.detection:
+                    saved["detection"] = detection(args, sources, workdir)
+                for name, src in sources.items() if args.serve_queries else ():
+                    saved["serve"][name] = serve_rss(
+                        src, args.serve_queries, args.serve_keys, workdir, args.seed
+                    )
+                    saved["args"]["serve_keys"] = args.serve_keys
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            records.write_text(json.dumps(saved))
     else:
         rev = (
             args.before
@@ -429,7 +457,7 @@ def main() -> None:
                     )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        image = plot(runs, DOC.parent / "img" / "memory.png")
+        image = plot(runs, DOC.parent / "img" / "memory.png", serve)
         saved = {
             "args": vars(args),
             "before": rev[:12],
@@ -440,6 +468,8 @@ def main() -> None:
         }
         records.parent.mkdir(parents=True, exist_ok=True)
         records.write_text(json.dumps(saved))
+    if args.from_records:
+        plot(saved["runs"], DOC.parent / "img" / "memory.png", saved.get("serve"))
     lines = render(saved)
     print("\n".join(lines))
     print(write_section("memory", "\n".join(lines)))

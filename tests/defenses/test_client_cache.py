@@ -143,3 +143,23 @@ def test_rows_stored_one_per_item_before_are_still_read() -> None:
     state = prada._clients["old"]
     assert sum(g.n for g in state.growing.values()) == 30 and len(state.distances) == 30
     assert stream._sync(store, "old").rows.n == 30
+
+
+def test_a_clients_size_is_not_undercounted() -> None:
+    """The budget is in bytes the cache counts: PRADA's records must be counted at what they
+    hold (the 1 M-query run grew past its budget when they were counted at half of it)."""
+    import os
+    import tracemalloc
+
+    from modeltheft.defenses.detection import JOINED, _PradaClient, _record
+
+    records = [_record(i % 10, JOINED, 1.0 + i, os.urandom(8)) for i in range(2000)]
+    tracemalloc.start()
+    try:
+        state = _PradaClient()
+        for i, item in enumerate(records):
+            state.fold(i, item)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held <= state.nbytes <= 2 * held

@@ -63,7 +63,7 @@ class GuardedModel:
     counters, so waiting neither clears a thief's status nor refills more than its token
     bucket does; a client that returns after idling is tested afresh. Activity is kept per
     epoch of ``idle_after / 4`` seconds (one small set each), so a client is evicted between
-    ``idle_after`` and ``1.5 * idle_after`` after its last request.
+    ``idle_after`` and ``1.25 * idle_after`` after its last request (plus the sweeps' pace).
     """
 
     def __init__(

@@ -49,7 +49,7 @@ class _Counted:
 
     @property
     def nbytes(self) -> int:
-        return (0 if self.rows is None else self.rows.nbytes) + 64 * len(self.items) + 200
+        return (0 if self.rows is None else self.rows.nbytes) + 120 * len(self.items) + 400
 
 
 def _kinds(value: object) -> bool:
