@@ -295,3 +295,26 @@ def test_a_store_that_cannot_tell_what_changed_starts_over(
     else:
         monkeypatch.setattr("modeltheft.state.sqlite.CHANGES_READ", 1)
     assert first.get("n") == 1 and first.get("m") == 1
+
+
+def test_trims_and_deletes_see_the_writes_held_for_the_commit(path: Path) -> None:
+    store, other = SqliteStore(path), SqliteStore(path)
+    store.append("l", [b"0", b"1"])
+    assert other.get("n") == 0 and other.items("l") == [b"0", b"1"]
+    with store.batch():
+        store.append("l", [b"2", b"3"])  # held
+        store.trim("l", 3)
+        assert store.items("l") == [b"3"]
+        store.incr("n", 4)
+    assert committed(path, "SELECT idx FROM lists WHERE key = 'l'") == [(3,)]
+    assert other.get("n") == 4 and other.items("l", 2) == [b"3"]
+
+    def fails() -> None:
+        store.delete(["n", "l"])
+        raise ValueError("a bug")
+
+    assert isinstance(run_group(store, fails)[0], ValueError)
+    assert store.get("n") == 4 and store.items("l", 3) == [b"3"]  # taken back
+    run_group(store, lambda: store.delete(["n", "l"]))
+    assert store.get("n") == 0 and store.items("l") == []
+    assert other.get("n") == 0 and other.items("l") == []  # logged: the other drops them

@@ -317,3 +317,51 @@ def test_unreachable_redis_is_a_config_error_without_the_password() -> None:
     message = str(info.value)
     assert "hunter2-secret" not in message and len(message.splitlines()) == 1
     assert f"127.0.0.1:{port}" in message and "user:***@" in message
+
+
+def test_trim_keeps_the_indexes_of_the_items_left(open_backend: Opener) -> None:
+    """Issue 14: a list trimmed to a window still counts from its first item ever, so a
+    reader with an offset (another worker, another store object) reads on as before."""
+    store, other = open_backend(), open_backend()
+    assert store.append("w", [b"0", b"1", b"2", b"3", b"4"]) == 5
+    assert other.items("w", 3) == [b"3", b"4"]  # caches the length where it does
+    assert store.trim("w", 3) == 3
+    assert store.trim("w", 2) == 0  # nothing before 2 is left
+    assert store.items("w", 3) == [b"3", b"4"] == other.items("w", 3)
+    assert store.items("w", 0) == [b"3", b"4"]  # the items left, not from a new index 0
+    assert other.items("w", -1) == [b"4"]
+    assert store.append("w", [b"5"]) == 6 and other.append("w", [b"6"]) == 7
+    assert store.items("w", 5) == [b"5", b"6"] == other.items("w", 5)
+    assert store.trim("w", 100) >= 1  # SQLite keeps the newest item: the list's length
+    assert store.items("w", 100) == []
+    assert store.append("w", [b"7"]) == 8
+    assert other.items("w", 7) == [b"7"]
+
+
+def test_delete_removes_every_kind_and_lists_start_again(open_backend: Opener) -> None:
+    store, other = open_backend(), open_backend()
+    store.incr("gone", 3)
+    store.append("gone", [b"a", b"b"])
+    store.trim("gone", 1)
+    store.add_member("gone", "m")
+    store.take_tokens("gone", 5, 10, 1, now=0.0)
+    store.incr("kept", 2)
+    assert other.get("gone") == 3 and other.items("gone", 1) == [b"b"]
+    store.delete(["gone", "never-there"])
+    assert other.get("gone") == 0 and store.get("gone") == 0
+    assert other.items("gone") == [] and other.members("gone") == set()
+    assert store.take_tokens("gone", 10, 10, 1, now=0.0).allowed  # a full bucket again
+    assert other.append("gone", [b"x"]) == 1 and store.items("gone") == [b"x"]
+    assert other.get("kept") == 2
+    store.delete([])
+
+
+def test_take_members_removes_what_it_returns(open_backend: Opener) -> None:
+    store, other = open_backend(), open_backend()
+    store.add_new_members("t", ["a", "b", "c"])
+    first = store.take_members("t", 2)
+    assert len(first) == 2 and set(first) <= {"a", "b", "c"}
+    rest = other.take_members("t", 5)
+    assert sorted(first + rest) == ["a", "b", "c"]
+    assert store.take_members("t", 5) == [] and other.members("t") == set()
+    assert store.take_members("t", 0) == []

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Literal
 
-from modeltheft.defenses.base import Answers, DefenseContext
+from modeltheft.defenses.base import Answers, DefenseContext, served_key
 from modeltheft.state.base import StateStore
 
 log = logging.getLogger("modeltheft.alerts")
@@ -24,11 +24,6 @@ ACTIONS: dict[str, int] = {"log": NORMAL, "strict": STRICT, "block": BLOCKED}
 def status_key(client_id: str) -> str:
     """Store key of a client's status."""
     return f"status:{client_id}"
-
-
-def served_key(client_id: str) -> str:
-    """Store key of the number of a client's queries that passed admission."""
-    return f"served:{client_id}"
 
 
 def client_status(store: StateStore, client_id: str) -> int:

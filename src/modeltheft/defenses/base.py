@@ -29,6 +29,9 @@ class StageEnv:
 
     store: StateStore
     task: Task
+    idle_after: float | None = None
+    """Seconds after which an idle client's detector state may be evicted from the store
+    (:meth:`Stage.forget`): a worker's copy of it is not kept longer either. None: never."""
 
     @property
     def n_classes(self) -> int:
@@ -41,9 +44,37 @@ class StageEnv:
         return self.task.n_features
 
 
-def seen_key(client_id: str) -> str:
-    """Store key of the set of canonical rows (digests) a client sent under the normal policy."""
-    return f"seen:{client_id}"
+SEEN_SPAN = 10_000
+"""Queries a generation of a client's "seen" sets spans: a set holds the rows of one span,
+and a row is looked up in the current and the previous set only (issue 14: the sets grew
+with every distinct row ever sent). A row sent again more than ``SEEN_SPAN`` to
+``2 * SEEN_SPAN`` queries later is taken for a new one: under the strict policy it loses the
+answer it had while clean; the OOD monitor counts it again (once per span at most)."""
+
+
+def served_key(client_id: str) -> str:
+    """Store key of the number of a client's queries that passed admission."""
+    return f"served:{client_id}"
+
+
+def seen_key(client_id: str, generation: int = 0) -> str:
+    """Store key of the set of canonical rows (digests) a client sent under the normal policy
+    (one set per generation of :data:`SEEN_SPAN` queries; the first keeps its old name)."""
+    return f"seen:{client_id}" if generation == 0 else f"seen:{client_id}:{generation}"
+
+
+def generation(served: int) -> int:
+    """The generation of "seen" sets in use after ``served`` queries."""
+    return served // SEEN_SPAN
+
+
+def generations(served_before: int, n: int) -> tuple[int, int | None]:
+    """The generation a batch of ``n`` queries after ``served_before`` writes to, and, if the
+    next batch starts a new one, the generation it will no longer read (deleted by this
+    batch, after its own reads), else None."""
+    current = generation(served_before)
+    crosses = generation(served_before + n) > current
+    return current, (current - 1 if crosses and current >= 1 else None)
 
 
 @dataclass(frozen=True)
@@ -92,13 +123,28 @@ class DefenseContext:
         if len(self.canonical) == 0:
             return np.zeros(0, dtype=bool)
         digests = [digest.hex() for digest in self.canonical_digests]
-        return np.array(self.store.has_members(seen_key(self.client_id), digests), dtype=bool)
+        current, _ = generations(self.served_before, len(digests))
+        known = np.zeros(len(digests), dtype=bool)
+        for generation in range(max(0, current - 1), current + 1):
+            key = seen_key(self.client_id, generation)
+            known |= np.array(self.store.has_members(key, digests), dtype=bool)
+        return known
+
+    @property
+    def served_before(self) -> int:
+        """The client's queries served before this batch (its own counted already)."""
+        n = 0 if self.inputs is None else len(self.inputs)
+        return max(0, self.store.get(served_key(self.client_id)) - n)
 
     def remember_clean(self) -> None:
-        """Record this batch's rows as answered under the normal policy."""
+        """Record this batch's rows as answered under the normal policy (in the current
+        generation's set; the previous one is deleted when the next generation begins)."""
         if len(self.canonical):
             digests = [digest.hex() for digest in self.canonical_digests]
-            self.store.add_new_members(seen_key(self.client_id), digests)
+            current, stale = generations(self.served_before, len(digests))
+            self.store.add_new_members(seen_key(self.client_id, current), digests)
+            if stale is not None:
+                self.store.delete([seen_key(self.client_id, stale)])
 
     def keyed_digests(self, key: bytes) -> list[bytes]:
         """HMAC-SHA256 under ``key`` of each canonical row, computed once per key."""
@@ -221,6 +267,10 @@ class Stage(Plugin):
         """Return the defended answers; must keep the array's shape."""
         return answers
 
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Delete what the stage keeps about an idle client, except what must outlive idling:
+        its status, alerts and quota (see :class:`~modeltheft.defenses.guarded.GuardedModel`)."""
+
     def describe(self) -> dict[str, object]:
         """Public description (name only: parameters may be secret)."""
         return {"name": self.name}
@@ -267,6 +317,13 @@ class Pipeline:
         """Prepare every stage (once, before serving)."""
         for stage in self.stages:
             stage.setup(env)
+
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Evict an idle client's state from every stage, and the rows it sent while clean."""
+        for stage in self.stages:
+            stage.forget(client_id, store)
+        current = generation(store.get(served_key(client_id)))
+        store.delete([seen_key(client_id, g) for g in range(max(0, current - 2), current + 1)])
 
     def admit(self, n_rows: int, ctx: DefenseContext) -> None:
         """Run every stage's admission; the first refusal raises."""

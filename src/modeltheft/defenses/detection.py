@@ -8,6 +8,7 @@ to the strict policy (every later answer misinformed) or block it.
 import math
 import struct
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -15,9 +16,18 @@ import numpy as np
 from scipy import special, stats
 
 from modeltheft.defenses.alerts import ACTIONS, client_status, escalate, raise_alert
-from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
+from modeltheft.defenses.base import (
+    STAGES,
+    Answers,
+    DefenseContext,
+    OutputStage,
+    StageEnv,
+    generation,
+    generations,
+    served_key,
+)
 from modeltheft.defenses.clients import ClientCache
-from modeltheft.defenses.keyed import label_prefix, split_label
+from modeltheft.defenses.keyed import split_label
 from modeltheft.defenses.ood import (
     SCALES,
     FeatureSpace,
@@ -26,6 +36,7 @@ from modeltheft.defenses.ood import (
     feature_space,
     knn_scorer,
 )
+from modeltheft.defenses.rowpack import is_packed, pack, unpack
 from modeltheft.errors import ConfigError
 from modeltheft.registry import InstanceOf, Interval, Options
 from modeltheft.state.base import StateStore
@@ -53,7 +64,9 @@ class OodRateMonitor(OutputStage):
     distances. Honest clients send such queries at
     about ``honest_rate``; the client is flagged once ``P(Binomial(n, honest_rate) >= hits)``
     falls below ``alpha`` after at least ``min_queries`` queries. ``n`` and ``hits`` count
-    distinct queries: an exact repeat of an earlier query of the client is not counted.
+    distinct queries: an exact repeat of an earlier query of the client is not counted (one
+    of the last :data:`~modeltheft.defenses.base.SEEN_SPAN` to twice as many queries: the
+    rows seen are kept one set per span, the two newest read).
     """
 
     name = "ood_monitor"
@@ -102,6 +115,17 @@ class OodRateMonitor(OutputStage):
         self._scorer = knn_scorer(self.reference, self.k, env.task, self.scale)
         self.threshold = self._scorer.threshold(self.fpr)
 
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Delete the client's counts and rows seen (an idle client's eviction)."""
+        current = generation(store.get(served_key(client_id)))
+        sets = [self._seen(client_id, g) for g in range(max(0, current - 2), current + 1)]
+        store.delete([*sets, f"ood:n:{client_id}", f"ood:hits:{client_id}"])
+
+    @staticmethod
+    def _seen(client_id: str, generation: int) -> str:
+        """The set of rows counted in one generation (:data:`~.base.SEEN_SPAN` queries)."""
+        return f"ood:seen:{client_id}" + (f":{generation}" if generation else "")
+
     def out_of_distribution(self, X: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows counted as out of distribution."""
         if self._scorer is None or self.threshold is None:
@@ -115,8 +139,15 @@ class OodRateMonitor(OutputStage):
         # refreshing) is not evidence of extraction, and teaches a thief nothing new.
         # Canonical rows: a twin of an earlier query (-0.0, float32, within the task's
         # precision) is that query again, and scores as it does.
+        # The rows of this span and the one before are remembered (base.SEEN_SPAN).
         digests = [digest.hex() for digest in ctx.canonical_digests]
-        new = np.array(ctx.store.add_new_members(f"ood:seen:{ctx.client_id}", digests))
+        current, stale = generations(ctx.served_before, len(digests))
+        new = np.array(ctx.store.add_new_members(self._seen(ctx.client_id, current), digests))
+        if current and new.any():
+            earlier = ctx.store.has_members(self._seen(ctx.client_id, current - 1), digests)
+            new &= ~np.array(earlier, dtype=bool)
+        if stale is not None:
+            ctx.store.delete([self._seen(ctx.client_id, stale)])
         if not new.any():
             return answers
         hits_now = int(self.out_of_distribution(ctx.canonical)[new].sum())
@@ -146,22 +177,57 @@ JOINED, REPEAT = 1, 2
 
 
 class _Rows:
-    """A class's growing set: rows appended in place (amortised O(1)), read as one array."""
+    """A growing set of rows appended in place (amortised O(1)), each with a position (the
+    list item it came from); rows before a window's start are dropped by :meth:`drop_before`."""
 
     def __init__(self, width: int) -> None:
         self._data = np.empty((8, width))
-        self.n = 0
+        self._where = np.empty(8, dtype=np.int64)
+        self._lo = 0
+        self._hi = 0
 
-    def add(self, row: np.ndarray) -> None:
-        if self.n == len(self._data):
-            self._data = np.concatenate([self._data, np.empty_like(self._data)])
-        self._data[self.n] = row
-        self.n += 1
+    @property
+    def n(self) -> int:
+        """Rows held."""
+        return self._hi - self._lo
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes + self._where.nbytes)
+
+    def add(self, row: np.ndarray, where: int = 0) -> None:
+        if self._hi == len(self._data):
+            live = slice(self._lo, self._hi)
+            size = max(8, 2 * self.n)
+            data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
+            data[: self.n], wh[: self.n] = self._data[live], self._where[live]
+            self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
+        self._data[self._hi] = row
+        self._where[self._hi] = where
+        self._hi += 1
+
+    def drop_before(self, where: int) -> None:
+        """Drop the rows whose position is below ``where``."""
+        self._lo += int(np.searchsorted(self._where[self._lo : self._hi], where, side="left"))
+
+    def keep_last(self, n: int) -> None:
+        """Drop all but the newest ``n`` rows."""
+        self._lo = max(self._lo, self._hi - n)
 
     def nearest(self, row: np.ndarray) -> float:
         """Squared L2 distance from ``row`` to the nearest row of the set."""
-        diff = self._data[: self.n] - row
+        diff = self._data[self._lo : self._hi] - row
         return float(np.einsum("ij,ij->i", diff, diff).min())
+
+
+def read_rows(item: bytes, labelled: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """The class indexes (if ``labelled``) and rows of one stored item, packed or one row."""
+    if is_packed(item):
+        return unpack(item)
+    if labelled:
+        label, payload = split_label(item)
+        return np.array([label]), np.frombuffer(payload, dtype=np.float64)[None, :]
+    return None, np.frombuffer(item, dtype=np.float64)[None, :]
 
 
 @dataclass(frozen=True)
@@ -184,33 +250,100 @@ class _Threshold:
         return _Threshold(n, mean, m2, value)
 
 
+_BASE = struct.Struct(">qqqI")  # records_from, upto, rows_from, classes
+_BASE_CLASS = struct.Struct(">qqddd")  # label, n, mean, m2, value
+
+
+@dataclass(frozen=True)
+class _Base:
+    """Where a client's windows start, and the thresholds of every record before ``upto``.
+
+    Written when a window is moved, so that the records trimmed away still count in the
+    thresholds of every worker that reads the client afresh.
+    """
+
+    records_from: int = 0
+    upto: int = 0
+    rows_from: int = 0
+    thresholds: dict[int, _Threshold] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        out = _BASE.pack(self.records_from, self.upto, self.rows_from, len(self.thresholds))
+        for label, t in sorted(self.thresholds.items()):
+            out += _BASE_CLASS.pack(label, t.n, t.mean, t.m2, t.value)
+        return out
+
+    @classmethod
+    def decode(cls, item: bytes) -> "_Base":
+        records_from, upto, rows_from, k = _BASE.unpack_from(item)
+        thresholds = {}
+        for i in range(k):
+            label, *values = _BASE_CLASS.unpack_from(item, _BASE.size + i * _BASE_CLASS.size)
+            thresholds[int(label)] = _Threshold(*values)
+        return cls(records_from, upto, rows_from, thresholds)
+
+
 @dataclass
 class _PradaClient:
-    """A worker's copy of one client's PRADA state, rebuilt from the store's lists in order."""
+    """A worker's copy of one client's PRADA state, rebuilt from the store's lists in order:
+    the records from ``base.records_from`` and the growing sets' rows from
+    ``base.rows_from`` (list item indexes), thresholds from the base on."""
 
+    base: _Base = field(default_factory=_Base)
     growing: dict[int, _Rows] = field(default_factory=dict)
     thresholds: dict[int, _Threshold] = field(default_factory=dict)
-    distances: list[float] = field(default_factory=list)
-    seen: set[bytes] = field(default_factory=set)
+    records: deque[tuple[int, float, bytes]] = field(default_factory=deque)
+    """(record index, distance in D or 0, digest of the row) of each record kept."""
+    seen: dict[bytes, int] = field(default_factory=dict)
+    """Digest of each row in the records kept -> index of its newest record."""
+    row_items: deque[tuple[int, int]] = field(default_factory=deque)
+    """(item index, rows) of each item of the growing sets kept."""
     n_rows: int = 0
     n_records: int = 0
+    n_distances: int = 0
+    """Distances that ever joined D here (the test's clock)."""
     tested_at: int = 0
-    """How many distances D held when this worker last ran the test."""
+    """``n_distances`` when this worker last ran the test."""
 
-    def fold(self, item: bytes) -> None:
-        """One stored record into D, the thresholds and the set of rows seen."""
+    @property
+    def nbytes(self) -> int:
+        # Measured with tracemalloc: ~200 B a record (its tuple, digest and entry in seen).
+        rows = sum(group.nbytes + 200 for group in self.growing.values())
+        return rows + 220 * len(self.records) + 200 * len(self.thresholds) + 400
+
+    @property
+    def distances(self) -> list[float]:
+        """D: the distances of the records kept, oldest first."""
+        return [d for _, d, _ in self.records if d > 0]
+
+    def fold(self, index: int, item: bytes) -> None:
+        """One stored record into D, the thresholds (from ``base.upto`` on) and the rows seen."""
+        digest = b""
         if len(item) == _OLD_RECORD.size:
             label, flags, distance = _OLD_RECORD.unpack(item)
         else:
             form = _WIDE_RECORD if len(item) == _WIDE_RECORD.size else _RECORD
             label, flags, distance, digest = form.unpack(item)
-            self.seen.add(digest)
-        if flags & REPEAT:
-            return
-        if distance > 0:
-            self.distances.append(distance)
-        if flags & JOINED:
+            self.seen[digest] = index
+        if flags & REPEAT or distance <= 0:
+            self.records.append((index, 0.0, digest))
+        else:
+            self.records.append((index, distance, digest))
+            self.n_distances += 1
+        if flags & JOINED and not flags & REPEAT and index >= self.base.upto:
             self.thresholds[label] = self.thresholds.get(label, _Threshold()).plus(distance)
+
+    def move(self, base: _Base) -> None:
+        """Drop what lies before the windows of a newer ``base``."""
+        self.base = base
+        while self.records and self.records[0][0] < base.records_from:
+            index, _, digest = self.records.popleft()
+            if self.seen.get(digest) == index:
+                del self.seen[digest]
+        while self.row_items and self.row_items[0][0] < base.rows_from:
+            self.row_items.popleft()
+        for group in self.growing.values():
+            group.drop_before(base.rows_from)
 
 
 @STAGES.register
@@ -228,11 +361,17 @@ class Prada(OutputStage):
     (the class's *growing set*) joins the client's distance set D; the query joins the growing
     set if that distance exceeds the class threshold ``mean - std`` of the growing set's
     distances. Once D holds ``min_queries`` distances, a Shapiro–Wilk statistic W < ``delta``
-    raises an alert; the test runs again each time ``test_every`` new distances arrived.
-    Exact repeats of any earlier query of the client are left out of D (and distances of 0):
-    they tell a thief nothing new, and honest clients do repeat themselves. The per-client
-    state grows in place (no copies per request), so a request costs the distance search
-    over its class's growing set, not the client's whole history.
+    raises an alert over the last ``window`` distances; the test runs again each time
+    ``test_every`` new distances arrived. Exact repeats of an earlier query of the client are
+    left out of D (and distances of 0): they tell a thief nothing new, and honest clients do
+    repeat themselves.
+
+    Bounded state (issue 14), per client, in the store and in a worker's memory: the records
+    of the last ``window`` to ``2 * window`` queries (D and the repeats are taken from those:
+    an older row sent again counts as new) and the growing sets' last ``max_rows`` to
+    ``2 * max_rows`` rows (plus one request's), all classes together; the thresholds keep
+    counting every distance ever (a 40-byte summary per class when a window moves). Rows are
+    stored one deflated item per request (:mod:`~modeltheft.defenses.rowpack`).
     """
 
     name = "prada"
@@ -248,6 +387,7 @@ class Prada(OutputStage):
         "on_alert": [ON_ALERT],
         "test_every": [Interval(int, 1, None)],
         "scale": [Options(*SCALES)],
+        "max_rows": [Interval(int, 1, None)],
     }
 
     def __init__(
@@ -258,6 +398,7 @@ class Prada(OutputStage):
         on_alert: str = "strict",
         test_every: int = 10,
         scale: str = "auto",
+        max_rows: int = 2000,
     ) -> None:
         self.delta = delta
         self.min_queries = min_queries
@@ -265,6 +406,7 @@ class Prada(OutputStage):
         self.on_alert = on_alert
         self.test_every = test_every
         self.scale = scale
+        self.max_rows = max_rows
         self.validate_params()
         if window < min_queries:
             raise ConfigError(
@@ -282,21 +424,71 @@ class Prada(OutputStage):
         rows = None if task.data is None else np.asarray(task.data.X_train)
         space = feature_space(scale, task, rows)
         self._space = None if space.identity else space
+        self._clients.ttl = env.idle_after
+
+    @staticmethod
+    def _keys(client_id: str) -> tuple[str, str, str]:
+        return f"prada:{client_id}:rows", f"prada:{client_id}:d", f"prada:{client_id}:base"
+
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Delete the client's records, rows and base (an idle client's eviction)."""
+        store.delete(self._keys(client_id))
+        self._clients.drop(client_id)
 
     def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
         """Read what this worker has not seen yet (its own appends included), in store order."""
+        rows_key, records_key, base_key = self._keys(client_id)
+        bases = store.items(base_key)  # one or two small items: the newest is in force
+        base = _Base.decode(bases[-1]) if bases else _Base()
         state = self._clients.get(client_id)
-        if state is None:  # new here, or dropped: read back from the store below
-            state = self._clients.put(client_id, _PradaClient())
-        for item in store.items(f"prada:{client_id}:rows", state.n_rows):
-            label, payload = split_label(item)
-            row = np.frombuffer(payload, dtype=np.float64)
-            state.growing.setdefault(label, _Rows(len(row))).add(row)
+        if state is not None and (
+            state.n_records < base.records_from or state.n_rows < base.rows_from
+        ):
+            state = None  # what this copy has not read yet was trimmed: read afresh
+        if state is None:  # new here, dropped, or behind: read back from the store below
+            state = _PradaClient(base=base, thresholds=dict(base.thresholds))
+            state.n_rows, state.n_records = base.rows_from, base.records_from
+        elif base.upto > state.base.upto:
+            state.move(base)
+        for item in store.items(rows_key, state.n_rows):
+            labels, rows = read_rows(item, labelled=True)
+            for label, row in zip(labels if labels is not None else [], rows, strict=True):
+                state.growing.setdefault(int(label), _Rows(len(row))).add(row, state.n_rows)
+            state.row_items.append((state.n_rows, len(rows)))
             state.n_rows += 1
-        for item in store.items(f"prada:{client_id}:d", state.n_records):
-            state.fold(item)
+        for item in store.items(records_key, state.n_records):
+            state.fold(state.n_records, item)
             state.n_records += 1
-        return state
+        return self._clients.put(client_id, state)
+
+    def _move_windows(self, store: StateStore, client_id: str, state: _PradaClient) -> None:
+        """Past twice a window, keep the newest ``window`` records and ``max_rows`` rows: a
+        new base, then the store's lists trimmed to it (this worker just synced them all)."""
+        held_rows = sum(n for _, n in state.row_items)
+        if (
+            state.n_records - state.base.records_from <= 2 * self.window
+            and held_rows <= 2 * self.max_rows
+        ):
+            return
+        rows_from, kept = state.base.rows_from, held_rows
+        for index, n in state.row_items:
+            if kept - n < self.max_rows:
+                break
+            kept -= n
+            rows_from = index + 1
+        base = _Base(
+            records_from=max(state.base.records_from, state.n_records - self.window),
+            upto=state.n_records,
+            rows_from=rows_from,
+            thresholds=dict(state.thresholds),
+        )
+        rows_key, records_key, base_key = self._keys(client_id)
+        n_bases = store.append(base_key, [base.encode()])
+        store.trim(base_key, n_bases - 1)
+        store.trim(records_key, base.records_from)
+        store.trim(rows_key, base.rows_from)
+        state.move(base)
+        self._clients.put(client_id, state)
 
     def statistic(self, client_id: str, store: StateStore) -> float | None:
         """The client's current Shapiro–Wilk W (None until ``min_queries`` distances)."""
@@ -320,7 +512,8 @@ class Prada(OutputStage):
         pending: dict[int, list[np.ndarray]] = {}
         thresholds: dict[int, _Threshold] = {}
         seen: set[bytes] = set()
-        new_rows: list[bytes] = []
+        new_rows: list[np.ndarray] = []
+        new_labels: list[int] = []
         records: list[bytes] = []
         labels = np.argmax(answers.original, axis=1)
         inputs = ctx.inputs if self._space is None else self._space(ctx.inputs)
@@ -334,10 +527,10 @@ class Prada(OutputStage):
                 continue
             seen.add(digest)
             group, extra = state.growing.get(label), pending.get(label, [])
-            if group is None and not extra:
+            if (group is None or group.n == 0) and not extra:
                 distance, joins, counted = 0.0, True, False
             else:
-                squared = group.nearest(row) if group is not None else math.inf
+                squared = group.nearest(row) if group is not None and group.n else math.inf
                 for other in extra:
                     squared = min(squared, float(np.dot(other - row, other - row)))
                 distance = math.sqrt(squared)
@@ -347,17 +540,20 @@ class Prada(OutputStage):
                     thresholds[label] = threshold.plus(distance)
             if joins:
                 pending.setdefault(label, []).append(row)
-                new_rows.append(label_prefix(label) + row.tobytes())
+                new_rows.append(row)
+                new_labels.append(label)
             records.append(_record(label, JOINED if counted else 0, distance, digest))
+        rows_key, records_key, _ = self._keys(ctx.client_id)
         if new_rows:
-            ctx.store.append(f"prada:{ctx.client_id}:rows", new_rows)
-        ctx.store.append(f"prada:{ctx.client_id}:d", records)
+            ctx.store.append(rows_key, [pack(np.array(new_rows), np.array(new_labels))])
+        ctx.store.append(records_key, records)
         state = self._sync(ctx.store, ctx.client_id)
+        self._move_windows(ctx.store, ctx.client_id, state)
         if _acted(ctx, self.name, self.on_alert):
             return answers
-        if state.tested_at and len(state.distances) - state.tested_at < self.test_every:
+        if state.tested_at and state.n_distances - state.tested_at < self.test_every:
             return answers  # the test costs ~150 µs: run it once per test_every new distances
-        state.tested_at = len(state.distances)
+        state.tested_at = state.n_distances
         w = self._w(state)  # just synced: no third read of the store
         if w is None or w >= self.delta:
             return answers

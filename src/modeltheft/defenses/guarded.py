@@ -21,6 +21,19 @@ from modeltheft.tasks import Task, task_from_model
 
 T = TypeVar("T")
 BLOCKED_MESSAGE = "this API key is blocked: its queries look like model extraction"
+MAX_RNGS = 4096
+"""Clients whose random stream a worker keeps (the least recently used one is dropped)."""
+IDLE_AFTER = 7 * 86400.0
+"""Seconds without a request after which a client's detector state is evicted (7 days)."""
+EVICT_BATCH = 100
+"""Idle clients evicted per sweep (a sweep runs at most once a minute)."""
+SWEPT = "idle:swept"
+"""Counter: every activity epoch below it was swept."""
+
+
+def active_key(epoch: int) -> str:
+    """Store key of the set of clients that sent a request in activity epoch ``epoch``."""
+    return f"active:{epoch}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,15 @@ class GuardedModel:
     With ``audit_retention`` (seconds; None or 0: no audit) every request, answered or
     refused, leaves one :class:`~modeltheft.state.audit.AuditEntry` in the store before its
     answer (or refusal) is returned; entries older than the retention are pruned now and then.
+
+    With ``idle_after`` (seconds; None or 0: never) the detector state of a client without a
+    request for longer than that is evicted from the store (:meth:`evict_idle`, at most once
+    a minute, :data:`EVICT_BATCH` clients at a time): its rows, distances, counts and rows
+    seen. Kept for good: its status (strict, blocked), its alerts and its quota and served
+    counters, so waiting neither clears a thief's status nor refills more than its token
+    bucket does; a client that returns after idling is tested afresh. Activity is kept per
+    epoch of ``idle_after / 4`` seconds (one small set each), so a client is evicted between
+    ``idle_after`` and ``1.25 * idle_after`` after its last request (plus the sweeps' pace).
     """
 
     def __init__(
@@ -55,6 +77,7 @@ class GuardedModel:
         seed: int | None = None,
         task: Task | None = None,
         audit_retention: float | None = None,
+        idle_after: float | None = IDLE_AFTER,
     ) -> None:
         self.model = model
         self.pipeline = pipeline
@@ -65,22 +88,31 @@ class GuardedModel:
         self.task = task if model is None else task_from_model(model, task)  # type: ignore[assignment]
         self.classes = np.asarray(self.task.classes)
         self.resolution = self.task.resolution
-        pipeline.setup(StageEnv(self.store, self.task))
+        self.idle_after = idle_after or None
+        pipeline.setup(StageEnv(self.store, self.task, self.idle_after))
         self._remember = pipeline.remembers_clean
-        self._rngs: dict[str, np.random.Generator] = {}
+        self._rngs: dict[str, np.random.Generator] = {}  # in use order: the oldest first
         self._lock = threading.Lock()
         self._commits = GroupCommit(self.store)
         self.audit_retention = audit_retention or None
         self._next_prune = 0.0
+        self._next_sweep = 0.0
+        self._marked: tuple[int, set[str]] = (-1, set())
 
     def _rng(self, client_id: str) -> np.random.Generator:
-        if client_id not in self._rngs:
+        """The client's random stream; past :data:`MAX_RNGS` clients the least recently used
+        is dropped (with a seed, a client that returns then starts its stream again)."""
+        rng = self._rngs.pop(client_id, None)
+        if rng is None:
             if self.seed is None:
-                self._rngs[client_id] = np.random.default_rng()
+                rng = np.random.default_rng()
             else:
                 tag = int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "big")
-                self._rngs[client_id] = np.random.default_rng([self.seed, tag])
-        return self._rngs[client_id]
+                rng = np.random.default_rng([self.seed, tag])
+            if len(self._rngs) >= MAX_RNGS:
+                del self._rngs[next(iter(self._rngs))]
+        self._rngs[client_id] = rng
+        return rng
 
     def answer(self, client_id: str, X: np.ndarray) -> Reply:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
@@ -164,6 +196,7 @@ class GuardedModel:
         inputs = np.array(X, dtype=float)
         inputs.flags.writeable = False
         status = client_status(self.store, client_id)
+        self._active(client_id)
         ctx = DefenseContext(
             client_id,
             self._rng(client_id),
@@ -245,3 +278,61 @@ class GuardedModel:
             # At most once a minute (or a tenth of the retention): a cheap indexed delete.
             self._next_prune = now + min(60.0, self.audit_retention / 10)
             self.store.audit_prune(now - self.audit_retention)
+
+    def _epoch(self, now: float) -> int:
+        return int(now // (self.idle_after / 4)) if self.idle_after else 0
+
+    def _active(self, client_id: str) -> None:
+        """Record that the client sent a request in this epoch (once per worker and epoch);
+        sweep idle clients now and then (hold the lock)."""
+        if self.idle_after is None:
+            return
+        now = time.time()
+        epoch = self._epoch(now)
+        if self._marked[0] != epoch or len(self._marked[1]) > 20_000:
+            self._marked = (epoch, set())
+        if client_id not in self._marked[1]:
+            self.store.add_member(active_key(epoch), client_id)
+            self._marked[1].add(client_id)
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(60.0, self.idle_after / 10)
+            self.evict_idle(now)
+
+    def evict_idle(self, now: float | None = None, limit: int = EVICT_BATCH) -> list[str]:
+        """Look at up to ``limit`` clients of old epochs, evict those idle for longer than
+        ``idle_after`` and return them.
+
+        The clients of an epoch at least 5 epochs old that are in no later epoch's set were
+        idle for more than ``idle_after``: each stage forgets them (:meth:`Pipeline.forget`).
+        """
+        if self.idle_after is None:
+            return []
+        now = time.time() if now is None else now
+        epoch = self._epoch(now)
+        last = epoch - 5  # a client last seen in an epoch <= last is idle > idle_after
+        swept = self.store.get(SWEPT)
+        if swept == 0:  # the first sweep: nothing older than this
+            swept = self.store.raise_to(SWEPT, last)
+        evicted: list[str] = []
+        work = 0  # clients looked at: bounded, evicted or not
+        for old in range(swept, last + 1):
+            while work < limit:
+                wanted = limit - work
+                taken = self.store.take_members(active_key(old), wanted)
+                work += len(taken)
+                later = [active_key(e) for e in range(old + 1, epoch + 1)]
+                recent = np.zeros(len(taken), dtype=bool)
+                for key in later:
+                    recent |= np.array(self.store.has_members(key, taken), dtype=bool)
+                for client, seen_later in zip(taken, recent, strict=True):
+                    if not seen_later:
+                        self.pipeline.forget(client, self.store)
+                        self._rngs.pop(client, None)
+                        evicted.append(client)
+                if len(taken) < wanted:
+                    self.store.raise_to(SWEPT, old + 1)  # this epoch's set is empty now
+                    work += 1  # an empty epoch costs a read too
+                    break
+            if work >= limit:
+                break
+        return evicted

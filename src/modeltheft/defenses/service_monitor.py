@@ -30,8 +30,9 @@ nothing by outliving ``young_queries``; honest newcomers during a watch pay for 
 State: young rows are appended as 8-byte records to lists per epoch of ``window`` young rows
 (``svc:rows:<epoch>``); only the two newest epochs are read (each worker caches them and
 reads only what is new), so a request reads at most ``2 * window`` records. Older epochs are
-never read again; the store has no delete, so they remain: at most ``8 * young_queries``
-bytes per key ever seen, the same order as the per-key counters the service keeps anyway.
+never read again: the request that starts an epoch deletes the one before the previous, so
+the store holds about ``3 * window`` records (issue 14; they used to remain, 8 bytes per
+young row ever served).
 """
 
 import logging
@@ -242,6 +243,9 @@ class ServiceMonitor(OutputStage):
         seq = ctx.store.incr(SEQ, young)
         start = seq - young
         ctx.store.append(f"svc:rows:{start // self.window}", [records.tobytes()])
+        if start // self.window != seq // self.window and seq // self.window >= 2:
+            # A new epoch began: the one before the previous is never read again.
+            ctx.store.delete([f"svc:rows:{seq // self.window - 2}"])
         rows = self._cache.sync(ctx.store, seq // self.window)[-self.window :]
         watching = ctx.store.get(WATCH) > start  # the watch covers young rows up to it
         if len(rows) >= self.min_rows:

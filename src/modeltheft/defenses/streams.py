@@ -15,7 +15,9 @@ digits after 287-496, with 50% blends of two of its digits after 105-208; 0 fals
 no honest accuracy lost.
 """
 
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -24,15 +26,30 @@ from scipy import special
 from modeltheft.defenses.alerts import ACTIONS, NORMAL, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.clients import ClientCache
-from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted, _Rows
+from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted, _Rows, read_rows
 from modeltheft.defenses.naturalness import KINDS, Scorer, make_scorer
 from modeltheft.defenses.ood import SCALES, FeatureSpace, knn_scorer
+from modeltheft.defenses.rowpack import pack
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options, Satisfies
 from modeltheft.state.base import StateStore
 
 EDGES = np.array([0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
 """Rank thresholds at which the share of a client's queries is tested (the tail first)."""
+
+
+@dataclass
+class _Counted:
+    """A worker's copy of one client's counted rows: the newest ``max_rows`` of the list's
+    items from ``n_items`` on (list item indexes), and (index, rows) of each item held."""
+
+    rows: _Rows | None = None
+    items: deque[tuple[int, int]] = field(default_factory=deque)
+    n_items: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return (0 if self.rows is None else self.rows.nbytes) + 120 * len(self.items) + 400
 
 
 def _kinds(value: object) -> bool:
@@ -64,7 +81,12 @@ class StreamTest(OutputStage):
     are left out). A thief cannot dilute its stream with near-copies of the few real rows it
     owns (measured: half its queries as copies of its 20 digits with two pixels moved kept it
     unflagged at 1,000 queries); an honest client's distinct rows are novel but for about
-    ``novelty`` of them. The counted rows are kept in the store, like PRADA's.
+    ``novelty`` of them. The counted rows are kept in the store, like PRADA's, one deflated
+    item per request (:mod:`~modeltheft.defenses.rowpack`).
+
+    Bounded state (issue 14): novelty is judged against the client's newest ``max_rows``
+    counted rows (the store holds ``max_rows`` to ``2 * max_rows`` of them, plus one
+    request's); a near-copy of an older row counts as new. The counts are a few counters.
     """
 
     name = "stream_test"
@@ -85,6 +107,7 @@ class StreamTest(OutputStage):
         "min_queries": [Interval(int, 1, None)],
         "on_alert": [ON_ALERT],
         "novelty": [Interval(float, 0, 0.5)],
+        "max_rows": [Interval(int, 1, None)],
     }
 
     def __init__(
@@ -97,6 +120,7 @@ class StreamTest(OutputStage):
         reference: str = "task",
         scale: str = "auto",
         novelty: float = 0.01,
+        max_rows: int = 2000,
     ) -> None:
         self.score = list(score) if isinstance(score, tuple) else score
         self.alpha = alpha
@@ -106,9 +130,10 @@ class StreamTest(OutputStage):
         self.reference = reference
         self.scale = scale
         self.novelty = novelty
+        self.max_rows = max_rows
         self.validate_params()
         self._scorers: dict[str, Scorer] = {}
-        self._clients: ClientCache[_Rows] = ClientCache()
+        self._clients: ClientCache[_Counted] = ClientCache()
         self._space: FeatureSpace | None = None
         self._radius2 = 0.0
 
@@ -121,21 +146,57 @@ class StreamTest(OutputStage):
         # Squared: distances are compared squared. 0 keeps every row but exact repeats.
         radius = float(np.quantile(nearest.calibration, self.novelty)) if self.novelty else 0.0
         self._radius2 = radius * radius
+        self._clients.ttl = env.idle_after
 
-    def _sync(self, store: StateStore, client_id: str) -> _Rows | None:
-        """The client's counted rows (scaled), read from the store past what this worker has."""
+    def forget(self, client_id: str, store: StateStore) -> None:
+        """Delete the client's counted rows and counts (an idle client's eviction)."""
+        keys = [self._key(client_id, kind, j) for kind in self.score for j in range(len(EDGES))]
+        store.delete([*keys, f"stream:n:{client_id}", *self._rows_keys(client_id)])
+        self._clients.drop(client_id)
+
+    @staticmethod
+    def _rows_keys(client_id: str) -> tuple[str, str]:
+        """The list of counted rows and the counter of its first item kept."""
+        return f"stream:rows:{client_id}", f"stream:rows_from:{client_id}"
+
+    def _sync(self, store: StateStore, client_id: str) -> _Counted:
+        """The client's counted rows (scaled), read from the store past what this worker has:
+        the newest ``max_rows`` of the items from the window's start on."""
+        key, from_key = self._rows_keys(client_id)
+        start = store.get(from_key)
         state = self._clients.get(client_id)
-        for item in store.items(f"stream:rows:{client_id}", state.n if state else 0):
-            row = np.frombuffer(item, dtype=np.float64)
-            if state is None:
-                state = self._clients.put(client_id, _Rows(len(row)))
-            state.add(row)
-        return state
+        if state is None or state.n_items < start:  # new, dropped, or behind a trim
+            state = _Counted(n_items=start)
+        for item in store.items(key, state.n_items):
+            _, rows = read_rows(item, labelled=False)
+            if state.rows is None:
+                state.rows = _Rows(rows.shape[1])
+            for row in rows:
+                state.rows.add(row, state.n_items)
+            state.items.append((state.n_items, len(rows)))
+            state.n_items += 1
+        if state.rows is not None:
+            state.rows.keep_last(self.max_rows)
+        return self._clients.put(client_id, state)
+
+    def _move_window(self, store: StateStore, client_id: str, state: _Counted) -> None:
+        """Past ``2 * max_rows`` rows held in the store, trim its items to the newest that
+        hold ``max_rows`` rows (this worker just synced them all)."""
+        held = sum(n for _, n in state.items)
+        if held <= 2 * self.max_rows:
+            return
+        start = state.items[0][0]
+        while state.items and held - state.items[0][1] >= self.max_rows:
+            held -= state.items.popleft()[1]
+            start = state.items[0][0]
+        key, from_key = self._rows_keys(client_id)
+        store.raise_to(from_key, start)
+        store.trim(key, start)
 
     def _novel(self, ctx: DefenseContext, inputs: np.ndarray) -> np.ndarray:
         """Which rows of the batch count: none of the client's counted rows (nor an earlier
         row of this batch that counts) lies within the novelty radius."""
-        counted = self._sync(ctx.store, ctx.client_id)
+        counted = self._sync(ctx.store, ctx.client_id).rows
         Z = inputs if self._space is None else self._space(inputs)
         novel = np.zeros(len(Z), dtype=bool)
         pending: list[np.ndarray] = []
@@ -147,8 +208,8 @@ class StreamTest(OutputStage):
                 novel[i] = True
                 pending.append(z)
         if pending:
-            ctx.store.append(f"stream:rows:{ctx.client_id}", [z.tobytes() for z in pending])
-            self._sync(ctx.store, ctx.client_id)  # read back now, while the store caches them
+            ctx.store.append(self._rows_keys(ctx.client_id)[0], [pack(np.array(pending))])
+            self._move_window(ctx.store, ctx.client_id, self._sync(ctx.store, ctx.client_id))
         return novel
 
     @property

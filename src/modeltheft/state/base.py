@@ -85,6 +85,26 @@ class StateStore(Protocol):
         """For each of ``members``, whether it is in set ``key`` (the set is not changed)."""
         ...
 
+    def trim(self, key: str, start: int) -> int:
+        """Delete the items of list ``key`` before index ``start``; return how many went.
+
+        Indexes do not move: the items kept keep theirs, ``items(key, i)`` still means the
+        items at index ``i`` and later, and ``append`` still returns the number of items ever
+        appended (so a reader that keeps an offset reads on as before). Used to keep a window
+        of a list (a detector's last rows). SQLite keeps a list's newest item whatever
+        ``start`` (its length is that item's index + 1): read from ``start``, never from 0.
+        """
+        ...
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete the counters, lists, sets and token buckets named ``keys`` (a list deleted
+        starts again at index 0): the eviction of an idle client's detector state."""
+        ...
+
+    def take_members(self, key: str, count: int) -> list[str]:
+        """Remove up to ``count`` members of set ``key`` (any of them) and return them."""
+        ...
+
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
         ...

@@ -26,6 +26,7 @@ class MemoryStore:
         self._rng = rng
         self._counters: dict[str, int] = {}
         self._lists: dict[str, list[bytes]] = {}
+        self._trimmed: dict[str, int] = {}  # items trimmed from the head of each list
         self._sets: dict[str, set[str]] = {}
         self._secrets: dict[str, bytes] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -56,12 +57,42 @@ class MemoryStore:
         with self._lock:
             target = self._lists.setdefault(key, [])
             target.extend(bytes(item) for item in items)
-            return len(target)
+            return self._trimmed.get(key, 0) + len(target)
 
     def items(self, key: str, start: int = 0) -> list[bytes]:
-        """Items of list ``key`` from index ``start`` on."""
+        """Items of list ``key`` from index ``start`` on (a negative start counts from the end)."""
         with self._lock:
+            if start >= 0:
+                start = max(0, start - self._trimmed.get(key, 0))
             return list(self._lists.get(key, [])[start:])
+
+    def trim(self, key: str, start: int) -> int:
+        """Delete the items before index ``start`` (the others keep their indexes)."""
+        with self._lock:
+            target = self._lists.get(key)
+            drop = min(len(target or []), start - self._trimmed.get(key, 0))
+            if target is None or drop <= 0:
+                return 0
+            del target[:drop]
+            self._trimmed[key] = self._trimmed.get(key, 0) + drop
+            return drop
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete the counters, lists, sets and buckets named ``keys``."""
+        with self._lock:
+            for key in keys:
+                for table in (self._counters, self._lists, self._trimmed, self._sets):
+                    table.pop(key, None)
+                self._buckets.pop(key, None)
+
+    def take_members(self, key: str, count: int) -> list[str]:
+        """Remove up to ``count`` members of set ``key`` and return them."""
+        with self._lock:
+            present = self._sets.get(key, set())
+            taken = [present.pop() for _ in range(min(max(0, count), len(present)))]
+            if not present:
+                self._sets.pop(key, None)
+            return taken
 
     def add_member(self, key: str, member: str) -> None:
         """Add ``member`` to set ``key``."""

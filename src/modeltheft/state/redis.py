@@ -1,6 +1,7 @@
 """State in Redis: shared by every replica of the service, atomic through single commands.
 
-Counters are INCRBY, lists RPUSH/LRANGE, sets SADD/SMEMBERS, secrets SET NX then GET;
+Counters are INCRBY, lists RPUSH/LRANGE/LTRIM (Lua scripts that keep indexes through a
+trim), sets SADD/SMEMBERS/SPOP, secrets SET NX then GET;
 ``raise_to`` and ``take_tokens`` are Lua scripts, which Redis runs atomically. Every key is
 prefixed with a namespace and the kind of value (``modeltheft:c:queries:alice``), so several
 services can share one Redis, and a counter and a list with the same name do not collide, as
@@ -40,6 +41,35 @@ if tonumber(ARGV[1]) > tonumber(current) then
     return ARGV[1]
 end
 return current
+"""
+
+# Lists keep stable indexes through trims: KEYS[2] counts the items trimmed from the head,
+# so a list's index i is LRANGE's i - trimmed (LTRIM alone would renumber the items).
+APPEND = """
+local n = redis.call('LLEN', KEYS[1])
+for _, item in ipairs(ARGV) do
+    n = redis.call('RPUSH', KEYS[1], item)
+end
+return n + tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
+
+ITEMS = """
+local start = tonumber(ARGV[1])
+if start >= 0 then
+    start = math.max(0, start - tonumber(redis.call('GET', KEYS[2]) or '0'))
+end
+return redis.call('LRANGE', KEYS[1], start, -1)
+"""
+
+TRIM = """
+local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
+local drop = math.min(redis.call('LLEN', KEYS[1]), tonumber(ARGV[1]) - trimmed)
+if drop <= 0 then
+    return 0
+end
+redis.call('LTRIM', KEYS[1], drop, -1)
+redis.call('INCRBY', KEYS[2], drop)
+return drop
 """
 
 # SADD one member at a time: its reply (1 or 0) says whether that member was new.
@@ -162,6 +192,9 @@ class RedisStore:
         self._raise_to = self._client.register_script(RAISE_TO)
         self._take_tokens = self._client.register_script(TAKE_TOKENS)
         self._add_new = self._client.register_script(ADD_NEW)
+        self._append = self._client.register_script(APPEND)
+        self._items = self._client.register_script(ITEMS)
+        self._trim = self._client.register_script(TRIM)
         try:
             self._client.ping()
         except (redis.RedisError, TypeError, ValueError) as exc:  # TypeError: unknown ?option=
@@ -192,15 +225,34 @@ class RedisStore:
     @_available
     def append(self, key: str, items: Sequence[bytes]) -> int:
         """Append ``items`` to list ``key`` in order; return the list's new length."""
-        name = self._key("l", key)
-        if len(items) == 0:
-            return int(self._client.llen(name))
-        return int(self._client.rpush(name, *(bytes(item) for item in items)))
+        keys = [self._key("l", key), self._key("lo", key)]
+        return int(self._append(keys=keys, args=[bytes(item) for item in items]))
 
     @_available
     def items(self, key: str, start: int = 0) -> list[bytes]:
         """Items of list ``key`` from index ``start`` on (a negative start counts from the end)."""
-        return [bytes(item) for item in self._client.lrange(self._key("l", key), start, -1)]
+        keys = [self._key("l", key), self._key("lo", key)]
+        return [bytes(item) for item in self._items(keys=keys, args=[int(start)])]
+
+    @_available
+    def trim(self, key: str, start: int) -> int:
+        """Delete the items of list ``key`` before index ``start`` (LTRIM, indexes kept)."""
+        return int(self._trim(keys=[self._key("l", key), self._key("lo", key)], args=[int(start)]))
+
+    @_available
+    def delete(self, keys: Sequence[str]) -> None:
+        """UNLINK the counters, lists, sets and buckets named ``keys``."""
+        names = [self._key(kind, key) for key in keys for kind in ("c", "l", "lo", "s", "b")]
+        if names:
+            self._client.unlink(*names)
+
+    @_available
+    def take_members(self, key: str, count: int) -> list[str]:
+        """SPOP up to ``count`` members of set ``key``."""
+        if count <= 0:
+            return []
+        taken = self._client.spop(self._key("s", key), count) or []
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in taken]
 
     @_available
     def add_member(self, key: str, member: str) -> None:

@@ -637,18 +637,20 @@ class SqliteStore:
                 return [bytes(row[0]) for row in rows] + tail
             if start >= 0:
                 sql, args = (
-                    "SELECT item FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
+                    "SELECT item, idx FROM lists WHERE key = ? AND idx >= ? ORDER BY idx",
                     (key, start),
                 )
             else:  # one statement, so the length and the items come from one snapshot
                 sql = (
-                    "SELECT item FROM lists WHERE key = ? AND idx >= "
+                    "SELECT item, idx FROM lists WHERE key = ? AND idx >= "
                     "(SELECT COALESCE(MAX(idx) + 1, 0) FROM lists WHERE key = ?) + ? ORDER BY idx"
                 )
                 args = (key, key, start)
             rows = conn.execute(sql, args).fetchall()
-            if start >= 0 and (rows or start == 0):  # indexes run 0, 1, … without gaps
-                self._cache.read_length(key, start + len(rows))
+            if rows:  # the last index read, not start + len(rows): a trimmed head leaves a gap
+                self._cache.read_length(key, int(rows[-1][1]) + 1)
+            elif start == 0:
+                self._cache.read_length(key, 0)
         return [bytes(row[0]) for row in rows]
 
     def add_member(self, key: str, member: str) -> None:
@@ -757,6 +759,40 @@ class SqliteStore:
             self._conn = None
             self._closed = True
             self._group = False  # an open group's transaction ended with its connection
+
+    def trim(self, key: str, start: int) -> int:
+        """Delete the items of list ``key`` before index ``start`` (the others keep theirs;
+        the newest always stays, so the list's length stays its last index + 1)."""
+        with self._unit() as conn:
+            if self._cache.trim_held(key, start):  # a newer item is held for the commit
+                sql = "DELETE FROM lists WHERE key = ? AND idx < ?"
+                return conn.execute(sql, (key, start)).rowcount
+            return conn.execute(
+                "DELETE FROM lists WHERE key = ? AND idx < ? "
+                "AND idx < (SELECT MAX(idx) FROM lists WHERE key = ?)",
+                (key, start, key),
+            ).rowcount
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete the counters, lists, sets and buckets named ``keys`` (one transaction; the
+        other workers drop them from their caches at their next transaction)."""
+        if not keys:
+            return
+        with self._unit() as conn:
+            for table in ("counters", "lists", "sets", "buckets"):
+                conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
+            self._cache.remove(list(keys))
+
+    def take_members(self, key: str, count: int) -> list[str]:
+        """Remove up to ``count`` members of set ``key`` and return them (one transaction)."""
+        with self._unit() as conn:
+            rows = conn.execute(
+                "SELECT member FROM sets WHERE key = ? LIMIT ?", (key, max(0, count))
+            ).fetchall()
+            conn.executemany(
+                "DELETE FROM sets WHERE key = ? AND member = ?", [(key, r[0]) for r in rows]
+            )
+            return [row[0] for row in rows]
 
 
 def _keeps(exc: BaseException) -> bool:

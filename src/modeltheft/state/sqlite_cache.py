@@ -37,6 +37,7 @@ class Cache:
         self.dirty_buckets: dict[str, tuple[float, float]] = {}
         self.appends: dict[str, list[tuple[int, bytes]]] = {}
         self.audit: list[tuple[float, str, str]] = []
+        self.removed: dict[str, bool] = {}  # keys deleted: logged as changed at the commit
         self._undo: list[tuple[Any, str, Any]] | None = None
 
     def __len__(self) -> int:
@@ -46,7 +47,9 @@ class Cache:
     @property
     def held(self) -> bool:
         """Whether writes are waiting for the commit."""
-        return bool(self.dirty_counters or self.dirty_buckets or self.appends or self.audit)
+        return bool(
+            self.dirty_counters or self.dirty_buckets or self.appends or self.audit or self.removed
+        )
 
     def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
         if self._undo is not None:
@@ -86,6 +89,30 @@ class Cache:
             self._undo.append((self.audit, AUDIT_MARK, len(self.audit)))
         self.audit.extend(rows)
 
+    def trim_held(self, key: str, start: int) -> bool:
+        """Drop the items of list ``key`` held for the commit below index ``start`` (the newest
+        stays); whether any is held (then the database's items below ``start`` may all go)."""
+        rows = self.appends.get(key)
+        if not rows:
+            return False
+        kept = [row for row in rows if row[0] >= start] or rows[-1:]
+        if len(kept) != len(rows):
+            self._set(self.appends, key, kept)
+        return True
+
+    def remove(self, keys: "list[str]") -> None:
+        """Forget ``keys`` (deleted): cached reads and held writes; log them at the commit."""
+        for key in keys:
+            for table in (
+                self.counters, self.lengths, self.buckets,
+                self.dirty_counters, self.dirty_buckets, self.appends,
+            ):  # fmt: skip
+                if key in table:
+                    if self._undo is not None:
+                        self._undo.append((table, key, table[key]))
+                    del table[key]
+            self._set(self.removed, key, True)
+
     def held_items(self, key: str, start: int) -> tuple[int, list[bytes]] | None:
         """``(first held index, held items from start on)`` of list ``key``; None if none held."""
         rows = self.appends.get(key)
@@ -104,7 +131,7 @@ class Cache:
         """Write what is held, one ``executemany`` per table, in the order it was written, and
         log the keys written in ``changes`` (so other connections drop only those); return
         how many change rows were logged."""
-        changed = [*self.dirty_counters, *self.dirty_buckets, *self.appends]
+        changed = [*self.dirty_counters, *self.dirty_buckets, *self.appends, *self.removed]
         if changed:
             conn.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in changed])
         if self.dirty_counters:
@@ -135,6 +162,7 @@ class Cache:
         self.dirty_buckets.clear()
         self.appends.clear()
         self.audit.clear()
+        self.removed.clear()
 
     def forget(self) -> None:
         """Drop everything: cached reads and held writes (a rollback, another writer)."""
