@@ -368,6 +368,7 @@ def render(saved: dict[str, Any]) -> list[str]:
                 f"{points[-1]['disk'] / 1e6:.0f} MB."
             )
     lines += detection_lines(saved.get("detection") or {})
+    lines += [f"- {note}" for note in saved.get("notes", [])]
     lines += [
         "",
         "What bounds it: PRADA keeps per key the records of its last 5,000-10,000 queries and "
