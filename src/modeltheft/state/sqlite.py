@@ -479,11 +479,7 @@ class SqliteStore:
         if self._group_error is not None:
             raise self._group_error
         conn = self._connection()
-        with self._faults(write=False):
-            try:
-                conn.execute("SAVEPOINT unit")
-            except sqlite3.Error as exc:
-                self._fail_group(conn, exc)
+        self._group_statement(conn, "SAVEPOINT unit")
         self._cache.begin_unit()
         self._depth = 1
         try:
@@ -495,11 +491,7 @@ class SqliteStore:
                 self._fail_group(conn, exc)
             if not _keeps(exc):
                 self._cache.undo_unit()
-                try:
-                    with self._faults(write=False):
-                        conn.execute("ROLLBACK TO unit")
-                except StateUnavailable as failed:
-                    self._fail_group(conn, failed)
+                self._group_statement(conn, "ROLLBACK TO unit")
             self._release(conn)
             raise
         self._depth = 0
@@ -507,9 +499,13 @@ class SqliteStore:
 
     def _release(self, conn: sqlite3.Connection) -> None:
         self._cache.end_unit()
+        self._group_statement(conn, "RELEASE unit")
+
+    def _group_statement(self, conn: sqlite3.Connection, sql: str) -> None:
+        """``sql`` in the open group's transaction; if it fails, the whole group fails."""
         try:
             with self._faults(write=False):
-                conn.execute("RELEASE unit")
+                conn.execute(sql)
         except StateUnavailable as exc:
             self._fail_group(conn, exc)
 
