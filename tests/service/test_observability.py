@@ -426,11 +426,16 @@ def json_lines(log: Path) -> list[dict]:
     return lines
 
 
-def wait_for_access_records(log: Path, count: int) -> list[dict]:
+def wait_for_access_records(
+    log: Path, count: int, status: int | None = None, least: int = 0
+) -> list[dict]:
+    """The access records once there are ``count`` (and ``least`` with ``status``): each
+    worker writes its own every 0.5 s, so one worker's lines may come before the other's."""
     deadline = time.monotonic() + 10
     while True:
         records = [r for r in json_lines(log) if r.get("logger") == "modeltheft.access"]
-        if len(records) >= count or time.monotonic() > deadline:
+        enough = sum(1 for r in records if status is None or r["status"] == status) >= least
+        if (len(records) >= count and enough) or time.monotonic() > deadline:
             return records
         time.sleep(0.05)
 
@@ -479,7 +484,7 @@ def test_two_workers_are_counted_in_one_scrape_and_log_json_without_keys(
         assert value(scrape, "modeltheft_http_requests_in_progress") == 1  # livesum: the scrape
         assert not label_values(scrape) & {*KEYS.values(), WRONG_KEY, *KEYS}
 
-    records = wait_for_access_records(json_server.log, sent + 6)
+    records = wait_for_access_records(json_server.log, sent + 6, status=401, least=3)
     lines = json_lines(json_server.log)  # every line is JSON, uvicorn's and the banner too
     assert {"uvicorn.error", "modeltheft.service", "modeltheft.access"} <= {
         line["logger"] for line in lines
