@@ -318,20 +318,3 @@ def test_trims_and_deletes_see_the_writes_held_for_the_commit(path: Path) -> Non
     run_group(store, lambda: store.delete(["n", "l"]))
     assert store.get("n") == 0 and store.items("l") == []
     assert other.get("n") == 0 and other.items("l") == []  # logged: the other drops them
-
-
-def test_checkpoints_run_in_a_thread_not_in_the_commits(path: Path) -> None:
-    """A checkpoint syncs the database file (an fsync): never inside a request's commit."""
-    store = SqliteStore(path)
-    conn = store._connection()
-    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
-    before = path.stat().st_size
-    with store.batch():
-        store.append("big", [bytes(3000)] * 1500)  # ~1,500 pages into the WAL
-    deadline = time.monotonic() + 10
-    while path.stat().st_size <= before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert path.stat().st_size > before  # copied into the database by the thread
-    thread = store._checkpointer._thread  # type: ignore[union-attr]
-    store.close()
-    assert not thread.is_alive()
