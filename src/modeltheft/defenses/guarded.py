@@ -116,17 +116,18 @@ class GuardedModel:
 
     def answer(self, client_id: str, X: np.ndarray) -> Reply:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
-        if self.model is None:
-            raise TypeError("this GuardedModel has no model: use answer_async with a predict")
-        return self._answer_now(self.model, client_id, X)  # one transaction, audit included
+        return self._answer_now(self._local_model(), client_id, X)  # one transaction
 
     async def answer_shared(self, client_id: str, X: np.ndarray) -> Reply:
         """:meth:`answer` in a running event loop: the requests of one turn of the loop share
         one commit of the store (:mod:`~modeltheft.state.group`), each answered after it."""
+        model = self._local_model()
+        return await self._grouped(lambda: self._answer_now(model, client_id, X))
+
+    def _local_model(self) -> ClassifierMixin:
         if self.model is None:
             raise TypeError("this GuardedModel has no model: use answer_async with a predict")
-        model = self.model
-        return await self._grouped(lambda: self._answer_now(model, client_id, X))
+        return self.model
 
     def _answer_now(self, model: ClassifierMixin, client_id: str, X: np.ndarray) -> Reply:
         with self._lock, self.store.batch():

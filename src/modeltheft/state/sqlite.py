@@ -570,7 +570,7 @@ class SqliteStore:
         """Current value of counter ``key`` (0 if never set)."""
         with self._lock:
             cached = self._cache.counters.get(key)
-            if (self._depth or self._group) and cached is not None:
+            if cached is not None and self._in_transaction():
                 return cached  # the write lock is ours: nobody else changed it
         with self._lock, self._faults(write=False):
             conn = self._connection()
@@ -605,7 +605,7 @@ class SqliteStore:
         """Items of list ``key`` from index ``start`` on (a negative start counts from the end);
         items held back for the commit included."""
         with self._lock:
-            if (self._depth or self._group) and start >= 0:  # the write lock is ours
+            if start >= 0 and self._in_transaction():  # the write lock is ours
                 known = self._cache.lengths.get(key)
                 if known is not None and known <= start:
                     return []  # nothing past a length known
