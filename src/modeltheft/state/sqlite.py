@@ -32,6 +32,7 @@ from modeltheft.errors import ConfigError, ModelTheftError, StateUnavailable
 from modeltheft.state.audit import AuditEntry
 from modeltheft.state.base import BucketState, StateLost, refill, withdraw
 from modeltheft.state.sqlite_cache import Cache
+from modeltheft.state.sqlite_checkpoint import WAL_LIMIT, Checkpointer
 from modeltheft.state.sqlite_file import (
     CHECK_TIMEOUT,
     FileIdentity,
@@ -128,6 +129,7 @@ class SqliteStore:
         self._cache = Cache()
         self._group = False  # a group transaction is open (open_group … close_group)
         self._group_error: StateUnavailable | None = None
+        self._checkpointer: Checkpointer | None = None
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -256,6 +258,9 @@ class SqliteStore:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL").fetchone()
                     conn.execute("PRAGMA synchronous = NORMAL")
+                    if self.path != ":memory:":  # checkpoints run in a thread (see below)
+                        conn.execute("PRAGMA wal_autocheckpoint = 0")
+                        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
                     conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
                     break
                 except sqlite3.OperationalError as exc:
@@ -278,6 +283,9 @@ class SqliteStore:
             # After a fork the parent's connection belongs to the parent: leave it alone.
             self._conn, self._pid = self._connect(StateUnavailable), os.getpid()
             self._version = self._changes = None
+            self._checkpointer = None  # the parent's thread did not cross the fork
+        if self._checkpointer is None and not self.read_only and self.path != ":memory:":
+            self._checkpointer = Checkpointer(*self._database)
         return self._conn
 
     def _validate(self, conn: sqlite3.Connection) -> None:
@@ -748,8 +756,11 @@ class SqliteStore:
             pass
 
     def close(self) -> None:
-        """Close this process's connection (idempotent)."""
+        """Close this process's connection and stop its checkpoints (idempotent)."""
         with self._lock:
+            if self._checkpointer is not None and self._pid == os.getpid():
+                self._checkpointer.stop()
+            self._checkpointer = None
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
