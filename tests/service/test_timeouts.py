@@ -266,3 +266,51 @@ def test_serve_with_workers_applies_both_timeouts(serve_two_workers: str) -> Non
         assert b'"request body not received within 0.5 s"' in data and elapsed < BOUND
     response = httpx.post(f"{url}/v1/predict", json={"inputs": [ROW]}, headers=auth(), timeout=5)
     assert response.status_code == 200
+
+
+class _Recorder:
+    """A transport that records what is written to it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.writes = inner, []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.inner.write(data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[_Recorder]:
+    """Every response cycle's connection, recording its writes."""
+    from modeltheft.service import timeouts
+
+    made: list[_Recorder] = []
+    init = timeouts._CycleTransport.__init__
+
+    def recording(self: object, protocol: object, transport: object) -> None:
+        made.append(_Recorder(transport))
+        init(self, protocol, made[-1])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(timeouts._CycleTransport, "__init__", recording)
+    return made
+
+
+def test_a_response_leaves_in_one_write(server: BackgroundServer, recorded: list) -> None:
+    """uvicorn writes a head and its body apart (two sends, two wake-ups of the client);
+    here the head waits for the body. Pipelined and HEAD responses keep their order."""
+    with connect(server.url) as sock:
+        sock.sendall(predict_request() + predict_request())
+        reader = sock.makefile("rb")
+        assert read_response(reader)[0] == 200 and read_response(reader)[0] == 200
+        head = b"HEAD /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        sock.sendall(head)
+        status_line = reader.readline()
+        rest = reader.read()
+    writes = [w for r in recorded for w in r.writes]
+    assert len(writes) == 3, writes  # before: 6, a head and a body each
+    assert all(w.startswith(b"HTTP/1.1 ") for w in writes), writes
+    assert writes[0].endswith(b"}") and writes[1].endswith(b"}")  # head and body together
+    assert status_line.startswith(b"HTTP/1.1 ") and rest.endswith(b"\r\n\r\n")  # HEAD: a head

@@ -141,19 +141,40 @@ class BodyTimeoutMiddleware:
 
 
 class _CycleTransport:
-    """The transport a request's response cycle sees: ``close()`` lingers (see the protocol)."""
+    """The transport a request's response cycle sees: ``close()`` lingers (see the protocol),
+    and a response's head is held back until its first body part, so both leave in one
+    write (uvicorn writes them apart: two sends, each waking the client on loopback; the
+    send was the largest single cost of a served request in a profile of `serve`)."""
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_head", "_hold", "_protocol", "_transport")
 
     def __init__(self, protocol: "HeaderTimeoutProtocol", transport: asyncio.Transport) -> None:
         self._protocol = protocol
         self._transport = transport
+        self._hold = False  # the next write is a response head: keep it
+        self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        """Write to the connection; nothing once it is closing (the client left: uvloop would
-        raise, asyncio warn, for a response nobody reads)."""
+        """Write to the connection (with the head held back, if any); nothing once it is
+        closing (the client left: uvloop would raise, asyncio warn, for a response nobody
+        reads)."""
+        if self._hold:
+            self._hold, self._head = False, data
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
         if not self._transport.is_closing():
             self._transport.write(data)
+
+    def hold_head(self, hold: bool) -> None:
+        """Keep the next write (a response head) for the write after it (``False``: stop
+        waiting for it; a head already kept stays until :meth:`flush`)."""
+        self._hold = hold
+
+    def flush(self) -> None:
+        """Write a head still held back (a response without a body part written: HEAD)."""
+        if self._head is not None:
+            self.write(b"")
 
     def is_closing(self) -> bool:
         """Whether the connection is closing."""
@@ -161,6 +182,7 @@ class _CycleTransport:
 
     def close(self) -> None:
         """Close after the response: at once, or lingering if the request is still arriving."""
+        self.flush()
         self._protocol.close_after_response()
 
     def __getattr__(self, name: str) -> Any:
@@ -275,19 +297,27 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None:
-            cycle.transport = _CycleTransport(self, self.transport)  # type: ignore[assignment]
+            transport = _CycleTransport(self, self.transport)
+            cycle.transport = transport  # type: ignore[assignment]
             send = cycle.send
 
             async def send_early_close(message: Any) -> None:
-                # Answered before its body arrived (413, 401, …): say so, as this connection
-                # then ends (lingering), so a client does not send its next request on it.
-                if (
-                    message["type"] == "http.response.start"
-                    and self._in_body
-                    and self.cycle is cycle
-                ):
-                    cycle.keep_alive = False
+                kind = message["type"]
+                if kind == "http.response.start":
+                    # Answered before its body arrived (413, 401, …): say so, as this
+                    # connection then ends (lingering), so a client does not send its next
+                    # request on it.
+                    if self._in_body and self.cycle is cycle:
+                        cycle.keep_alive = False
+                    transport.hold_head(True)  # sent with the first body part
+                    try:
+                        await send(message)
+                    finally:
+                        transport.hold_head(False)
+                    return
                 await send(message)
+                if kind == "http.response.body":
+                    transport.flush()
 
             cycle.send = send_early_close  # type: ignore[method-assign]
 
