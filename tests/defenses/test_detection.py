@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,16 @@ from modeltheft.defenses.alerts import BLOCKED, NORMAL, STRICT, alerts, client_s
 from modeltheft.defenses.detection import OodRateMonitor, Prada
 from modeltheft.defenses.keyed import canonical
 from modeltheft.defenses.misinformation import AdaptiveMisinformation, relabel
-from modeltheft.defenses.watermark import Watermark, load_records, verify, watermarked_clients
+from modeltheft.defenses.watermark import (
+    Watermark,
+    load_records,
+    records_key,
+    verify,
+    watermarked_clients,
+)
 from modeltheft.errors import Blocked, ConfigError
 from modeltheft.state.memory import MemoryStore
+from modeltheft.state.sqlite import SqliteStore
 from modeltheft.tasks import digits_task
 from modeltheft.victim import LoadedVictim
 
@@ -29,7 +37,9 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 64))
 
 
-def guarded(victim: LoadedVictim, *stages, store: MemoryStore | None = None) -> GuardedModel:
+def guarded(
+    victim: LoadedVictim, *stages, store: MemoryStore | SqliteStore | None = None
+) -> GuardedModel:
     return GuardedModel(
         victim.model,
         Pipeline(list(stages)),
@@ -196,6 +206,30 @@ def test_watermark_scope_and_records(victim: LoadedVictim) -> None:
     index = {row.tobytes(): i for i, row in enumerate(canonical(X, digits_task().resolution))}
     given = np.array([reply.labels[index[row.tobytes()]] for row in records.X])
     assert np.array_equal(given, records.labels)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_watermark_records_keep_a_window_of_the_newest(
+    victim: LoadedVictim, kind: str, tmp_path: Path
+) -> None:
+    """Bounded state (#14): a thief's records stop growing at 2 * max_records; the newest are
+    kept and still verify (before: every record ever, ~530 B each)."""
+    store = (
+        MemoryStore(np.random.default_rng(0))
+        if kind == "memory"
+        else SqliteStore(tmp_path / "s.db")
+    )
+    g = guarded(victim, AdaptiveMisinformation(), Watermark(rate=1.0, max_records=30), store=store)
+    batches = [noise(25, seed=i) for i in range(8)]
+    for X in batches:
+        g.answer("thief", X)
+    stored = store.items(records_key("thief"))
+    assert 30 <= len(stored) <= 60  # 200 recorded
+    records = load_records(store, "thief")
+    newest = canonical(batches[-1], digits_task().resolution)
+    held = {row.tobytes() for row in records.X}
+    assert all(row.tobytes() in held for row in newest)  # the last batch is all there
+    assert (records.labels != victim.model.predict(records.X)).all()
 
 
 def test_verify_separates_a_copy_from_an_independent_model() -> None:
