@@ -305,6 +305,9 @@ class GuardedModel:
 
         The clients of an epoch at least 5 epochs old that are in no later epoch's set were
         idle for more than ``idle_after``: each stage forgets them (:meth:`Pipeline.forget`).
+        With SQLite a sweep is one transaction; with Redis its calls are not atomic with a
+        request of the same client in another worker, so a client that returns at the very
+        moment of its eviction may lose what that request added to its detector state.
         """
         if self.idle_after is None:
             return []
