@@ -1,0 +1,55 @@
+"""Issue 14: a request's detector work is cheap (running counts, constants computed once),
+and computes exactly what the plain formulas did, so no decision changes."""
+
+import numpy as np
+import pytest
+
+from modeltheft.defenses import keyed
+from modeltheft.defenses.keyed import canonical
+from modeltheft.tasks import digits_task
+
+
+def plain_canonical(X: np.ndarray, resolution: object) -> np.ndarray:
+    """The formula of :func:`canonical` written out, with nothing cached."""
+    Z = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
+    if resolution is not None:
+        step = np.broadcast_to(np.asarray(resolution, dtype=np.float64), Z.shape[-1:])
+        grid = step > 0
+        if grid.any():
+            safe = np.where(grid, step, 1.0)
+            Z = np.where(grid, np.round(Z / safe) * safe, Z)
+    return Z + 0.0
+
+
+@pytest.mark.parametrize(
+    "resolution",
+    [None, 0.0, 0.25, "task", "some columns", "no columns"],
+)
+def test_canonical_rows_are_the_plain_formulas_bit_for_bit(resolution: object) -> None:
+    task = digits_task()
+    if resolution == "task":
+        resolution = task.resolution
+    elif resolution == "some columns":
+        resolution = np.where(np.arange(64) % 3 == 0, 0.0, task.resolution)
+    elif resolution == "no columns":
+        resolution = np.zeros(64)
+    rng = np.random.default_rng(0)
+    for X in (
+        np.asarray(task.data.X_eval[:40], dtype=float),
+        rng.random((1, 64)) * 40 - 20,
+        -np.zeros((2, 64)),
+        rng.random((3, 64)).astype(np.float32),
+    ):
+        expected = plain_canonical(X, resolution)
+        got = canonical(X, resolution)
+        assert got.tobytes() == expected.tobytes() and got.shape == expected.shape
+        assert not np.signbit(got).any() or np.signbit(expected).any()
+        assert got is not X
+
+
+def test_a_resolutions_grid_is_computed_once() -> None:
+    """Every request of a task has the same resolution: its grid is not rebuilt each time."""
+    resolution = digits_task().resolution
+    first = keyed._grid(resolution, 64)
+    assert keyed._grid(resolution.copy(), 64) is first
+    assert keyed._grid(np.zeros(64), 64) is not first
