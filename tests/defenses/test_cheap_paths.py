@@ -6,6 +6,7 @@ import pytest
 
 from modeltheft.defenses import keyed
 from modeltheft.defenses.keyed import canonical
+from modeltheft.defenses.ood import KnnScorer
 from modeltheft.tasks import digits_task
 
 
@@ -53,3 +54,16 @@ def test_a_resolutions_grid_is_computed_once() -> None:
     first = keyed._grid(resolution, 64)
     assert keyed._grid(resolution.copy(), 64) is first
     assert keyed._grid(np.zeros(64), 64) is not first
+
+
+@pytest.mark.parametrize("k", [1, 5, 7])
+def test_a_one_row_knn_score_is_the_plain_formula_bit_for_bit(k: int) -> None:
+    task = digits_task()
+    scorer = KnnScorer(np.asarray(task.data.X_train, dtype=float), k)
+    reference, squared = scorer._reference, scorer._squared
+    rng = np.random.default_rng(k)
+    rows = [*np.asarray(task.data.X_eval[:50]), *(rng.random((20, 64)) * 16), np.full(64, 1e-300)]
+    for x in rows:
+        near = np.partition(squared - 2.0 * (reference @ x), k - 1)[:k] + x @ x
+        expected = np.sqrt(np.maximum(near, 0.0)).mean(keepdims=True)
+        assert scorer.score(np.array([x])).tobytes() == expected.tobytes()

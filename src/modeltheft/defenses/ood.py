@@ -251,8 +251,11 @@ class KnnScorer:
         if len(Z) == 1:  # most requests: fewer NumPy calls, each costly with cold caches
             x = Z[0]
             squared = self._squared - 2.0 * (self._reference @ x)
-            nearest = np.partition(squared, self.k - 1)[: self.k] + x @ x
-            scores = np.sqrt(np.maximum(nearest, 0.0)).mean(keepdims=True)
+            squared.partition(self.k - 1)  # what np.partition does to its copy
+            nearest = squared[: self.k] + x @ x
+            np.sqrt(np.maximum(nearest, 0.0, out=nearest), out=nearest)
+            # .mean(keepdims=True) without its wrapper: the same sum, divided the same way
+            scores = np.add.reduce(nearest, keepdims=True) / self.k
         else:
             squared = np.einsum("ij,ij->i", Z, Z)[:, None] + self._squared[None, :]
             squared -= 2.0 * (Z @ self._reference.T)
