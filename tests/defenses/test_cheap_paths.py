@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 
 from modeltheft.defenses import keyed
+from modeltheft.defenses.base import Answers, DefenseContext, StageEnv
+from modeltheft.defenses.clients import ClientCache
+from modeltheft.defenses.detection import Prada
 from modeltheft.defenses.keyed import canonical
 from modeltheft.defenses.ood import KnnScorer
+from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import digits_task
 
 
@@ -67,3 +71,52 @@ def test_a_one_row_knn_score_is_the_plain_formula_bit_for_bit(k: int) -> None:
         near = np.partition(squared - 2.0 * (reference @ x), k - 1)[:k] + x @ x
         expected = np.sqrt(np.maximum(near, 0.0)).mean(keepdims=True)
         assert scorer.score(np.array([x])).tobytes() == expected.tobytes()
+
+
+def test_prada_keeps_its_row_count_and_distances_as_windows_move() -> None:
+    """The rows held and D are kept as they change (no sum over the window per request),
+    and equal what a worker reading the client afresh finds."""
+    task = digits_task()
+    store = MemoryStore()
+    held = Prada(window=20, min_queries=3, max_rows=10)
+    held.setup(StageEnv(store, task))
+    rows = np.asarray(task.data.X_eval, dtype=float)
+    rng = np.random.default_rng(2)
+    for step in range(120):
+        X = rows[rng.integers(len(rows), size=int(rng.integers(1, 5)))]
+        probabilities = np.eye(10)[rng.integers(10, size=len(X))] * 0.9 + 0.01
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        held.transform(Answers(probabilities, probabilities.copy()), ctx)
+        state = held._clients["c"]
+        assert state.held_rows == sum(n for _, n in state.row_items)
+    assert state.base.records_from > 0 and state.base.rows_from > 0  # windows did move
+    fresh = Prada(window=20, min_queries=3, max_rows=10)
+    fresh.setup(StageEnv(store, task))
+    again = fresh._sync(store, "c")
+    assert again.distances == state.distances and again.held_rows == state.held_rows
+    assert held.statistic("c", store) == fresh.statistic("c", store)
+
+
+def test_prada_counts_a_clients_size_only_when_it_changed() -> None:
+    """Reading a client with nothing new costs no recount of its size."""
+    task = digits_task()
+    store = MemoryStore()
+    prada = Prada()
+    prada.setup(StageEnv(store, task))
+    puts = []
+
+    class Counting(ClientCache):
+        def put(self, client, value):  # type: ignore[no-untyped-def]
+            puts.append(client)
+            return super().put(client, value)
+
+    prada._clients = Counting()
+    X = np.asarray(task.data.X_eval[:3], dtype=float)
+    probabilities = np.eye(10)[[0, 1, 2]] * 0.9 + 0.01
+    ctx = DefenseContext("c", np.random.default_rng(0), store, inputs=X)
+    prada.transform(Answers(probabilities, probabilities.copy()), ctx)
+    before = len(puts)
+    assert before >= 1
+    prada._sync(store, "c")
+    prada._sync(store, "c")
+    assert len(puts) == before
