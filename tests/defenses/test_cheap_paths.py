@@ -10,6 +10,7 @@ from modeltheft.defenses.clients import ClientCache
 from modeltheft.defenses.detection import Prada
 from modeltheft.defenses.keyed import canonical
 from modeltheft.defenses.ood import KnnScorer
+from modeltheft.defenses.streams import StreamTest
 from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import digits_task
 
@@ -97,11 +98,12 @@ def test_prada_keeps_its_row_count_and_distances_as_windows_move() -> None:
     assert held.statistic("c", store) == fresh.statistic("c", store)
 
 
-def test_prada_counts_a_clients_size_only_when_it_changed() -> None:
+@pytest.mark.parametrize("stage_type", [Prada, StreamTest])
+def test_a_clients_size_is_counted_only_when_it_changed(stage_type: type) -> None:
     """Reading a client with nothing new costs no recount of its size."""
     task = digits_task()
     store = MemoryStore()
-    prada = Prada()
+    prada = stage_type()
     prada.setup(StageEnv(store, task))
     puts = []
 

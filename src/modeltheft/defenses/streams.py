@@ -165,7 +165,8 @@ class StreamTest(OutputStage):
         key, from_key = self._rows_keys(client_id)
         start = store.get(from_key)
         state = self._clients.get(client_id)
-        if state is None or state.n_items < start:  # new, dropped, or behind a trim
+        changed = state is None or state.n_items < start
+        if changed:  # new, dropped, or behind a trim
             state = _Counted(n_items=start)
         for item in store.items(key, state.n_items):
             _, rows = read_rows(item, labelled=False)
@@ -175,6 +176,9 @@ class StreamTest(OutputStage):
                 state.rows.add(row, state.n_items)
             state.items.append((state.n_items, len(rows)))
             state.n_items += 1
+            changed = True
+        if not changed:
+            return state  # get() marked it used; put() only to count a new size
         if state.rows is not None:
             state.rows.keep_last(self.max_rows)
         return self._clients.put(client_id, state)
