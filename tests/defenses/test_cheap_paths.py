@@ -122,3 +122,32 @@ def test_a_clients_size_is_counted_only_when_it_changed(stage_type: type) -> Non
     prada._sync(store, "c")
     prada._sync(store, "c")
     assert len(puts) == before
+
+
+def test_prada_decodes_a_stored_base_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client past its first window has a base in the store, read twice a request: the same
+    stored base is decoded once, and a newer one (another worker's move) still is."""
+    from modeltheft.defenses import detection
+
+    task = digits_task()
+    store = MemoryStore()
+    stages = [Prada(window=20, min_queries=3, max_rows=10) for _ in range(2)]
+    for stage in stages:
+        stage.setup(StageEnv(store, task))
+    rows = np.asarray(task.data.X_eval, dtype=float)
+    decoded = []
+    decode = detection._Base.decode.__func__
+    monkeypatch.setattr(
+        detection._Base,
+        "decode",
+        classmethod(lambda cls, item: decoded.append(1) or decode(cls, item)),
+    )
+    for step in range(100):
+        X = rows[step : step + 1]
+        probabilities = np.eye(10)[[step % 10]] * 0.9 + 0.01
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        stages[step % 2].transform(Answers(probabilities, probabilities.copy()), ctx)
+    moves = len(store.items("prada:c:base"))  # the newest base (older ones trimmed)
+    assert moves and stages[0]._clients["c"].base.records_from > 0
+    assert len(decoded) < 20  # a decode per move seen by the other worker, not 2 a request
+    assert stages[0]._sync(store, "c").base == stages[1]._sync(store, "c").base
