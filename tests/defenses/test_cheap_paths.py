@@ -151,3 +151,25 @@ def test_prada_decodes_a_stored_base_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert moves and stages[0]._clients["c"].base.records_from > 0
     assert len(decoded) < 20  # a decode per move seen by the other worker, not 2 a request
     assert stages[0]._sync(store, "c").base == stages[1]._sync(store, "c").base
+
+
+@pytest.mark.parametrize("name", ["digits", "breast-cancer"])
+def test_the_stream_tests_knn_ranks_share_the_ood_stages_scorer(name: str) -> None:
+    """One index per (rows, scale, k): the stream test's knn ranks and the OOD stages score
+    with one scorer, and a batch of the same bytes (a request's rows as sent, then their
+    canonical form, on digits often equal) is scored once."""
+    from modeltheft.defenses.naturalness import make_scorer
+    from modeltheft.defenses.ood import knn_scorer
+    from modeltheft.tasks import get_task
+
+    task = get_task(name)
+    shared = knn_scorer("task", 5, task)
+    assert make_scorer("knn", "task", task)._score.__self__ is shared
+    rows = np.asarray(task.data.X_eval[:3], dtype=float)
+    first = shared.score(rows)
+    other = shared.score(rows[1:])
+    assert shared.score(rows.copy()) is first  # the same bytes: the remembered scores
+    assert shared.score(rows[1:].copy()) is other
+    flipped = rows.copy()
+    flipped[0, 0] = np.nextafter(flipped[0, 0], np.inf)
+    assert shared.score(flipped) is not first
