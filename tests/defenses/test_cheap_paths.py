@@ -173,3 +173,21 @@ def test_the_stream_tests_knn_ranks_share_the_ood_stages_scorer(name: str) -> No
     flipped = rows.copy()
     flipped[0, 0] = np.nextafter(flipped[0, 0], np.inf)
     assert shared.score(flipped) is not first
+
+
+def test_the_stream_test_keeps_its_row_count_as_its_window_moves() -> None:
+    """The rows held are counted as items come and go (no sum over up to 4,000 items on
+    every request that counts a row), and the window still moves as it did."""
+    task = digits_task()
+    store = MemoryStore()
+    stage = StreamTest(max_rows=10)
+    stage.setup(StageEnv(store, task))
+    rng = np.random.default_rng(3)
+    for step in range(60):
+        X = rng.random((int(rng.integers(1, 4)), 64))  # noise: every row counts
+        probabilities = np.full((len(X), 10), 0.1)
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        stage.transform(Answers(probabilities, probabilities.copy()), ctx)
+        state = stage._clients["c"]
+        assert state.held == sum(n for _, n in state.items) <= 2 * 10 + 3
+    assert store.get("stream:rows_from:c") > 0  # the window did move
