@@ -449,22 +449,22 @@ class Prada(OutputStage):
         """Read what this worker has not seen yet (its own appends included), in store order."""
         rows_key, records_key, base_key = self._keys(client_id)
         bases = store.items(base_key)  # one or two small items: the newest is in force
-        item = bases[-1] if bases else b""
+        stored = bases[-1] if bases else b""
         state = self._clients.get(client_id)
-        if state is not None and item == state.base_item:
+        if state is not None and stored == state.base_item:
             base = state.base  # ~10 us a decode, twice a request
         else:
-            base = _Base.decode(item) if item else _Base()
+            base = _Base.decode(stored) if stored else _Base()
         if state is not None and (
             state.n_records < base.records_from or state.n_rows < base.rows_from
         ):
             state = None  # what this copy has not read yet was trimmed: read afresh
         changed = state is None
         if state is None:  # new here, dropped, or behind: read back from the store below
-            state = _PradaClient(base=base, base_item=item, thresholds=dict(base.thresholds))
+            state = _PradaClient(base=base, base_item=stored, thresholds=dict(base.thresholds))
             state.n_rows, state.n_records = base.rows_from, base.records_from
         elif base.upto > state.base.upto:
-            state.move(base, item)
+            state.move(base, stored)
             changed = True
         for item in store.items(rows_key, state.n_rows):
             labels, rows = read_rows(item, labelled=True)
