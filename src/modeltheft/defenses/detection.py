@@ -185,15 +185,13 @@ class _Rows:
         self._where = np.empty(8, dtype=np.int64)
         self._lo = 0
         self._hi = 0
+        self.nbytes = int(self._data.nbytes + self._where.nbytes)
+        """Bytes of the arrays (they only change when they grow)."""
 
     @property
     def n(self) -> int:
         """Rows held."""
         return self._hi - self._lo
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._data.nbytes + self._where.nbytes)
 
     def add(self, row: np.ndarray, where: int = 0) -> None:
         if self._hi == len(self._data):
@@ -202,6 +200,7 @@ class _Rows:
             data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
             data[: self.n], wh[: self.n] = self._data[live], self._where[live]
             self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
+            self.nbytes = int(data.nbytes + wh.nbytes)
         self._data[self._hi] = row
         self._where[self._hi] = where
         self._hi += 1
@@ -209,6 +208,10 @@ class _Rows:
     def drop_before(self, where: int) -> None:
         """Drop the rows whose position is below ``where``."""
         self._lo += int(np.searchsorted(self._where[self._lo : self._hi], where, side="left"))
+
+    def held(self) -> np.ndarray:
+        """The rows held, oldest first (a view: read it before the next :meth:`add`)."""
+        return self._data[self._lo : self._hi]
 
     def keep_last(self, n: int) -> None:
         """Drop all but the newest ``n`` rows."""
@@ -290,14 +293,20 @@ class _PradaClient:
     ``base.rows_from`` (list item indexes), thresholds from the base on."""
 
     base: _Base = field(default_factory=_Base)
+    base_item: bytes = b""
+    """The stored form of ``base`` (b"": none stored): an unchanged one is not decoded again."""
     growing: dict[int, _Rows] = field(default_factory=dict)
     thresholds: dict[int, _Threshold] = field(default_factory=dict)
-    records: deque[tuple[int, float, bytes]] = field(default_factory=deque)
-    """(record index, distance in D or 0, digest of the row) of each record kept."""
+    records: deque[tuple[int, bytes]] = field(default_factory=deque)
+    """(record index, digest of the row) of each record kept."""
+    d: _Rows = field(default_factory=lambda: _Rows(1))
+    """D: the distances of the records kept (one-column rows, each with its record index)."""
     seen: dict[bytes, int] = field(default_factory=dict)
     """Digest of each row in the records kept -> index of its newest record."""
     row_items: deque[tuple[int, int]] = field(default_factory=deque)
     """(item index, rows) of each item of the growing sets kept."""
+    held_rows: int = 0
+    """Rows of the growing sets kept (the sum over ``row_items``, kept as it changes)."""
     n_rows: int = 0
     n_records: int = 0
     n_distances: int = 0
@@ -309,12 +318,13 @@ class _PradaClient:
     def nbytes(self) -> int:
         # Measured with tracemalloc: ~200 B a record (its tuple, digest and entry in seen).
         rows = sum(group.nbytes + 200 for group in self.growing.values())
-        return rows + 220 * len(self.records) + 200 * len(self.thresholds) + 400
+        rows += self.d.nbytes
+        return rows + 200 * len(self.records) + 200 * len(self.thresholds) + 400
 
     @property
     def distances(self) -> list[float]:
         """D: the distances of the records kept, oldest first."""
-        return [d for _, d, _ in self.records if d > 0]
+        return self.d.held()[:, 0].tolist()
 
     def fold(self, index: int, item: bytes) -> None:
         """One stored record into D, the thresholds (from ``base.upto`` on) and the rows seen."""
@@ -325,23 +335,23 @@ class _PradaClient:
             form = _WIDE_RECORD if len(item) == _WIDE_RECORD.size else _RECORD
             label, flags, distance, digest = form.unpack(item)
             self.seen[digest] = index
-        if flags & REPEAT or distance <= 0:
-            self.records.append((index, 0.0, digest))
-        else:
-            self.records.append((index, distance, digest))
+        self.records.append((index, digest))
+        if not flags & REPEAT and distance > 0:
+            self.d.add(distance, index)
             self.n_distances += 1
         if flags & JOINED and not flags & REPEAT and index >= self.base.upto:
             self.thresholds[label] = self.thresholds.get(label, _Threshold()).plus(distance)
 
-    def move(self, base: _Base) -> None:
-        """Drop what lies before the windows of a newer ``base``."""
-        self.base = base
+    def move(self, base: _Base, item: bytes) -> None:
+        """Drop what lies before the windows of a newer ``base`` (stored as ``item``)."""
+        self.base, self.base_item = base, item
         while self.records and self.records[0][0] < base.records_from:
-            index, _, digest = self.records.popleft()
+            index, digest = self.records.popleft()
             if self.seen.get(digest) == index:
                 del self.seen[digest]
+        self.d.drop_before(base.records_from)
         while self.row_items and self.row_items[0][0] < base.rows_from:
-            self.row_items.popleft()
+            self.held_rows -= self.row_items.popleft()[1]
         for group in self.growing.values():
             group.drop_before(base.rows_from)
 
@@ -439,32 +449,42 @@ class Prada(OutputStage):
         """Read what this worker has not seen yet (its own appends included), in store order."""
         rows_key, records_key, base_key = self._keys(client_id)
         bases = store.items(base_key)  # one or two small items: the newest is in force
-        base = _Base.decode(bases[-1]) if bases else _Base()
+        stored = bases[-1] if bases else b""
         state = self._clients.get(client_id)
+        if state is not None and stored == state.base_item:
+            base = state.base  # ~10 us a decode, twice a request
+        else:
+            base = _Base.decode(stored) if stored else _Base()
         if state is not None and (
             state.n_records < base.records_from or state.n_rows < base.rows_from
         ):
             state = None  # what this copy has not read yet was trimmed: read afresh
+        changed = state is None
         if state is None:  # new here, dropped, or behind: read back from the store below
-            state = _PradaClient(base=base, thresholds=dict(base.thresholds))
+            state = _PradaClient(base=base, base_item=stored, thresholds=dict(base.thresholds))
             state.n_rows, state.n_records = base.rows_from, base.records_from
         elif base.upto > state.base.upto:
-            state.move(base)
+            state.move(base, stored)
+            changed = True
         for item in store.items(rows_key, state.n_rows):
             labels, rows = read_rows(item, labelled=True)
             for label, row in zip(labels if labels is not None else [], rows, strict=True):
                 state.growing.setdefault(int(label), _Rows(len(row))).add(row, state.n_rows)
             state.row_items.append((state.n_rows, len(rows)))
+            state.held_rows += len(rows)
             state.n_rows += 1
+            changed = True
         for item in store.items(records_key, state.n_records):
             state.fold(state.n_records, item)
             state.n_records += 1
-        return self._clients.put(client_id, state)
+            changed = True
+        # get() marked it used; put() only to count a new size
+        return self._clients.put(client_id, state) if changed else state
 
     def _move_windows(self, store: StateStore, client_id: str, state: _PradaClient) -> None:
         """Past twice a window, keep the newest ``window`` records and ``max_rows`` rows: a
         new base, then the store's lists trimmed to it (this worker just synced them all)."""
-        held_rows = sum(n for _, n in state.row_items)
+        held_rows = state.held_rows
         if (
             state.n_records - state.base.records_from <= 2 * self.window
             and held_rows <= 2 * self.max_rows
@@ -483,11 +503,12 @@ class Prada(OutputStage):
             thresholds=dict(state.thresholds),
         )
         rows_key, records_key, base_key = self._keys(client_id)
-        n_bases = store.append(base_key, [base.encode()])
+        item = base.encode()
+        n_bases = store.append(base_key, [item])
         store.trim(base_key, n_bases - 1)
         store.trim(records_key, base.records_from)
         store.trim(rows_key, base.rows_from)
-        state.move(base)
+        state.move(base, item)
         self._clients.put(client_id, state)
 
     def statistic(self, client_id: str, store: StateStore) -> float | None:
@@ -495,7 +516,7 @@ class Prada(OutputStage):
         return self._w(self._sync(store, client_id))
 
     def _w(self, state: _PradaClient) -> float | None:
-        distances = state.distances[-self.window :]
+        distances = state.d.held()[-self.window :, 0]
         if len(distances) < self.min_queries:
             return None
         with warnings.catch_warnings():
@@ -557,6 +578,6 @@ class Prada(OutputStage):
         w = self._w(state)  # just synced: no third read of the store
         if w is None or w >= self.delta:
             return answers
-        reason = f"Shapiro-Wilk W = {w:.3f} < {self.delta} over {len(state.distances)} distances"
+        reason = f"Shapiro-Wilk W = {w:.3f} < {self.delta} over {state.d.n} distances"
         raise_alert(ctx, self.name, reason, self.on_alert)
         return escalate(answers, ctx, self.on_alert)

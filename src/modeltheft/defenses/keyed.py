@@ -16,12 +16,35 @@ def canonical(X: np.ndarray, resolution: np.ndarray | float | None = None) -> np
     """
     Z = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
     if resolution is not None:
-        step = np.broadcast_to(np.asarray(resolution, dtype=np.float64), Z.shape[-1:])
-        grid = step > 0
-        if grid.any():
-            safe = np.where(grid, step, 1.0)
+        grid, safe = _grid(resolution, Z.shape[-1])
+        if grid is None:  # every column on a grid (one request's row: few NumPy calls)
+            Z /= safe
+            np.round(Z, out=Z)
+            Z *= safe
+        elif grid.any():
             Z = np.where(grid, np.round(Z / safe) * safe, Z)
-    return Z + 0.0  # -0.0 + 0.0 is 0.0
+    Z += 0.0  # -0.0 + 0.0 is 0.0
+    return Z
+
+
+_GRIDS: dict[tuple[bytes, int], tuple[np.ndarray | None, np.ndarray]] = {}
+
+
+def _grid(resolution: np.ndarray | float, width: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The columns on a grid (None: all of them) and their steps (1 elsewhere), per
+    resolution: a task's is the same for every request (a few entries kept)."""
+    steps = np.asarray(resolution, dtype=np.float64)
+    key = (steps.tobytes(), width)
+    held = _GRIDS.get(key)
+    if held is None:
+        step = np.broadcast_to(steps, (width,))
+        grid = step > 0
+        safe = np.where(grid, step, 1.0)
+        held = (None if grid.all() else grid, safe)
+        if len(_GRIDS) >= 16:
+            _GRIDS.pop(next(iter(_GRIDS)))
+        _GRIDS[key] = held
+    return held
 
 
 def row_digests(key: bytes, X: np.ndarray) -> list[bytes]:

@@ -38,10 +38,10 @@ from threadpoolctl import threadpool_limits
 
 from modeltheft.defenses.ood import (
     FeatureSpace,
-    KnnScorer,
     feature_space,
     lru_get,
     reference_rows,
+    shared_knn,
 )
 from modeltheft.errors import ConfigError
 from modeltheft.tasks.base import Task
@@ -138,12 +138,14 @@ class Scorer:
         self.space = space if space is not None and not space.identity else None
         self.n_features = rows.shape[1]
         with threadpool_limits(1):  # threaded BLAS on small fits is 10x slower, not faster
-            self._build(kind, rows, folds)
+            self._build(kind, rows, folds, space or FeatureSpace("none"))
 
-    def _build(self, kind: str, rows: np.ndarray, folds: int) -> None:
+    def _build(self, kind: str, rows: np.ndarray, folds: int, space: FeatureSpace) -> None:
         if kind == "knn":
             k = _int_param(kind, "k", self.params["k"], 1)
-            knn = KnnScorer(rows, k, self.space)  # its calibration is leave-one-out already
+            # The OOD stages' scorer when they use the same rows, space and k (one index and
+            # one memo); its calibration is leave-one-out already.
+            knn = shared_knn(rows, k, space)
             self._score: Fitted = knn.score
             calibration = knn.calibration
         else:

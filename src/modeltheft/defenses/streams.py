@@ -45,6 +45,8 @@ class _Counted:
 
     rows: _Rows | None = None
     items: deque[tuple[int, int]] = field(default_factory=deque)
+    held: int = 0
+    """Rows of the items held (the sum over ``items``, kept as it changes)."""
     n_items: int = 0
 
     @property
@@ -165,7 +167,8 @@ class StreamTest(OutputStage):
         key, from_key = self._rows_keys(client_id)
         start = store.get(from_key)
         state = self._clients.get(client_id)
-        if state is None or state.n_items < start:  # new, dropped, or behind a trim
+        changed = state is None or state.n_items < start
+        if changed:  # new, dropped, or behind a trim
             state = _Counted(n_items=start)
         for item in store.items(key, state.n_items):
             _, rows = read_rows(item, labelled=False)
@@ -174,7 +177,11 @@ class StreamTest(OutputStage):
             for row in rows:
                 state.rows.add(row, state.n_items)
             state.items.append((state.n_items, len(rows)))
+            state.held += len(rows)
             state.n_items += 1
+            changed = True
+        if not changed:
+            return state  # get() marked it used; put() only to count a new size
         if state.rows is not None:
             state.rows.keep_last(self.max_rows)
         return self._clients.put(client_id, state)
@@ -182,12 +189,11 @@ class StreamTest(OutputStage):
     def _move_window(self, store: StateStore, client_id: str, state: _Counted) -> None:
         """Past ``2 * max_rows`` rows held in the store, trim its items to the newest that
         hold ``max_rows`` rows (this worker just synced them all)."""
-        held = sum(n for _, n in state.items)
-        if held <= 2 * self.max_rows:
+        if state.held <= 2 * self.max_rows:
             return
         start = state.items[0][0]
-        while state.items and held - state.items[0][1] >= self.max_rows:
-            held -= state.items.popleft()[1]
+        while state.items and state.held - state.items[0][1] >= self.max_rows:
+            state.held -= state.items.popleft()[1]
             start = state.items[0][0]
         key, from_key = self._rows_keys(client_id)
         store.raise_to(from_key, start)

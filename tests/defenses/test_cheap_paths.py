@@ -1,0 +1,193 @@
+"""Issue 14: a request's detector work is cheap (running counts, constants computed once),
+and computes exactly what the plain formulas did, so no decision changes."""
+
+import numpy as np
+import pytest
+
+from modeltheft.defenses import keyed
+from modeltheft.defenses.base import Answers, DefenseContext, StageEnv
+from modeltheft.defenses.clients import ClientCache
+from modeltheft.defenses.detection import Prada
+from modeltheft.defenses.keyed import canonical
+from modeltheft.defenses.ood import KnnScorer
+from modeltheft.defenses.streams import StreamTest
+from modeltheft.state.memory import MemoryStore
+from modeltheft.tasks import digits_task
+
+
+def plain_canonical(X: np.ndarray, resolution: object) -> np.ndarray:
+    """The formula of :func:`canonical` written out, with nothing cached."""
+    Z = np.asarray(X, dtype=np.float64).astype(np.float32).astype(np.float64)
+    if resolution is not None:
+        step = np.broadcast_to(np.asarray(resolution, dtype=np.float64), Z.shape[-1:])
+        grid = step > 0
+        if grid.any():
+            safe = np.where(grid, step, 1.0)
+            Z = np.where(grid, np.round(Z / safe) * safe, Z)
+    return Z + 0.0
+
+
+@pytest.mark.parametrize(
+    "resolution",
+    [None, 0.0, 0.25, "task", "some columns", "no columns"],
+)
+def test_canonical_rows_are_the_plain_formulas_bit_for_bit(resolution: object) -> None:
+    task = digits_task()
+    if resolution == "task":
+        resolution = task.resolution
+    elif resolution == "some columns":
+        resolution = np.where(np.arange(64) % 3 == 0, 0.0, task.resolution)
+    elif resolution == "no columns":
+        resolution = np.zeros(64)
+    rng = np.random.default_rng(0)
+    for X in (
+        np.asarray(task.data.X_eval[:40], dtype=float),
+        rng.random((1, 64)) * 40 - 20,
+        -np.zeros((2, 64)),
+        rng.random((3, 64)).astype(np.float32),
+    ):
+        expected = plain_canonical(X, resolution)
+        got = canonical(X, resolution)
+        assert got.tobytes() == expected.tobytes() and got.shape == expected.shape
+        assert not np.signbit(got).any() or np.signbit(expected).any()
+        assert got is not X
+
+
+def test_a_resolutions_grid_is_computed_once() -> None:
+    """Every request of a task has the same resolution: its grid is not rebuilt each time."""
+    resolution = digits_task().resolution
+    first = keyed._grid(resolution, 64)
+    assert keyed._grid(resolution.copy(), 64) is first
+    assert keyed._grid(np.zeros(64), 64) is not first
+
+
+@pytest.mark.parametrize("k", [1, 5, 7])
+def test_a_one_row_knn_score_is_the_plain_formula_bit_for_bit(k: int) -> None:
+    task = digits_task()
+    scorer = KnnScorer(np.asarray(task.data.X_train, dtype=float), k)
+    reference, squared = scorer._reference, scorer._squared
+    rng = np.random.default_rng(k)
+    rows = [*np.asarray(task.data.X_eval[:50]), *(rng.random((20, 64)) * 16), np.full(64, 1e-300)]
+    for x in rows:
+        near = np.partition(squared - 2.0 * (reference @ x), k - 1)[:k] + x @ x
+        expected = np.sqrt(np.maximum(near, 0.0)).mean(keepdims=True)
+        assert scorer.score(np.array([x])).tobytes() == expected.tobytes()
+
+
+def test_prada_keeps_its_row_count_and_distances_as_windows_move() -> None:
+    """The rows held and D are kept as they change (no sum over the window per request),
+    and equal what a worker reading the client afresh finds."""
+    task = digits_task()
+    store = MemoryStore()
+    held = Prada(window=20, min_queries=3, max_rows=10)
+    held.setup(StageEnv(store, task))
+    rows = np.asarray(task.data.X_eval, dtype=float)
+    rng = np.random.default_rng(2)
+    for step in range(120):
+        X = rows[rng.integers(len(rows), size=int(rng.integers(1, 5)))]
+        probabilities = np.eye(10)[rng.integers(10, size=len(X))] * 0.9 + 0.01
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        held.transform(Answers(probabilities, probabilities.copy()), ctx)
+        state = held._clients["c"]
+        assert state.held_rows == sum(n for _, n in state.row_items)
+    assert state.base.records_from > 0 and state.base.rows_from > 0  # windows did move
+    fresh = Prada(window=20, min_queries=3, max_rows=10)
+    fresh.setup(StageEnv(store, task))
+    again = fresh._sync(store, "c")
+    assert again.distances == state.distances and again.held_rows == state.held_rows
+    assert held.statistic("c", store) == fresh.statistic("c", store)
+
+
+@pytest.mark.parametrize("stage_type", [Prada, StreamTest])
+def test_a_clients_size_is_counted_only_when_it_changed(stage_type: type) -> None:
+    """Reading a client with nothing new costs no recount of its size."""
+    task = digits_task()
+    store = MemoryStore()
+    prada = stage_type()
+    prada.setup(StageEnv(store, task))
+    puts = []
+
+    class Counting(ClientCache):
+        def put(self, client, value):  # type: ignore[no-untyped-def]
+            puts.append(client)
+            return super().put(client, value)
+
+    prada._clients = Counting()
+    X = np.asarray(task.data.X_eval[:3], dtype=float)
+    probabilities = np.eye(10)[[0, 1, 2]] * 0.9 + 0.01
+    ctx = DefenseContext("c", np.random.default_rng(0), store, inputs=X)
+    prada.transform(Answers(probabilities, probabilities.copy()), ctx)
+    before = len(puts)
+    assert before >= 1
+    prada._sync(store, "c")
+    prada._sync(store, "c")
+    assert len(puts) == before
+
+
+def test_prada_decodes_a_stored_base_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client past its first window has a base in the store, read twice a request: the same
+    stored base is decoded once, and a newer one (another worker's move) still is."""
+    from modeltheft.defenses import detection
+
+    task = digits_task()
+    store = MemoryStore()
+    stages = [Prada(window=20, min_queries=3, max_rows=10) for _ in range(2)]
+    for stage in stages:
+        stage.setup(StageEnv(store, task))
+    rows = np.asarray(task.data.X_eval, dtype=float)
+    decoded = []
+    decode = detection._Base.decode.__func__
+    monkeypatch.setattr(
+        detection._Base,
+        "decode",
+        classmethod(lambda cls, item: decoded.append(1) or decode(cls, item)),
+    )
+    for step in range(100):
+        X = rows[step : step + 1]
+        probabilities = np.eye(10)[[step % 10]] * 0.9 + 0.01
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        stages[step % 2].transform(Answers(probabilities, probabilities.copy()), ctx)
+    moves = len(store.items("prada:c:base"))  # the newest base (older ones trimmed)
+    assert moves and stages[0]._clients["c"].base.records_from > 0
+    assert len(decoded) < 20  # a decode per move seen by the other worker, not 2 a request
+    assert stages[0]._sync(store, "c").base == stages[1]._sync(store, "c").base
+
+
+@pytest.mark.parametrize("name", ["digits", "breast-cancer"])
+def test_the_stream_tests_knn_ranks_share_the_ood_stages_scorer(name: str) -> None:
+    """One index per (rows, scale, k): the stream test's knn ranks and the OOD stages score
+    with one scorer, and a batch of the same bytes (a request's rows as sent, then their
+    canonical form, on digits often equal) is scored once."""
+    from modeltheft.defenses.naturalness import make_scorer
+    from modeltheft.defenses.ood import knn_scorer
+    from modeltheft.tasks import get_task
+
+    task = get_task(name)
+    shared = knn_scorer("task", 5, task)
+    assert make_scorer("knn", "task", task)._score.__self__ is shared
+    rows = np.asarray(task.data.X_eval[:3], dtype=float)
+    first = shared.score(rows)
+    other = shared.score(rows[1:])
+    assert shared.score(rows.copy()) is first  # the same bytes: the remembered scores
+    assert shared.score(rows[1:].copy()) is other
+    flipped = rows.copy()
+    flipped[0, 0] = np.nextafter(flipped[0, 0], np.inf)
+    assert shared.score(flipped) is not first
+
+
+def test_the_stream_test_keeps_its_row_count_as_its_window_moves() -> None:
+    """The rows held are counted as items come and go (no sum over up to 4,000 items on
+    every request that counts a row), and the window still moves as it did."""
+    task = digits_task()
+    store = MemoryStore()
+    stage = StreamTest(max_rows=10)
+    stage.setup(StageEnv(store, task))
+    rng = np.random.default_rng(3)
+    for step in range(60):
+        X = rng.random((int(rng.integers(1, 4)), 64))  # noise: every row counts
+        probabilities = np.full((len(X), 10), 0.1)
+        ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
+        stage.transform(Answers(probabilities, probabilities.copy()), ctx)
+        state = stage._clients["c"]
+        assert state.held == sum(n for _, n in state.items) <= 2 * 10 + 3
+    assert store.get("stream:rows_from:c") > 0  # the window did move
