@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -444,10 +444,19 @@ class SqliteStore:
             self._rollback(conn)
             raise
 
-    @contextmanager
-    def _unit(self) -> Iterator[sqlite3.Connection]:
+    def _unit(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic unit, under the store's lock: inside a batch, a part of it; inside an
         open group, a savepoint (taken back alone if it fails); else its own transaction."""
+        self._lock.acquire()
+        if self._depth:  # the lock is ours, so is the batch: the cheap way (most calls)
+            return _Part(self)  # releases the lock
+        self._lock.release()
+        return self._own_unit()
+
+    @contextmanager
+    def _own_unit(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`_unit` as a savepoint or a transaction of its own (or a part, if a batch
+        began meanwhile in this thread)."""
         with self._lock:
             if self._depth:  # the lock is ours, so is the batch
                 self._depth += 1
@@ -800,6 +809,41 @@ class SqliteStore:
                 "DELETE FROM sets WHERE key = ? AND member = ?", [(key, r[0]) for r in rows]
             )
             return [row[0] for row in rows]
+
+
+class _Part:
+    """A unit inside a batch: the calls of one request (:meth:`SqliteStore._unit`, whose lock
+    it holds and releases). The same as the batch's own ``_faults`` and depth count, without
+    two generator-based context managers per store call (~3 µs each, 8 calls a request)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        try:
+            if store._lost is not None:
+                raise StateLost(store._lost)
+            conn = store._connection()
+        except BaseException:
+            store._lock.release()
+            raise
+        store._depth += 1
+        return conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        store = self._store
+        store._depth -= 1
+        store._lock.release()
+        if kind is not None and issubclass(kind, sqlite3.Error):
+            reason = " ".join(str(exc).split()) or kind.__name__
+            raise StateUnavailable(
+                f"state database {store.path} is unavailable: {reason}"
+            ) from None
 
 
 def _keeps(exc: BaseException) -> bool:
