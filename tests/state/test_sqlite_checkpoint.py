@@ -101,3 +101,23 @@ def test_a_restart_gives_up_when_the_lock_never_frees(
     checkpointer.stop()
     holder.close()
     store.close()
+
+
+def test_the_changes_log_is_pruned_in_small_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log other workers read to drop stale cache entries keeps its newest CHANGES_KEPT
+    rows, pruned every PRUNE_EVERY commits (small deletes: no stall of the requests)."""
+    monkeypatch.setattr(sqlite_module, "CHANGES_KEPT", 50)
+    monkeypatch.setattr(sqlite_module, "PRUNE_EVERY", 4)
+    store = SqliteStore(tmp_path / "state.db")
+    sizes = []
+    for i in range(200):
+        with store.batch():
+            store.incr(f"a{i}")
+            store.incr(f"b{i}")
+        (n,) = store._connection().execute("SELECT count(*) FROM changes").fetchone()
+        sizes.append(n)
+    assert max(sizes) <= 50 + 4 * 2 + 2  # kept + what four commits log
+    assert sizes[-1] >= 50
+    store.close()

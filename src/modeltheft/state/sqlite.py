@@ -78,8 +78,9 @@ CHANGES_READ = 10_000
 """Keys changed by other connections read at most; past that, the whole cache starts over."""
 CHANGES_KEPT = 100_000
 """Rows of the ``changes`` log kept (a connection that lags further starts over)."""
-PRUNE_EVERY = 1024
-"""Commits between two prunings of the ``changes`` log."""
+PRUNE_EVERY = 64
+"""Commits between two prunings of the ``changes`` log (each deletes ~1,000 rows under load,
+~0.3 ms; every 1,024 commits it was ~14,000 rows, a 7 ms stall of every request in flight)."""
 
 
 class SqliteStore:
