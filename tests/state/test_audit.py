@@ -136,6 +136,21 @@ def test_backends_append_filter_limit_and_prune(store: StateStore) -> None:
     assert [e.client for e in store.audit_entries()][-1] == "carol"
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_pruning_deletes_the_oldest_limit_entries(kind: str, tmp_path: Path) -> None:
+    """Pruned often and a little at a time (PRUNE_ROWS), a long retention never deletes a
+    minute of traffic inside one request's commit."""
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "state.db")
+    now = time.time()
+    old = [entry(now - 1000 + i) for i in range(10)]
+    store.audit_append([*old, entry(now)])
+    assert store.audit_prune(now - 1, limit=4) == 4
+    assert store.audit_entries() == [*old[4:], entry(now)]
+    assert store.audit_prune(now - 1, limit=100) == 6
+    assert store.audit_prune(now - 1, limit=100) == 0
+    assert len(store.audit_entries()) == 1
+
+
 def test_redis_pages_through_a_long_stream(redis_url: str) -> None:
     store = RedisStore(redis_url, namespace="test:audit-pages:")
     try:
@@ -301,11 +316,13 @@ def test_pruning_is_rare_and_drops_old_entries(
     store.audit_append([entry(time.time() - 7200), entry(time.time() - 10)])
     calls: list[float] = []
     prune = store.audit_prune
-    monkeypatch.setattr(store, "audit_prune", lambda before: calls.append(before) or prune(before))
+    monkeypatch.setattr(
+        store, "audit_prune", lambda before, limit: calls.append(before) or prune(before, limit)
+    )
     g = guarded(model, store, retention=3600.0, capacity=1000)
     for _ in range(50):
         g.answer("alice", np.zeros((1, 4)))
-    assert len(calls) == 1  # once at the first request, then at most once a minute
+    assert len(calls) == 1  # once at the first request, then at most once a second
     assert len(store.audit_entries()) == 51  # the entry of 2 h ago is gone
 
 

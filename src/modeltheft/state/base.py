@@ -128,8 +128,9 @@ class StateStore(Protocol):
         """
         ...
 
-    def audit_prune(self, before: float) -> int:
-        """Delete the audit entries older than ``before`` (epoch seconds); return how many."""
+    def audit_prune(self, before: float, limit: int | None = None) -> int:
+        """Delete the audit entries older than ``before`` (epoch seconds), the oldest ``limit``
+        of them at most where the backend can bound it; return how many."""
         ...
 
     def ping(self) -> None:

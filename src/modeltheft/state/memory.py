@@ -154,11 +154,12 @@ class MemoryStore:
             entries = list(self._audit)
         return select(entries, client, since, limit)
 
-    def audit_prune(self, before: float) -> int:
-        """Drop the entries older than ``before`` from the front (the log is in time order)."""
+    def audit_prune(self, before: float, limit: int | None = None) -> int:
+        """Drop the entries older than ``before`` from the front (the log is in time order),
+        ``limit`` at most."""
         removed = 0
         with self._lock:
-            while self._audit and self._audit[0].time < before:
+            while self._audit and self._audit[0].time < before and removed != limit:
                 self._audit.popleft()
                 removed += 1
         return removed

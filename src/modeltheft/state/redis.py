@@ -338,8 +338,10 @@ class RedisStore:
         return newest[::-1]
 
     @_available
-    def audit_prune(self, before: float) -> int:
-        """XTRIM MINID: drop the entries the server added before ``before`` (epoch seconds)."""
+    def audit_prune(self, before: float, limit: int | None = None) -> int:
+        """XTRIM MINID: drop the entries the server added before ``before`` (epoch seconds).
+        Redis trims whole stream nodes on its own thread: ``limit`` is not needed (exact
+        trimming takes no LIMIT)."""
         return int(self._client.xtrim(self._key("audit", "log"), minid=int(before * 1000)))
 
     def batch(self) -> AbstractContextManager[None]:

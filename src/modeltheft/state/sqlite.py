@@ -755,10 +755,17 @@ class SqliteStore:
         rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
         return [AuditEntry.decode(row[0]) for row in reversed(rows)]
 
-    def audit_prune(self, before: float) -> int:
-        """Delete the entries older than ``before`` (through the index on time)."""
+    def audit_prune(self, before: float, limit: int | None = None) -> int:
+        """Delete the entries older than ``before``, the oldest ``limit`` at most (through the
+        index on time)."""
         with self._unit() as conn:
-            return conn.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+            if limit is None:
+                return conn.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+            return conn.execute(
+                "DELETE FROM audit WHERE id IN "
+                "(SELECT id FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
+                (before, max(0, limit)),
+            ).rowcount
 
     def ping(self) -> None:
         """Take the write lock and release it: StateUnavailable if it cannot be had in time."""
