@@ -174,10 +174,18 @@ def free_port() -> int:
 
 
 def serve_rss(
-    src: Path, queries: int, keys: int, workdir: Path, seed: int, every: int = 0
+    src: Path,
+    queries: int,
+    keys: int,
+    workdir: Path,
+    seed: int,
+    every: int = 0,
+    minutes: float = 0,
 ) -> list[dict]:
     """One `serve` worker (its defaults but the port) under ``queries`` over HTTP; its RSS
-    every ``every`` queries (default: a tenth of them)."""
+    every ``every`` queries (default: a tenth of them). With ``minutes``, the traffic stops
+    then if not done (the points so far are kept; the figure at 1 M is extrapolated)."""
+    until = time.monotonic() + minutes * 60 if minutes else float("inf")
     every = every or max(1, queries // 10)
     from modeltheft.service.auth import hash_key
     from modeltheft.tasks import digits_task
@@ -212,6 +220,12 @@ def serve_rss(
         start = time.perf_counter()
         points.append({"queries": 0, "rss": rss(proc.pid), "disk": on_disk(state), "seconds": 0})
         while sent < queries:
+            if time.monotonic() > until:
+                if points[-1]["queries"] != sent:
+                    point = {"queries": sent, "rss": rss(proc.pid), "disk": on_disk(state)}
+                    point |= {"seconds": time.perf_counter() - start, "requests": requests}
+                    points.append(point)
+                break
             rows = X[rng.integers(len(X), size=int(rng.integers(1, 21)))]
             name = names[int(rng.integers(keys))]
             body = json.dumps({"inputs": rows.tolist()}).encode()
@@ -445,6 +459,13 @@ def render_serve(saved: dict[str, Any]) -> list[str]:
         for n in names
     )
     lines += ["", f"Run time: {times}."]
+    short = [n for n in names if runs[n][-1]["queries"] < args["serve_queries"]]
+    if short:
+        lines[-1] += (
+            f" Stopped at `--serve-minutes {args['serve_minutes']:g}` before "
+            f"{args['serve_queries']:,} queries: " + ", ".join(short) + " (figures at 1 M "
+            "extrapolated linearly from the second half of the run)."
+        )
     lines += [f"- {note}" for note in saved.get("notes", [])]
     lines += ["", f"![serve worker memory curve]({saved['plot']})"]
     return lines
@@ -480,7 +501,7 @@ def serve_only(args: argparse.Namespace) -> None:
                 futures = {
                     name: pool.submit(
                         serve_rss, src, args.serve_queries, args.serve_keys, workdir,
-                        args.seed, args.serve_every,
+                        args.seed, args.serve_every, args.serve_minutes,
                     )
                     for name, src in sources.items()
                 }  # fmt: skip
@@ -509,6 +530,9 @@ def main() -> None:
     parser.add_argument("--serve-queries", type=int, default=0)
     parser.add_argument("--serve-keys", type=int, default=10_000)
     parser.add_argument("--serve-every", type=int, default=0, help="default: a tenth")
+    parser.add_argument(
+        "--serve-minutes", type=float, default=0, help="stop the serve traffic then (0: never)"
+    )
     parser.add_argument(
         "--serve-only",
         action="store_true",
