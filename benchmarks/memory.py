@@ -396,7 +396,7 @@ def render(saved: dict[str, Any]) -> list[str]:
         "",
         "What bounds it: PRADA keeps per key the records of its last 5,000-10,000 queries and "
         "2,000-4,000 growing-set rows, the stream test its newest 2,000 counted rows; rows are "
-        "stored one deflated item per request; a worker keeps at most 8 MiB of client state "
+        "stored one deflated item per request; a worker keeps at most 6 MiB of client state "
         "per stage (and 4,096 clients, 4,096 random streams) and its SQLite store at most "
         "50,000 cached reads (~7 MB); clients idle for 7 days lose "
         "their detector state (status, alerts and quota stay); the audit keeps 7 days. "
