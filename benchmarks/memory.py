@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> list[dict]:
-    """One `serve` worker (its defaults but the port) under ``queries`` over HTTP; its RSS."""
+def serve_rss(
+    src: Path,
+    queries: int,
+    keys: int,
+    workdir: Path,
+    seed: int,
+    every: int = 0,
+    minutes: float = 0,
+) -> list[dict]:
+    """One `serve` worker (its defaults but the port) under ``queries`` over HTTP; its RSS
+    every ``every`` queries (default: a tenth of them). With ``minutes``, the traffic stops
+    then if not done (the points so far are kept; the figure at 1 M is extrapolated)."""
+    until = time.monotonic() + minutes * 60 if minutes else float("inf")
+    every = every or max(1, queries // 10)
     from modeltheft.service.auth import hash_key
     from modeltheft.tasks import digits_task
 
@@ -203,9 +216,16 @@ def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> l
                 time.sleep(0.5)
         X = digits_task().data.X_eval
         rng = np.random.default_rng(seed)
-        sent, mark = 0, 0
-        points.append({"queries": 0, "rss": rss(proc.pid), "disk": on_disk(state)})
+        sent = mark = requests = 0
+        start = time.perf_counter()
+        points.append({"queries": 0, "rss": rss(proc.pid), "disk": on_disk(state), "seconds": 0})
         while sent < queries:
+            if time.monotonic() > until:
+                if points[-1]["queries"] != sent:
+                    point = {"queries": sent, "rss": rss(proc.pid), "disk": on_disk(state)}
+                    point |= {"seconds": time.perf_counter() - start, "requests": requests}
+                    points.append(point)
+                break
             rows = X[rng.integers(len(X), size=int(rng.integers(1, 21)))]
             name = names[int(rng.integers(keys))]
             body = json.dumps({"inputs": rows.tolist()}).encode()
@@ -223,9 +243,12 @@ def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> l
                 if exc.code not in (403, 429):
                     raise
             sent += len(rows)
-            if sent >= mark + queries // 10:
-                mark = sent - sent % (queries // 10)
-                points.append({"queries": sent, "rss": rss(proc.pid), "disk": on_disk(state)})
+            requests += 1
+            if sent >= mark + every or sent >= queries:
+                mark = sent - sent % every
+                point = {"queries": sent, "rss": rss(proc.pid), "disk": on_disk(state)}
+                point |= {"seconds": time.perf_counter() - start, "requests": requests}
+                points.append(point)
                 print(f"serve {src.parent.name}: {json.dumps(points[-1])}", flush=True)
     finally:
         proc.terminate()
@@ -234,9 +257,9 @@ def serve_rss(src: Path, queries: int, keys: int, workdir: Path, seed: int) -> l
     return points
 
 
-def export(rev: str, workdir: Path) -> Path:
-    """The ``src`` folder of ``rev``, exported into ``workdir``."""
-    target = workdir / "before"
+def export(rev: str, workdir: Path, name: str = "before") -> Path:
+    """The ``src`` folder of ``rev``, exported into ``workdir / name``."""
+    target = workdir / name
     target.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
@@ -373,8 +396,9 @@ def render(saved: dict[str, Any]) -> list[str]:
         "",
         "What bounds it: PRADA keeps per key the records of its last 5,000-10,000 queries and "
         "2,000-4,000 growing-set rows, the stream test its newest 2,000 counted rows; rows are "
-        "stored one deflated item per request; a worker keeps at most 8 MiB of client state "
-        "per stage (and 4,096 clients, 4,096 random streams); clients idle for 7 days lose "
+        "stored one deflated item per request; a worker keeps at most 6 MiB of client state "
+        "per stage (and 4,096 clients, 4,096 random streams) and its SQLite store at most "
+        "50,000 cached reads (~7 MB); clients idle for 7 days lose "
         "their detector state (status, alerts and quota stay); the audit keeps 7 days. "
         "Over this run every key stays active and under those windows (100 queries each), "
         "so what the run shows is the cost per query of the state that remains.",
@@ -382,6 +406,118 @@ def render(saved: dict[str, Any]) -> list[str]:
         f"![memory curve]({saved['plot']})",
     ]
     return lines
+
+
+def render_serve(saved: dict[str, Any]) -> list[str]:
+    """The serve-only run: one `serve` worker per code over HTTP, its RSS and state."""
+    args, runs = saved["args"], saved["serve"]
+    codes = " and ".join(f"`{name}` = `{rev}`" for name, rev in saved["revs"].items())
+    lines = [
+        "### One `serve` worker over HTTP",
+        "",
+        f"`benchmarks/memory.py --serve-only` (issue 14's target): one `modeltheft serve "
+        f"--defense recommended` worker (its defaults: SQLite state, the audit for 7 days, the "
+        f"access log, `rf` trained at start-up) gets {args['serve_queries']:,} queries over "
+        f"HTTP from {args['serve_keys']:,} keys drawn uniformly at random (1-20 real digits a "
+        f"request, one connection each, from one client process); its RSS (`VmRSS`) and the "
+        f"state on disk (database + WAL) every {args['serve_every']:,} queries. Code: {codes} "
+        "(exported with `git archive`); the runs "
+        + ("side by side (2 cores)." if len(runs) > 1 else "alone.")
+        + " Nothing in the worker is trimmed or tuned for the run.",
+        "",
+    ]
+    names = list(runs)
+    lines.append(
+        "| queries | "
+        + " | ".join(f"RSS {n}" for n in names)
+        + " | "
+        + " | ".join(f"state {n}" for n in names)
+        + " |"
+    )
+    lines.append("|---" * (1 + 2 * len(names)) + "|")
+    by_q = {n: {p["queries"] // args["serve_every"]: p for p in runs[n]} for n in names}
+    for step in sorted(by_q[names[-1]]):
+        cells = [by_q[n].get(step) for n in names]
+        q = next(c for c in cells if c)["queries"]
+        rss_cells = [f"{c['rss'] / 1e6:.0f} MB" if c else "—" for c in cells]
+        disk_cells = [f"{c['disk'] / 1e6:.0f} MB" if c else "—" for c in cells]
+        lines.append(f"| {q:,} | " + " | ".join(rss_cells + disk_cells) + " |")
+    lines += ["", "| | " + " | ".join(names) + " | target |", "|---" * (2 + len(names)) + "|"]
+    for key, label, target in (("rss", "RSS", RSS_TARGET), ("disk", "state on disk", FILE_TARGET)):
+        cells = []
+        for n in names:
+            value, guessed = at_target(runs[n], key)
+            note = " (extrapolated)" if guessed else ""
+            top = max(p[key] for p in runs[n])
+            cells.append(
+                f"{value / 1e6:.0f} MB at 1 M{note} (highest {top / 1e6:.0f} MB); "
+                f"{per_query(runs[n], key):.0f} B/query over the second half"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | <= {target / 1e6:.0f} MB |")
+    times = ", ".join(
+        f"{n} {runs[n][-1]['seconds'] / 60:.1f} min "
+        f"({runs[n][-1]['queries'] / runs[n][-1]['seconds']:,.0f} queries/s)"
+        for n in names
+    )
+    lines += ["", f"Run time: {times}."]
+    short = [n for n in names if runs[n][-1]["queries"] < args["serve_queries"]]
+    if short:
+        lines[-1] += (
+            f" Stopped at `--serve-minutes {args['serve_minutes']:g}` before "
+            f"{args['serve_queries']:,} queries: " + ", ".join(short) + " (figures at 1 M "
+            "extrapolated linearly from the second half of the run)."
+        )
+    lines += [f"- {note}" for note in saved.get("notes", [])]
+    lines += ["", f"![serve worker memory curve]({saved['plot']})"]
+    return lines
+
+
+def serve_only(args: argparse.Namespace) -> None:
+    """Only the `serve` workers (this checkout's HEAD, and ``--before`` unless
+    ``--no-before``), their own records, plot and section."""
+    records = Path(args.records).with_name("bench-memory-serve.json")
+    if args.from_records:
+        saved = json.loads(records.read_text())
+    else:
+        revs = {"after": "HEAD"}
+        if not args.no_before:
+            if not args.before:
+                base = ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"]
+                args.before = subprocess.run(base, check=True, capture_output=True, text=True)
+                args.before = args.before.stdout.strip()
+            revs = {"before": args.before} | revs
+        revs = {
+            name: subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short=12", rev],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            for name, rev in revs.items()
+        }
+        workdir = Path(tempfile.mkdtemp(prefix="bench-memory-serve-"))
+        try:
+            sources = {name: export(rev, workdir, name) for name, rev in revs.items()}
+            with ThreadPoolExecutor(len(sources)) as pool:
+                futures = {
+                    name: pool.submit(
+                        serve_rss, src, args.serve_queries, args.serve_keys, workdir,
+                        args.seed, args.serve_every, args.serve_minutes,
+                    )
+                    for name, src in sources.items()
+                }  # fmt: skip
+                serve = {name: future.result() for name, future in futures.items()}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        args.serve_every = args.serve_every or max(1, args.serve_queries // 10)
+        saved = {"args": vars(args), "revs": revs, "serve": serve, "notes": []}
+        records.parent.mkdir(parents=True, exist_ok=True)
+        records.write_text(json.dumps(saved))
+    image = plot({}, DOC.parent / "img" / "memory-serve.png", saved["serve"])
+    saved["plot"] = image.relative_to(DOC.parent).as_posix()
+    lines = render_serve(saved)
+    print("\n".join(lines))
+    print(write_section("memory-serve", "\n".join(lines)))
 
 
 def main() -> None:
@@ -394,6 +530,15 @@ def main() -> None:
     parser.add_argument("--no-before", action="store_true")
     parser.add_argument("--serve-queries", type=int, default=0)
     parser.add_argument("--serve-keys", type=int, default=10_000)
+    parser.add_argument("--serve-every", type=int, default=0, help="default: a tenth")
+    parser.add_argument(
+        "--serve-minutes", type=float, default=0, help="stop the serve traffic then (0: never)"
+    )
+    parser.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="only the serve workers (HEAD, and --before unless --no-before): own section",
+    )
     parser.add_argument("--records", default="runs/bench-memory.json")
     parser.add_argument(
         "--from-records",
@@ -413,6 +558,9 @@ def main() -> None:
         return
     if args.detect_child:
         detect_child(args)
+        return
+    if args.serve_only:
+        serve_only(args)
         return
     records = Path(args.records)
     if args.from_records:  # with --detection: run the detection rows only, keep the rest

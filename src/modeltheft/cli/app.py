@@ -160,6 +160,14 @@ def serve(
             "0 disables it. Read it with 'modeltheft audit'."
         ),
     ] = "7d",
+    idle_after: Annotated[
+        str,
+        typer.Option(
+            help="How long a client may go without a request before its detector state is "
+            "evicted from the state and the workers' memory (its status, alerts and quota "
+            "stay), e.g. 7d, 12h, 30m or 3600 (seconds); > 0.",
+        ),
+    ] = "7d",
     timeout_graceful_shutdown: Annotated[
         int,
         typer.Option(min=1, help="Seconds to finish open requests after SIGTERM or Ctrl-C."),
@@ -222,6 +230,9 @@ def serve(
     from modeltheft.state import redact_url
     from modeltheft.state.audit import parse_duration
 
+    idle_seconds = parse_duration(idle_after, "--idle-after")
+    if idle_seconds <= 0:
+        raise ConfigError(f"--idle-after must be > 0 (e.g. 7d, 12h or 3600), got {idle_after!r}")
     if workers > 1 and state.strip().lower().startswith("memory:"):
         raise ConfigError("memory state is per process; use sqlite or redis with --workers")
     logging_config = log_config(log_format)  # uvicorn applies it, in every worker too
@@ -256,6 +267,7 @@ def serve(
         inference=inference,
         request_timeout=request_timeout,
         audit_retention=parse_duration(audit_retention, "--audit-retention"),
+        idle_after=idle_seconds,
         access_log=access_log,
         metrics_key=MetricsKey.from_env(),
         model_name=model_name,

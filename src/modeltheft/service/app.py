@@ -26,7 +26,7 @@ from modeltheft.service import observability
 from modeltheft.service.auth import METRICS_HINT, KeyRing, MetricsKey
 from modeltheft.service.errors import install_error_handlers
 from modeltheft.service.routes import meta, metrics, oip, predict
-from modeltheft.service.settings import Settings
+from modeltheft.service.settings import IDLE_AFTER, Settings
 from modeltheft.service.timeouts import DEFAULT_TIMEOUT, BodyTimeoutMiddleware
 from modeltheft.service.upstream import (
     UPSTREAM_KEY_ENV,
@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, create_state: bool = True) -> FastAPI:
             seed=settings.seed,
             task=task,
             audit_retention=settings.audit_retention,
+            idle_after=settings.idle_after,
         )
     except BaseException:
         store.close()
@@ -188,6 +189,7 @@ def settings_env(settings: Settings, keys_file: Path | None) -> str:
             "seed": settings.seed,
             "inference": settings.inference,
             "audit_retention": settings.audit_retention,
+            "idle_after": settings.idle_after,
             "request_timeout": settings.request_timeout,
             "access_log": settings.access_log,
             "model_name": settings.model_name,
@@ -258,6 +260,7 @@ def app_from_env() -> FastAPI:
             state=str(data["state"]),
             inference=str(data.get("inference", "auto")),
             audit_retention=float(data.get("audit_retention", DEFAULT_RETENTION)),
+            idle_after=float(data.get("idle_after", IDLE_AFTER)),
             request_timeout=float(data.get("request_timeout", DEFAULT_TIMEOUT)),
             access_log=bool(data.get("access_log", True)),
             metrics_key=MetricsKey.from_env(),  # inherited, like the API keys

@@ -12,6 +12,9 @@ from modeltheft.service.upstream import UpstreamConfig
 from modeltheft.state.audit import DEFAULT_RETENTION
 
 MAX_BATCH = 256
+IDLE_AFTER = 7 * 86400.0
+"""Default seconds before an idle client's detector state is evicted (``GuardedModel``'s
+default, kept here so that the settings do not import the defenses)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Settings:
     """``auto``: onnxruntime when the model converts and agrees with scikit-learn; ``sklearn``."""
     audit_retention: float = DEFAULT_RETENTION
     """Seconds the audit log of queries is kept in the state store (7 days); 0: no audit."""
+    idle_after: float = IDLE_AFTER
+    """Seconds without a request after which a client's detector state is evicted from the
+    store and the workers' memory (its status, alerts and quota stay); > 0 (7 days)."""
     request_timeout: float = DEFAULT_TIMEOUT
     """Seconds a client has to send a request head, and then its body; else 408 and close."""
     access_log: bool = True
@@ -85,5 +91,7 @@ class Settings:
             raise ConfigError(
                 f"audit_retention must be >= 0 seconds (0: no audit), got {self.audit_retention!r}"
             )
+        if not (isinstance(self.idle_after, int | float) and 0 < self.idle_after < inf):
+            raise ConfigError(f"idle_after must be > 0 seconds, got {self.idle_after!r}")
         if not isinstance(self.state, str) or not self.state.strip():
             raise ConfigError("state must be a store URL such as memory:// or sqlite:///x.db")

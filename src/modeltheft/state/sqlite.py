@@ -72,8 +72,10 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY, key TEXT NOT NULL);
 """
 
-CACHE_LIMIT = 200_000
-"""Cached counters and list lengths kept before the cache starts over."""
+CACHE_LIMIT = 50_000
+"""Cached reads (counters, list lengths, buckets) a connection keeps: past it, the oldest are
+dropped down to half of it (about 150 B each: at most ~8 MB; `recommended` keeps ~30 keys a
+client, so the cache holds the reads of the last ~800-1,600 clients seen)."""
 CHANGES_READ = 10_000
 """Keys changed by other connections read at most; past that, the whole cache starts over."""
 CHANGES_KEPT = 100_000
@@ -292,15 +294,17 @@ class SqliteStore:
     def _validate(self, conn: sqlite3.Connection) -> None:
         """Drop the cached reads that another connection changed since the last call: the
         keys it logged in ``changes``, or everything if that log cannot tell."""
+        if len(self._cache) > CACHE_LIMIT:  # between units: nothing is held, no undo notes
+            self._cache.shrink(CACHE_LIMIT // 2)
         (version,) = conn.execute("PRAGMA data_version").fetchone()
-        if version == self._version and len(self._cache) <= CACHE_LIMIT:
+        if version == self._version:
             return
         if self.read_only:  # an older file may lack the log, and nothing is written here
             self._cache.forget()
             self._version = version
             return
         known = self._changes
-        if known is not None and len(self._cache) <= CACHE_LIMIT:
+        if known is not None:
             rows = conn.execute(
                 "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
                 (known, CHANGES_READ + 1),

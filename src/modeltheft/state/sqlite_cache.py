@@ -17,6 +17,7 @@ savepoint rolls back its direct statements.
 """
 
 import sqlite3
+from itertools import islice
 from typing import Any
 
 MISSING: Any = object()
@@ -41,8 +42,30 @@ class Cache:
         self._undo: list[tuple[Any, str, Any]] | None = None
 
     def __len__(self) -> int:
-        """Cached reads held (the store starts over past its limit)."""
+        """Cached reads held (the store shrinks the cache past its limit: :meth:`shrink`)."""
         return len(self.counters) + len(self.lengths) + len(self.buckets)
+
+    def shrink(self, limit: int) -> int:
+        """Drop the oldest cached reads (first cached) until at most ``limit`` are left, the
+        same share from each table; never one whose write is held for the commit. Returns
+        how many went. Inside a unit nothing goes (its undo notes would bring entries back
+        without their own notes): the store shrinks between units."""
+        total = len(self)
+        excess = total - limit
+        if excess <= 0 or self._undo is not None:
+            return 0
+        dropped = 0
+        for table, held in (
+            (self.counters, self.dirty_counters),
+            (self.lengths, self.appends),
+            (self.buckets, self.dirty_buckets),
+        ):
+            share = -(-len(table) * excess // total)  # rounded up: at most limit stay
+            old = [key for key in islice(table, share + len(held)) if key not in held][:share]
+            for key in old:
+                del table[key]
+            dropped += len(old)
+        return dropped
 
     @property
     def held(self) -> bool:
