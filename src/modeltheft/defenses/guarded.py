@@ -14,7 +14,7 @@ from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_ke
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
 from modeltheft.errors import Blocked, ConfigError, RateLimited
 from modeltheft.state.audit import AuditEntry, status_name
-from modeltheft.state.base import StateStore
+from modeltheft.state.base import IDLE_AFTER, StateStore
 from modeltheft.state.group import GroupCommit
 from modeltheft.state.memory import MemoryStore
 from modeltheft.tasks import Task, task_from_model
@@ -23,8 +23,6 @@ T = TypeVar("T")
 BLOCKED_MESSAGE = "this API key is blocked: its queries look like model extraction"
 MAX_RNGS = 4096
 """Clients whose random stream a worker keeps (the least recently used one is dropped)."""
-IDLE_AFTER = 7 * 86400.0
-"""Seconds without a request after which a client's detector state is evicted (7 days)."""
 EVICT_BATCH = 4
 """Idle clients evicted per sweep (every SWEEP_EVERY seconds: 240 a minute). Each one's
 detector state is up to ~15,000 rows, deleted inside a request's commit: 100 at once, once a

@@ -10,11 +10,9 @@ from modeltheft.service.auth import KeyRing, MetricsKey
 from modeltheft.service.timeouts import DEFAULT_MAX_HEAD_BYTES, DEFAULT_TIMEOUT
 from modeltheft.service.upstream import UpstreamConfig
 from modeltheft.state.audit import DEFAULT_RETENTION
+from modeltheft.state.base import IDLE_AFTER
 
 MAX_BATCH = 256
-IDLE_AFTER = 7 * 86400.0
-"""Default seconds before an idle client's detector state is evicted (``GuardedModel``'s
-default, kept here so that the settings do not import the defenses)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ from typing import Protocol
 from modeltheft.errors import StateUnavailable
 from modeltheft.state.audit import AuditEntry
 
+IDLE_AFTER = 7 * 86400.0
+"""Seconds without a request after which a client's detector state is evicted (7 days):
+``GuardedModel``'s and ``serve``'s default (``--idle-after``)."""
+
 LOST_RETRY_AFTER = 60.0
 """Retry-After of a lost state: it does not come back until an operator acts."""
 
