@@ -460,17 +460,10 @@ class SqliteStore:
 
     @contextmanager
     def _own_unit(self) -> Iterator[sqlite3.Connection]:
-        """:meth:`_unit` as a savepoint or a transaction of its own (or a part, if a batch
-        began meanwhile in this thread)."""
+        """:meth:`_unit` outside a batch: a savepoint of the open group, or a transaction of
+        its own. (A batch only ever runs with the lock held, so no other thread's batch can be
+        open once the lock is ours, and :meth:`_unit` took this thread's own to ``_Part``.)"""
         with self._lock:
-            if self._depth:  # the lock is ours, so is the batch
-                self._depth += 1
-                try:
-                    with self._faults(write=False):
-                        yield self._connection()
-                finally:
-                    self._depth -= 1
-                return
             if self._group:
                 yield from self._savepoint()
                 return
