@@ -191,10 +191,11 @@ class GuardedModel:
                     refused = Blocked(BLOCKED_MESSAGE)
                     self._audit(ctx, now, refused=refused)
                     raise refused
-                answers = self._transform(ctx, max(status, now), probabilities)
+                current = max(status, now)
+                answers = self._transform(ctx, current, probabilities)
                 if labels_only and answers.expose_probabilities:
                     answers = replace(answers, expose_probabilities=False)
-                return self._reply(ctx, max(status, now), answers)
+                return self._reply(ctx, current, answers)
 
         return await self._grouped(finish)
 

@@ -143,8 +143,8 @@ class BodyTimeoutMiddleware:
 class _CycleTransport:
     """The transport a request's response cycle sees: ``close()`` lingers (see the protocol),
     and a response's head is held back until its first body part, so both leave in one
-    write (uvicorn writes them apart: two sends, each waking the client on loopback; the
-    send was the largest single cost of a served request in a profile of `serve`)."""
+    write (uvicorn writes them apart: two sends, each waking the client; on loopback here the
+    second costs ~8 µs of CPU)."""
 
     __slots__ = ("_head", "_hold", "_protocol", "_transport")
 

@@ -340,8 +340,8 @@ class RedisStore:
     @_available
     def audit_prune(self, before: float, limit: int | None = None) -> int:
         """XTRIM MINID: drop the entries the server added before ``before`` (epoch seconds).
-        Redis trims whole stream nodes on its own thread: ``limit`` is not needed (exact
-        trimming takes no LIMIT)."""
+        ``limit`` is not applied: Redis takes LIMIT only with approximate trimming, and the
+        delete runs in the Redis server, not inside a commit of this worker."""
         return int(self._client.xtrim(self._key("audit", "log"), minid=int(before * 1000)))
 
     def batch(self) -> AbstractContextManager[None]:
