@@ -154,13 +154,23 @@ def test_prada_decodes_a_stored_base_once(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.parametrize("name", ["digits", "breast-cancer"])
-def test_the_stream_tests_knn_ranks_share_the_ood_stages_scorer(name: str) -> None:
+def test_the_stream_tests_knn_ranks_share_the_ood_stages_scorer(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One index per (rows, scale, k): the stream test's knn ranks and the OOD stages score
     with one scorer, and a batch of the same bytes (a request's rows as sent, then their
     canonical form, on digits often equal) is scored once."""
+    from collections import OrderedDict
+
+    from modeltheft.defenses import naturalness, ood
     from modeltheft.defenses.naturalness import make_scorer
     from modeltheft.defenses.ood import knn_scorer
     from modeltheft.tasks import get_task
+
+    # Both caches start empty: scorers built by earlier tests in this process (and since
+    # evicted from one cache but not the other) must not decide the outcome.
+    monkeypatch.setattr(ood, "_CACHE", OrderedDict())
+    monkeypatch.setattr(naturalness, "_CACHE", OrderedDict())
 
     task = get_task(name)
     shared = knn_scorer("task", 5, task)
