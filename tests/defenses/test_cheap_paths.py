@@ -136,9 +136,9 @@ def test_prada_decodes_a_stored_base_once(monkeypatch: pytest.MonkeyPatch) -> No
         stage.setup(StageEnv(store, task))
     rows = np.asarray(task.data.X_eval, dtype=float)
     decoded = []
-    decode = detection._Base.decode.__func__
+    decode = detection.Base.decode.__func__
     monkeypatch.setattr(
-        detection._Base,
+        detection.Base,
         "decode",
         classmethod(lambda cls, item: decoded.append(1) or decode(cls, item)),
     )

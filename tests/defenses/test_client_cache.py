@@ -120,21 +120,21 @@ def test_windows_bound_the_store_and_a_fresh_worker_agrees(
 
 
 def _rows_of(item: bytes) -> np.ndarray:
-    from modeltheft.defenses.detection import read_rows
+    from modeltheft.defenses.prada_state import read_rows
 
     return read_rows(item, labelled=True)[1]
 
 
 def test_rows_stored_one_per_item_before_are_still_read() -> None:
     """A state written before rows were packed (one row an item) reads as it did."""
-    from modeltheft.defenses.detection import JOINED, _record
     from modeltheft.defenses.keyed import label_prefix
+    from modeltheft.defenses.prada_state import JOINED, record
 
     task = digits_task()
     rows = np.asarray(task.data.X_eval[:30], dtype=float)
     store = MemoryStore()
     store.append("prada:old:rows", [label_prefix(i % 3) + r.tobytes() for i, r in enumerate(rows)])
-    store.append("prada:old:d", [_record(0, JOINED, 1.0 + i, bytes(8)) for i in range(30)])
+    store.append("prada:old:d", [record(0, JOINED, 1.0 + i, bytes(8)) for i in range(30)])
     store.append("stream:rows:old", [r.tobytes() for r in rows])
     prada, stream = Prada(), StreamTest()
     for stage in (prada, stream):
@@ -151,14 +151,15 @@ def test_a_clients_size_is_not_undercounted() -> None:
     import os
     import tracemalloc
 
-    from modeltheft.defenses.detection import JOINED, _PradaClient, _record
+    from modeltheft.defenses.prada_state import JOINED, PradaClient, record
 
-    records = [_record(i % 10, JOINED, 1.0 + i, os.urandom(8)) for i in range(2000)]
+    records = [record(i % 10, JOINED, 1.0 + i, os.urandom(8)) for i in range(2000)]
+    PradaClient().fold(0, records[:50])  # NumPy's first-use caches are not the client's
     tracemalloc.start()
     try:
-        state = _PradaClient()
-        for i, item in enumerate(records):
-            state.fold(i, item)
+        state = PradaClient()
+        for i in range(0, len(records), 7):  # as requests come: a few records at a time
+            state.fold(i, records[i : i + 7])
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

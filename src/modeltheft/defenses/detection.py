@@ -6,10 +6,7 @@ to the strict policy (every later answer misinformed) or block it.
 """
 
 import math
-import struct
 import warnings
-from collections import deque
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -27,7 +24,6 @@ from modeltheft.defenses.base import (
     served_key,
 )
 from modeltheft.defenses.clients import ClientCache
-from modeltheft.defenses.keyed import split_label
 from modeltheft.defenses.ood import (
     SCALES,
     FeatureSpace,
@@ -36,7 +32,18 @@ from modeltheft.defenses.ood import (
     feature_space,
     knn_scorer,
 )
-from modeltheft.defenses.rowpack import is_packed, pack, unpack
+from modeltheft.defenses.prada_state import (
+    JOINED,
+    REPEAT,
+    Base,
+    PradaClient,
+    Rows,
+    Threshold,
+    digest_numbers,
+    read_rows,
+    record,
+)
+from modeltheft.defenses.rowpack import pack
 from modeltheft.errors import ConfigError
 from modeltheft.registry import InstanceOf, Interval, Options
 from modeltheft.state.base import StateStore
@@ -164,198 +171,6 @@ class OodRateMonitor(OutputStage):
         return escalate(answers, ctx, self.on_alert)
 
 
-_RECORD = struct.Struct(">BBd8s")  # class, flags, distance, digest of the row
-_WIDE_RECORD = struct.Struct(">IBd8s")  # the same for a class index of 256 or more
-_OLD_RECORD = struct.Struct(">BBd")  # before repeats were recognised: no digest
-
-
-def _record(label: int, flags: int, distance: float, digest: bytes) -> bytes:
-    return (_RECORD if label < 256 else _WIDE_RECORD).pack(label, flags, distance, digest)
-
-
-JOINED, REPEAT = 1, 2
-
-
-class _Rows:
-    """A growing set of rows appended in place (amortised O(1)), each with a position (the
-    list item it came from); rows before a window's start are dropped by :meth:`drop_before`."""
-
-    def __init__(self, width: int) -> None:
-        self._data = np.empty((8, width))
-        self._where = np.empty(8, dtype=np.int64)
-        self._lo = 0
-        self._hi = 0
-        self.nbytes = int(self._data.nbytes + self._where.nbytes)
-        """Bytes of the arrays (they only change when they grow)."""
-
-    @property
-    def n(self) -> int:
-        """Rows held."""
-        return self._hi - self._lo
-
-    def add(self, row: np.ndarray, where: int = 0) -> None:
-        if self._hi == len(self._data):
-            live = slice(self._lo, self._hi)
-            size = max(8, 2 * self.n)
-            data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
-            data[: self.n], wh[: self.n] = self._data[live], self._where[live]
-            self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
-            self.nbytes = int(data.nbytes + wh.nbytes)
-        self._data[self._hi] = row
-        self._where[self._hi] = where
-        self._hi += 1
-
-    def drop_before(self, where: int) -> None:
-        """Drop the rows whose position is below ``where``."""
-        self._lo += int(np.searchsorted(self._where[self._lo : self._hi], where, side="left"))
-
-    def held(self) -> np.ndarray:
-        """The rows held, oldest first (a view: read it before the next :meth:`add`)."""
-        return self._data[self._lo : self._hi]
-
-    def keep_last(self, n: int) -> None:
-        """Drop all but the newest ``n`` rows."""
-        self._lo = max(self._lo, self._hi - n)
-
-    def nearest(self, row: np.ndarray) -> float:
-        """Squared L2 distance from ``row`` to the nearest row of the set."""
-        diff = self._data[self._lo : self._hi] - row
-        return float(np.einsum("ij,ij->i", diff, diff).min())
-
-
-def read_rows(item: bytes, labelled: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """The class indexes (if ``labelled``) and rows of one stored item, packed or one row."""
-    if is_packed(item):
-        return unpack(item)
-    if labelled:
-        label, payload = split_label(item)
-        return np.array([label]), np.frombuffer(payload, dtype=np.float64)[None, :]
-    return None, np.frombuffer(item, dtype=np.float64)[None, :]
-
-
-@dataclass(frozen=True)
-class _Threshold:
-    """Running mean and variance (Welford) of a growing set's distances, and its threshold."""
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    value: float = 0.0
-
-    def plus(self, distance: float) -> "_Threshold":
-        n = self.n + 1
-        delta = distance - self.mean
-        mean = self.mean + delta / n
-        m2 = self.m2 + delta * (distance - mean)
-        value = self.value
-        if n > 1:
-            value = max(value, mean - math.sqrt(max(m2 / n, 0.0)))
-        return _Threshold(n, mean, m2, value)
-
-
-_BASE = struct.Struct(">qqqI")  # records_from, upto, rows_from, classes
-_BASE_CLASS = struct.Struct(">qqddd")  # label, n, mean, m2, value
-
-
-@dataclass(frozen=True)
-class _Base:
-    """Where a client's windows start, and the thresholds of every record before ``upto``.
-
-    Written when a window is moved, so that the records trimmed away still count in the
-    thresholds of every worker that reads the client afresh.
-    """
-
-    records_from: int = 0
-    upto: int = 0
-    rows_from: int = 0
-    thresholds: dict[int, _Threshold] = field(default_factory=dict)
-
-    def encode(self) -> bytes:
-        out = _BASE.pack(self.records_from, self.upto, self.rows_from, len(self.thresholds))
-        for label, t in sorted(self.thresholds.items()):
-            out += _BASE_CLASS.pack(label, t.n, t.mean, t.m2, t.value)
-        return out
-
-    @classmethod
-    def decode(cls, item: bytes) -> "_Base":
-        records_from, upto, rows_from, k = _BASE.unpack_from(item)
-        thresholds = {}
-        for i in range(k):
-            label, *values = _BASE_CLASS.unpack_from(item, _BASE.size + i * _BASE_CLASS.size)
-            thresholds[int(label)] = _Threshold(*values)
-        return cls(records_from, upto, rows_from, thresholds)
-
-
-@dataclass
-class _PradaClient:
-    """A worker's copy of one client's PRADA state, rebuilt from the store's lists in order:
-    the records from ``base.records_from`` and the growing sets' rows from
-    ``base.rows_from`` (list item indexes), thresholds from the base on."""
-
-    base: _Base = field(default_factory=_Base)
-    base_item: bytes = b""
-    """The stored form of ``base`` (b"": none stored): an unchanged one is not decoded again."""
-    growing: dict[int, _Rows] = field(default_factory=dict)
-    thresholds: dict[int, _Threshold] = field(default_factory=dict)
-    records: deque[tuple[int, bytes]] = field(default_factory=deque)
-    """(record index, digest of the row) of each record kept."""
-    d: _Rows = field(default_factory=lambda: _Rows(1))
-    """D: the distances of the records kept (one-column rows, each with its record index)."""
-    seen: dict[bytes, int] = field(default_factory=dict)
-    """Digest of each row in the records kept -> index of its newest record."""
-    row_items: deque[tuple[int, int]] = field(default_factory=deque)
-    """(item index, rows) of each item of the growing sets kept."""
-    held_rows: int = 0
-    """Rows of the growing sets kept (the sum over ``row_items``, kept as it changes)."""
-    n_rows: int = 0
-    n_records: int = 0
-    n_distances: int = 0
-    """Distances that ever joined D here (the test's clock)."""
-    tested_at: int = 0
-    """``n_distances`` when this worker last ran the test."""
-
-    @property
-    def nbytes(self) -> int:
-        # Measured with tracemalloc: ~200 B a record (its tuple, digest and entry in seen).
-        rows = sum(group.nbytes + 200 for group in self.growing.values())
-        rows += self.d.nbytes
-        return rows + 200 * len(self.records) + 200 * len(self.thresholds) + 400
-
-    @property
-    def distances(self) -> list[float]:
-        """D: the distances of the records kept, oldest first."""
-        return self.d.held()[:, 0].tolist()
-
-    def fold(self, index: int, item: bytes) -> None:
-        """One stored record into D, the thresholds (from ``base.upto`` on) and the rows seen."""
-        digest = b""
-        if len(item) == _OLD_RECORD.size:
-            label, flags, distance = _OLD_RECORD.unpack(item)
-        else:
-            form = _WIDE_RECORD if len(item) == _WIDE_RECORD.size else _RECORD
-            label, flags, distance, digest = form.unpack(item)
-            self.seen[digest] = index
-        self.records.append((index, digest))
-        if not flags & REPEAT and distance > 0:
-            self.d.add(distance, index)
-            self.n_distances += 1
-        if flags & JOINED and not flags & REPEAT and index >= self.base.upto:
-            self.thresholds[label] = self.thresholds.get(label, _Threshold()).plus(distance)
-
-    def move(self, base: _Base, item: bytes) -> None:
-        """Drop what lies before the windows of a newer ``base`` (stored as ``item``)."""
-        self.base, self.base_item = base, item
-        while self.records and self.records[0][0] < base.records_from:
-            index, digest = self.records.popleft()
-            if self.seen.get(digest) == index:
-                del self.seen[digest]
-        self.d.drop_before(base.records_from)
-        while self.row_items and self.row_items[0][0] < base.rows_from:
-            self.held_rows -= self.row_items.popleft()[1]
-        for group in self.growing.values():
-            group.drop_before(base.rows_from)
-
-
 @STAGES.register
 class Prada(OutputStage):
     """PRADA: Shapiro–Wilk normality of each client's minimum inter-query distances.
@@ -423,7 +238,7 @@ class Prada(OutputStage):
                 f"defense stage 'prada': window must be >= min_queries ({min_queries}), "
                 f"got {window!r}"
             )
-        self._clients: ClientCache[_PradaClient] = ClientCache()
+        self._clients: ClientCache[PradaClient] = ClientCache()
         self._space: FeatureSpace | None = None
 
     def setup(self, env: StageEnv) -> None:
@@ -445,7 +260,7 @@ class Prada(OutputStage):
         store.delete(self._keys(client_id))
         self._clients.drop(client_id)
 
-    def _sync(self, store: StateStore, client_id: str) -> _PradaClient:
+    def _sync(self, store: StateStore, client_id: str) -> PradaClient:
         """Read what this worker has not seen yet (its own appends included), in store order."""
         rows_key, records_key, base_key = self._keys(client_id)
         bases = store.items(base_key)  # one or two small items: the newest is in force
@@ -454,14 +269,14 @@ class Prada(OutputStage):
         if state is not None and stored == state.base_item:
             base = state.base  # ~10 us a decode, twice a request
         else:
-            base = _Base.decode(stored) if stored else _Base()
+            base = Base.decode(stored) if stored else Base()
         if state is not None and (
             state.n_records < base.records_from or state.n_rows < base.rows_from
         ):
             state = None  # what this copy has not read yet was trimmed: read afresh
         changed = state is None
         if state is None:  # new here, dropped, or behind: read back from the store below
-            state = _PradaClient(base=base, base_item=stored, thresholds=dict(base.thresholds))
+            state = PradaClient(base=base, base_item=stored, thresholds=dict(base.thresholds))
             state.n_rows, state.n_records = base.rows_from, base.records_from
         elif base.upto > state.base.upto:
             state.move(base, stored)
@@ -469,19 +284,19 @@ class Prada(OutputStage):
         for item in store.items(rows_key, state.n_rows):
             labels, rows = read_rows(item, labelled=True)
             for label, row in zip(labels if labels is not None else [], rows, strict=True):
-                state.growing.setdefault(int(label), _Rows(len(row))).add(row, state.n_rows)
+                state.growing.setdefault(int(label), Rows(len(row))).add(row, state.n_rows)
             state.row_items.append((state.n_rows, len(rows)))
             state.held_rows += len(rows)
             state.n_rows += 1
             changed = True
-        for item in store.items(records_key, state.n_records):
-            state.fold(state.n_records, item)
-            state.n_records += 1
+        records = store.items(records_key, state.n_records)
+        if records:
+            state.fold(state.n_records, records)
             changed = True
         # get() marked it used; put() only to count a new size
         return self._clients.put(client_id, state) if changed else state
 
-    def _move_windows(self, store: StateStore, client_id: str, state: _PradaClient) -> None:
+    def _move_windows(self, store: StateStore, client_id: str, state: PradaClient) -> None:
         """Past twice a window, keep the newest ``window`` records and ``max_rows`` rows: a
         new base, then the store's lists trimmed to it (this worker just synced them all)."""
         held_rows = state.held_rows
@@ -496,7 +311,7 @@ class Prada(OutputStage):
                 break
             kept -= n
             rows_from = index + 1
-        base = _Base(
+        base = Base(
             records_from=max(state.base.records_from, state.n_records - self.window),
             upto=state.n_records,
             rows_from=rows_from,
@@ -515,7 +330,7 @@ class Prada(OutputStage):
         """The client's current Shapiro–Wilk W (None until ``min_queries`` distances)."""
         return self._w(self._sync(store, client_id))
 
-    def _w(self, state: _PradaClient) -> float | None:
+    def _w(self, state: PradaClient) -> float | None:
         distances = state.d.held()[-self.window :, 0]
         if len(distances) < self.min_queries:
             return None
@@ -531,20 +346,21 @@ class Prada(OutputStage):
         # workers append between our read and our write are never skipped: this batch's own
         # effects live in the overlays below until they are read back.
         pending: dict[int, list[np.ndarray]] = {}
-        thresholds: dict[int, _Threshold] = {}
+        thresholds: dict[int, Threshold] = {}
         seen: set[bytes] = set()
         new_rows: list[np.ndarray] = []
         new_labels: list[int] = []
         records: list[bytes] = []
         labels = np.argmax(answers.original, axis=1)
         inputs = ctx.inputs if self._space is None else self._space(ctx.inputs)
-        for x, label, digest in zip(inputs, labels, ctx.digests, strict=True):
+        repeats = state.digests.contains(digest_numbers(ctx.digests)).tolist()
+        for x, label, digest, repeat in zip(inputs, labels, ctx.digests, repeats, strict=True):
             label = int(label)
             row = np.asarray(x, dtype=np.float64)
-            if digest in state.seen or digest in seen:
+            if repeat or digest in seen:
                 # An exact repeat of an earlier query tells a thief nothing new; honest
                 # clients repeat themselves, and counting repeats would skew D.
-                records.append(_record(label, REPEAT, 0.0, digest))
+                records.append(record(label, REPEAT, 0.0, digest))
                 continue
             seen.add(digest)
             group, extra = state.growing.get(label), pending.get(label, [])
@@ -555,7 +371,7 @@ class Prada(OutputStage):
                 for other in extra:
                     squared = min(squared, float(np.dot(other - row, other - row)))
                 distance = math.sqrt(squared)
-                threshold = thresholds.get(label) or state.thresholds.get(label, _Threshold())
+                threshold = thresholds.get(label) or state.thresholds.get(label, Threshold())
                 joins = counted = distance > threshold.value
                 if counted:
                     thresholds[label] = threshold.plus(distance)
@@ -563,7 +379,7 @@ class Prada(OutputStage):
                 pending.setdefault(label, []).append(row)
                 new_rows.append(row)
                 new_labels.append(label)
-            records.append(_record(label, JOINED if counted else 0, distance, digest))
+            records.append(record(label, JOINED if counted else 0, distance, digest))
         rows_key, records_key, _ = self._keys(ctx.client_id)
         if new_rows:
             ctx.store.append(rows_key, [pack(np.array(new_rows), np.array(new_labels))])

@@ -26,9 +26,10 @@ from scipy import special
 from modeltheft.defenses.alerts import ACTIONS, NORMAL, client_status, escalate, raise_alert
 from modeltheft.defenses.base import STAGES, Answers, DefenseContext, OutputStage, StageEnv
 from modeltheft.defenses.clients import ClientCache
-from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted, _Rows, read_rows
+from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted
 from modeltheft.defenses.naturalness import KINDS, Scorer, make_scorer
 from modeltheft.defenses.ood import SCALES, FeatureSpace, knn_scorer
+from modeltheft.defenses.prada_state import Rows, read_rows
 from modeltheft.defenses.rowpack import pack
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options, Satisfies
@@ -43,7 +44,7 @@ class _Counted:
     """A worker's copy of one client's counted rows: the newest ``max_rows`` of the list's
     items from ``n_items`` on (list item indexes), and (index, rows) of each item held."""
 
-    rows: _Rows | None = None
+    rows: Rows | None = None
     items: deque[tuple[int, int]] = field(default_factory=deque)
     held: int = 0
     """Rows of the items held (the sum over ``items``, kept as it changes)."""
@@ -173,7 +174,7 @@ class StreamTest(OutputStage):
         for item in store.items(key, state.n_items):
             _, rows = read_rows(item, labelled=False)
             if state.rows is None:
-                state.rows = _Rows(rows.shape[1])
+                state.rows = Rows(rows.shape[1])
             for row in rows:
                 state.rows.add(row, state.n_items)
             state.items.append((state.n_items, len(rows)))

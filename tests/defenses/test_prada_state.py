@@ -1,0 +1,95 @@
+"""PRADA's per-client state in a worker: compact, and rebuilt exactly from any stored form."""
+
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from modeltheft.defenses.prada_state import (
+    JOINED,
+    OLD_RECORD,
+    REPEAT,
+    Digests,
+    PradaClient,
+    digest_numbers,
+    read_records,
+    record,
+)
+
+
+def _records(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    flags = rng.choice([0, JOINED, REPEAT], size=n, p=[0.6, 0.3, 0.1])
+    return [
+        record(int(rng.integers(0, 10)), int(f), float(rng.random()) if f != REPEAT else 0.0, d)
+        for f, d in zip(flags, (rng.bytes(8) for _ in range(n)), strict=False)
+    ]
+
+
+def test_a_record_costs_a_few_dozen_bytes_in_a_worker() -> None:
+    """A full window (10,000 records) must not cost MBs a client: as Python objects a record
+    took ~200 B, so the 6 MiB a stage keeps in a worker held two such clients, and with a few
+    dozen active clients every request read its client's history back from the store."""
+    records = _records(10_000)
+    PradaClient().fold(0, records[:50])  # NumPy's first-use caches are not the client's
+    tracemalloc.start()
+    try:
+        state = PradaClient()
+        for i in range(0, len(records), 3):
+            state.fold(i, records[i : i + 3])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert state.n_records == 10_000
+    assert held / 10_000 <= 48  # measured: ~29 B
+
+
+def test_folding_at_once_equals_folding_one_by_one() -> None:
+    """A client read back in one step (a worker that did not hold it) ends in the state of a
+    worker that folded each request's records as they came: D, thresholds, digests."""
+    records = _records(3_000, seed=1)
+    whole, steps = PradaClient(), PradaClient()
+    whole.fold(0, records)
+    for i, item in enumerate(records):
+        steps.fold(i, [item])
+    assert whole.distances == steps.distances and whole.n_distances == steps.n_distances
+    assert whole.thresholds == steps.thresholds and whole.thresholds
+    assert np.array_equal(whole.digests.held(), steps.digests.held())
+    assert whole.n_records == steps.n_records == 3_000
+
+
+def test_records_of_every_stored_form_read_alike() -> None:
+    """Old records (no digest), wide ones (a class index past 255) and a mix of them in one
+    list read as each would alone."""
+    digest = os.urandom(8)
+    items = [
+        OLD_RECORD.pack(3, JOINED, 1.5),
+        record(300, 0, 2.5, digest),
+        record(4, REPEAT, 0.0, digest),
+    ]
+    labels, flags, distances, digests = read_records(items)
+    assert labels.tolist() == [3, 300, 4] and flags.tolist() == [JOINED, 0, REPEAT]
+    assert distances.tolist() == [1.5, 2.5, 0.0]
+    assert digests.tolist() == [0, int.from_bytes(digest, "big")] * 1 + [
+        int.from_bytes(digest, "big")
+    ]
+    for item, label in zip(items, labels.tolist(), strict=True):
+        assert read_records([item])[0].tolist() == [label]
+    with pytest.raises(Exception, match="unpack"):
+        read_records([b"\x00" * 5, b"\x00" * 6])  # neither form: refused, as before
+
+
+def test_digests_are_a_window_that_answers_membership() -> None:
+    digests = Digests()
+    values = digest_numbers([os.urandom(8) for _ in range(100)])
+    digests.extend(10, values[:60])
+    digests.extend(70, values[60:])
+    assert digests.contains(values[[0, 99]]).tolist() == [True, True]
+    digests.drop_before(40)  # records 10..39 leave the window
+    assert digests.first == 40 and len(digests) == 70
+    assert digests.contains(values[[0, 29, 30]]).tolist() == [False, False, True]
+    assert digests.contains(values[[30]]).tolist() == [True]
+    assert digests.contains(np.zeros(2, dtype=np.uint64)).tolist() == [False, False]
+    with pytest.raises(ValueError, match="expected"):
+        digests.extend(5, values[:1])
