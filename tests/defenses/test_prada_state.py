@@ -93,3 +93,28 @@ def test_digests_are_a_window_that_answers_membership() -> None:
     assert digests.contains(np.zeros(2, dtype=np.uint64)).tolist() == [False, False]
     with pytest.raises(ValueError, match="expected"):
         digests.extend(5, values[:1])
+
+
+def test_growing_sets_read_at_once_equal_those_grown_one_item_at_a_time() -> None:
+    """Items of 0, 1 or several rows of mixed classes, read back in one step, give each class
+    the rows (and item positions) a worker that read them one by one has."""
+    from modeltheft.defenses.prada_state import read_rows
+    from modeltheft.defenses.rowpack import pack
+
+    rng = np.random.default_rng(2)
+    items = []
+    for _ in range(60):
+        n = int(rng.integers(0, 4))
+        items.append(pack(rng.random((n, 5)), rng.integers(0, 3, n)))
+    whole, steps = PradaClient(), PradaClient()
+    whole.add_rows(7, [read_rows(item, labelled=True) for item in items])
+    for i, item in enumerate(items):
+        steps.add_rows(7 + i, [read_rows(item, labelled=True)])
+    assert whole.n_rows == steps.n_rows == 67 and whole.held_rows == steps.held_rows > 0
+    assert list(whole.row_items) == list(steps.row_items)
+    assert sorted(whole.growing) == sorted(steps.growing)
+    for label, group in whole.growing.items():
+        assert np.array_equal(group.held(), steps.growing[label].held())
+        group.drop_before(40)
+        steps.growing[label].drop_before(40)
+        assert np.array_equal(group.held(), steps.growing[label].held())

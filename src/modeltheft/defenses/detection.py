@@ -37,7 +37,6 @@ from modeltheft.defenses.prada_state import (
     REPEAT,
     Base,
     PradaClient,
-    Rows,
     Threshold,
     digest_numbers,
     read_rows,
@@ -281,13 +280,9 @@ class Prada(OutputStage):
         elif base.upto > state.base.upto:
             state.move(base, stored)
             changed = True
-        for item in store.items(rows_key, state.n_rows):
-            labels, rows = read_rows(item, labelled=True)
-            for label, row in zip(labels if labels is not None else [], rows, strict=True):
-                state.growing.setdefault(int(label), Rows(len(row))).add(row, state.n_rows)
-            state.row_items.append((state.n_rows, len(rows)))
-            state.held_rows += len(rows)
-            state.n_rows += 1
+        items = store.items(rows_key, state.n_rows)
+        if items:
+            state.add_rows(state.n_rows, [read_rows(item, labelled=True) for item in items])
             changed = True
         records = store.items(records_key, state.n_records)
         if records:

@@ -116,7 +116,7 @@ class Rows:
         n = len(rows)
         if self._hi + n > len(self._data):
             live = slice(self._lo, self._hi)
-            size = max(8, 2 * (self.n + n))
+            size = max(8, 2 * self.n, self.n + n)
             data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
             data[: self.n], wh[: self.n] = self._data[live], self._where[live]
             self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
@@ -316,6 +316,26 @@ class PradaClient:
                 float(distances[i])
             )
         self.n_records = first + len(items)
+
+    def add_rows(self, first: int, items: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> None:
+        """The growing sets' stored items (item indexes ``first`` on, each as
+        :func:`read_rows` gives it) into their classes' sets; ``n_rows`` moves past them."""
+        counts = [len(rows) for _, rows in items]
+        if sum(counts):
+            labels = np.concatenate([lab for lab, rows in items if len(rows) and lab is not None])
+            rows = np.concatenate([rows for _, rows in items if len(rows)])
+            if len(labels) != len(rows):
+                raise ValueError("a stored item of a growing set has rows without classes")
+            where = np.repeat(first + np.arange(len(items)), counts)
+            for label in np.unique(labels).tolist():
+                mine = labels == label
+                group = self.growing.get(label)
+                if group is None:
+                    group = self.growing[label] = Rows(rows.shape[1])
+                group.extend(rows[mine], where[mine])
+        self.row_items.extend(zip(range(first, first + len(items)), counts, strict=True))
+        self.held_rows += sum(counts)
+        self.n_rows = first + len(items)
 
     def move(self, base: Base, item: bytes) -> None:
         """Drop what lies before the windows of a newer ``base`` (stored as ``item``)."""
