@@ -103,3 +103,21 @@ def test_a_store_whose_cache_shrinks_all_the_time_answers_exactly(
             assert len(reader.items(f"l{probe}")) == lengths.get(f"l{probe}", 0)
     for store in stores:
         store.close()
+
+
+def test_members_known_count_in_the_bound_and_held_ones_stay() -> None:
+    cache = Cache()
+    cache.add_members("held", ["h1", "h2"])  # added inside the transaction, not yet written
+    for i in range(40):
+        cache.know_members(f"s{i}", [f"m{j}" for j in range(5)])
+    assert len(cache) == 202
+    dropped = cache.shrink(100)
+    assert len(cache) <= 100 and dropped > 0
+    assert cache.members["held"] == {"h1": None, "h2": None} and "held" in cache.held_members
+    assert "s39" in cache.members and "s0" not in cache.members  # the oldest went
+    cache.begin_unit()
+    cache.add_members("new", ["n"])
+    cache.know_members("s39", ["extra"])
+    cache.undo_unit()
+    assert "new" not in cache.members and "new" not in cache.held_members
+    assert "extra" not in cache.members["s39"]

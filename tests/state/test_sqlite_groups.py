@@ -117,7 +117,7 @@ def test_a_group_commits_once_and_a_failed_request_is_taken_back_alone(path: Pat
         return unit
 
     def bug() -> None:
-        store.add_new_members("seen", ["bug"])  # a direct statement: its savepoint undoes it
+        store.add_new_members("seen", ["bug"])  # held: its undo notes take it back
         store.append("l", [b"bug"])
         store.incr("n", 100)
         store.audit_append([entry(1.0, "bug")])
@@ -318,3 +318,100 @@ def test_trims_and_deletes_see_the_writes_held_for_the_commit(path: Path) -> Non
     run_group(store, lambda: store.delete(["n", "l"]))
     assert store.get("n") == 0 and store.items("l") == []
     assert other.get("n") == 0 and other.items("l") == []  # logged: the other drops them
+
+
+def test_a_request_that_writes_nothing_directly_takes_no_savepoint(path: Path) -> None:
+    """Set members are held back like the other writes, so a normal request of a group runs
+    no SAVEPOINT/RELEASE and no INSERT of its own: its members reach ``sets`` in one
+    ``executemany`` with the group's commit (they used to cost an INSERT each at once)."""
+    store = SqliteStore(path)
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+
+    def request(name: str) -> object:
+        def unit() -> list[bool]:
+            new = store.add_new_members("seen", [name, "x", name])
+            store.add_member("active", name)
+            assert store.has_members("seen", [name, "x", "nope"]) == [True, True, False]
+            store.incr("n")
+            store.append("l", [name.encode()])
+            store.audit_append([entry(1.0, name)])
+            return new
+
+        return unit
+
+    assert run_group(store, request("a"), request("b")) == [
+        [True, True, False],
+        [True, False, False],
+    ]
+    assert not [s for s in statements if s.split()[0] in ("SAVEPOINT", "RELEASE", "ROLLBACK")]
+    sets = [i for i, s in enumerate(statements) if "INTO sets" in s]
+    assert len(sets) == 5 and min(sets) > statements.index("BEGIN IMMEDIATE")
+    assert not [s for s in statements[min(sets) :] if s.startswith("SELECT")]  # at the commit
+    assert committed(path, "SELECT key, member FROM sets ORDER BY key, member") == [
+        ("active", "a"), ("active", "b"), ("seen", "a"), ("seen", "b"), ("seen", "x")
+    ]  # fmt: skip
+
+
+def test_members_held_for_the_commit_are_seen_by_every_read(path: Path) -> None:
+    store = SqliteStore(path)
+    store.add_member("s", "old")
+    with store.batch():
+        assert store.add_new_members("s", ["a", "b", "old", "a"]) == [True, True, False, False]
+        assert store.add_new_members("s", ["a"]) == [False]
+        assert store.has_members("s", ["a", "c", "old"]) == [True, False, True]
+        assert store.members("s") == {"a", "b", "old"}
+        assert committed(path, "SELECT COUNT(*) FROM sets") == [(1,)]  # held
+        assert sorted(store.take_members("s", 5)) == ["a", "b", "old"]
+        assert store.members("s") == set() and store.has_members("s", ["a"]) == [False]
+        store.add_member("s", "c")
+        store.add_member("t", "d")
+        store.delete(["t"])
+        assert store.members("t") == set() and store.has_members("t", ["d"]) == [False]
+    assert committed(path, "SELECT key, member FROM sets") == [("s", "c")]
+    assert SqliteStore(path).members("s") == {"c"}
+
+
+def test_a_failed_request_takes_its_members_back_and_a_direct_write_its_savepoint(
+    path: Path,
+) -> None:
+    """Units of one group: held members only (kept), a take_members (its savepoint is taken
+    then) that fails, and one with a direct write that succeeds."""
+    store = SqliteStore(path)
+    store.add_member("s", "old")
+
+    def held() -> list[bool]:
+        return store.add_new_members("s", ["a"])
+
+    def takes_then_fails() -> None:
+        store.add_new_members("s", ["z"])
+        assert sorted(store.take_members("s", 10)) == ["a", "old", "z"]
+        raise ValueError("a bug")
+
+    def takes() -> list[str]:
+        store.add_new_members("s", ["y"])
+        return sorted(store.take_members("t", 1))
+
+    results = run_group(store, held, takes_then_fails, takes)
+    assert results[0] == [True] and isinstance(results[1], ValueError) and results[2] == []
+    assert committed(path, "SELECT member FROM sets ORDER BY member") == [
+        ("a",), ("old",), ("y",)
+    ]  # fmt: skip
+    assert store.has_members("s", ["a", "z", "old", "y"]) == [True, False, True, True]
+    assert store.add_new_members("s", ["z"]) == [True]
+
+
+def test_another_workers_removals_drop_the_members_it_knew(path: Path) -> None:
+    """Members known are never wrong for long: a removal by another store (take_members,
+    delete) is logged in ``changes``, and the first store reads the set again."""
+    first, second = SqliteStore(path), SqliteStore(path)
+    assert first.add_new_members("s", ["a", "b"]) == [True, True]
+    assert first.has_members("s", ["a", "b"]) == [True, True]  # known: no read
+    assert second.add_new_members("s", ["a", "c"]) == [False, True]
+    assert second.take_members("s", 10) != []
+    assert first.has_members("s", ["a", "b", "c"]) == [False, False, False]
+    assert first.add_new_members("s", ["a"]) == [True]
+    assert second.has_members("s", ["a"]) == [True]
+    first.delete(["s"])
+    assert second.has_members("s", ["a"]) == [False]
+    assert second.add_new_members("s", ["a"]) == [True]

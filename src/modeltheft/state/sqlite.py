@@ -131,6 +131,7 @@ class SqliteStore:
         self._commits = 0
         self._cache = Cache()
         self._group = False  # a group transaction is open (open_group … close_group)
+        self._saved = False  # the current unit of the group took its savepoint
         self._group_error: StateUnavailable | None = None
         self._checkpointer: Checkpointer | None = None
         self._conn: sqlite3.Connection | None = None
@@ -387,7 +388,7 @@ class SqliteStore:
             if self._group or self._depth:
                 raise RuntimeError("open_group inside a transaction")
             self._begin()
-            self._group, self._group_error = True, None
+            self._group, self._group_error, self._saved = True, None, False
 
     def close_group(self) -> None:
         """Commit the group (its held-back writes first). StateUnavailable if the commit or
@@ -487,7 +488,6 @@ class SqliteStore:
         if self._group_error is not None:
             raise self._group_error
         conn = self._connection()
-        self._group_statement(conn, "SAVEPOINT unit")
         self._cache.begin_unit()
         self._depth = 1
         try:
@@ -499,7 +499,8 @@ class SqliteStore:
                 self._fail_group(conn, exc)
             if not _keeps(exc):
                 self._cache.undo_unit()
-                self._group_statement(conn, "ROLLBACK TO unit")
+                if self._saved:
+                    self._group_statement(conn, "ROLLBACK TO unit")
             self._release(conn)
             raise
         self._depth = 0
@@ -507,7 +508,17 @@ class SqliteStore:
 
     def _release(self, conn: sqlite3.Connection) -> None:
         self._cache.end_unit()
-        self._group_statement(conn, "RELEASE unit")
+        if self._saved:
+            self._saved = False
+            self._group_statement(conn, "RELEASE unit")
+
+    def _direct(self, conn: sqlite3.Connection) -> None:
+        """Before a statement that writes at once (not held back): inside a unit of the
+        group, its savepoint, taken on its first such write only (most units write nothing
+        directly: their writes are all held back, and their undo notes take them back)."""
+        if self._group and not self._saved:
+            self._group_statement(conn, "SAVEPOINT unit")
+            self._saved = True
 
     def _group_statement(self, conn: sqlite3.Connection, sql: str) -> None:
         """``sql`` in the open group's transaction; if it fails, the whole group fails."""
@@ -524,6 +535,7 @@ class SqliteStore:
             exc = StateUnavailable(f"state database {self.path} is unavailable: {reason}")
         self._group_error = exc
         self._depth = 0
+        self._saved = False
         self._rollback(conn)
         raise exc
 
@@ -665,47 +677,87 @@ class SqliteStore:
         return [bytes(row[0]) for row in rows]
 
     def add_member(self, key: str, member: str) -> None:
-        """Add ``member`` to set ``key``."""
-        with self._unit() as conn:
-            conn.execute("INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member))
+        """Add ``member`` to set ``key`` (held back for the commit: no statement now)."""
+        with self._unit():
+            known = self._cache.members.get(key)
+            if known is None or member not in known:
+                self._cache.add_members(key, [member])
 
     def add_new_members(self, key: str, members: Sequence[str]) -> list[bool]:
-        """Add ``members`` to set ``key``; for each, whether it was new (one transaction)."""
-        with self._unit() as conn:
-            return [
-                conn.execute(
-                    "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", (key, member)
-                ).rowcount
-                == 1
-                for member in members
-            ]
+        """Add ``members`` to set ``key``; for each, whether it was new (one transaction).
 
-    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
-        """For each of ``members``, whether it is in set ``key`` (one read)."""
-        if not members:
-            return []
-        wanted = list(dict.fromkeys(members))
+        Members known (read or added before) are answered from the cache, the others by one
+        read of ``sets``; the new ones are held back for the commit."""
+        with self._unit() as conn:
+            cache = self._cache
+            known = cache.members.get(key)
+            unknown = (
+                list(dict.fromkeys(members))
+                if known is None
+                else [m for m in dict.fromkeys(members) if m not in known]
+            )
+            if not unknown:
+                return [False] * len(members)
+            found = self._present(conn, key, unknown)
+            if found:
+                cache.know_members(key, found)
+            new = [member for member in unknown if member not in found]
+            if new:
+                cache.add_members(key, new)
+            fresh = set(new)
+            result = []
+            for member in members:
+                result.append(member in fresh)
+                fresh.discard(member)  # a member repeated is new once
+            return result
+
+    @staticmethod
+    def _present(conn: sqlite3.Connection, key: str, members: list[str]) -> set[str]:
+        """Which of ``members`` (distinct) set ``key`` holds in the database."""
+        if len(members) == 1:
+            sql = "SELECT member FROM sets WHERE key = ? AND member = ?"
+            return {row[0] for row in conn.execute(sql, (key, members[0]))}
         found: set[str] = set()
-        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-            chunk = wanted[start : start + 500]
+        for start in range(0, len(members), 500):  # SQLite's bound-parameter limit
+            chunk = members[start : start + 500]
             sql = (
                 "SELECT member FROM sets WHERE key = ? AND member IN "
                 f"({', '.join('?' * len(chunk))})"
             )
-            rows = self._read(lambda conn, s=sql, c=chunk: conn.execute(s, [key, *c]).fetchall())
-            found.update(row[0] for row in rows)
-        return [member in found for member in members]
+            found.update(row[0] for row in conn.execute(sql, [key, *chunk]))
+        return found
+
+    def has_members(self, key: str, members: Sequence[str]) -> list[bool]:
+        """For each of ``members``, whether it is in set ``key`` (members known answered from
+        the cache, the others by one read)."""
+        if not members:
+            return []
+        with self._lock, self._faults(write=False):
+            conn = self._connection()
+            if not self._in_transaction():
+                self._validate(conn)
+            known = self._cache.members.get(key) or {}
+            unknown = [m for m in dict.fromkeys(members) if m not in known]
+            if not unknown:
+                return [True] * len(members)
+            found = self._present(conn, key, unknown)
+            if found:
+                self._cache.know_members(key, found)
+            return [member in known or member in found for member in members]
 
     def members(self, key: str) -> set[str]:
-        """Members of set ``key``."""
+        """Members of set ``key`` (those held back for the commit included)."""
         rows = self._read(
             lambda conn: conn.execute("SELECT member FROM sets WHERE key = ?", (key,)).fetchall()
         )
-        return {row[0] for row in rows}
+        with self._lock:
+            held = self._cache.held_members.get(key) or {}
+            return {row[0] for row in rows} | held.keys()
 
     def secret(self, name: str, nbytes: int = 32) -> bytes:
         """A random secret created on first use and the same for every later caller."""
         with self._unit() as conn:
+            self._direct(conn)
             conn.execute(
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
                 (name, secrets.token_bytes(nbytes)),
@@ -756,6 +808,7 @@ class SqliteStore:
         """Delete the entries older than ``before``, the oldest ``limit`` at most (through the
         index on time)."""
         with self._unit() as conn:
+            self._direct(conn)
             if limit is None:
                 return conn.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
             return conn.execute(
@@ -785,6 +838,7 @@ class SqliteStore:
         """Delete the items of list ``key`` before index ``start`` (the others keep theirs;
         the newest always stays, so the list's length stays its last index + 1)."""
         with self._unit() as conn:
+            self._direct(conn)
             if self._cache.trim_held(key, start):  # a newer item is held for the commit
                 sql = "DELETE FROM lists WHERE key = ? AND idx < ?"
                 return conn.execute(sql, (key, start)).rowcount
@@ -800,20 +854,29 @@ class SqliteStore:
         if not keys:
             return
         with self._unit() as conn:
+            self._direct(conn)
             for table in ("counters", "lists", "sets", "buckets"):
                 conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
             self._cache.remove(list(keys))
 
     def take_members(self, key: str, count: int) -> list[str]:
-        """Remove up to ``count`` members of set ``key`` and return them (one transaction)."""
+        """Remove up to ``count`` members of set ``key`` and return them (one transaction;
+        its members held back for the commit are written first)."""
         with self._unit() as conn:
+            self._direct(conn)
+            held = self._cache.take_held_members(key)
+            if held:
+                sql = "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)"
+                conn.executemany(sql, [(key, member) for member in held])
             rows = conn.execute(
                 "SELECT member FROM sets WHERE key = ? LIMIT ?", (key, max(0, count))
             ).fetchall()
+            taken = [row[0] for row in rows]
             conn.executemany(
-                "DELETE FROM sets WHERE key = ? AND member = ?", [(key, r[0]) for r in rows]
+                "DELETE FROM sets WHERE key = ? AND member = ?", [(key, m) for m in taken]
             )
-            return [row[0] for row in rows]
+            self._cache.unknow_members(key, taken)
+            return taken
 
 
 class _Part:
