@@ -4,8 +4,11 @@ several requests keeps, takes back and shows to other connections (#14, item 1).
 import asyncio
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -415,3 +418,78 @@ def test_another_workers_removals_drop_the_members_it_knew(path: Path) -> None:
     first.delete(["s"])
     assert second.has_members("s", ["a"]) == [False]
     assert second.add_new_members("s", ["a"]) == [True]
+
+
+RECOVERING = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 120)  # the WAL write lock
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 122)  # the WAL recovery lock
+os.pwrite(fd, bytes([os.pread(fd, 1, 8)[0] ^ 0xFF]), 8)  # the two index headers disagree
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextmanager
+def recovering(path: Path, seconds: float) -> Iterator[None]:
+    """Another process recovering the WAL index for ``seconds``: its locks (as SQLite takes
+    them in the -shm file) and a header that every reader must wait to see rebuilt."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", RECOVERING, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_transactions_run_no_busy_timeout_statements(path: Path) -> None:
+    """BEGIN IMMEDIATE is polled with SQLite's busy timeout at 0; it stays 0 from one
+    transaction to the next (it used to be set to 0 and back in each: 2 statements)."""
+    store = SqliteStore(path)
+    store.incr("n")
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    for _ in range(3):
+        run_group(store, lambda: store.incr("n"))
+        with store.batch():
+            store.incr("n")
+    assert statements.count("BEGIN IMMEDIATE") == 6
+    assert not [s for s in statements if "busy_timeout" in s]
+    assert store.get("n") == 7
+
+
+def test_a_reader_still_waits_for_another_process_after_a_transaction(path: Path) -> None:
+    """Outside a transaction the busy timeout is the store's again: a read that meets another
+    process recovering the WAL waits for it, and after busy_timeout it is 503, not at once."""
+    store = SqliteStore(path, busy_timeout=2.0)
+    store.incr("n")
+    store.add_member("s", "a")
+    store.audit_append([entry(1.0)])
+    with recovering(path, 0.4):
+        start = time.monotonic()
+        assert store.get("m") == 0  # not cached: read
+        waited = time.monotonic() - start
+    assert 0.3 < waited < 1.9
+    store.incr("n")  # the timeout went back to 0 for this transaction
+    with recovering(path, 0.3):
+        assert [e.time for e in store.audit_entries()] == [1.0]
+    store.incr("n")
+    with recovering(path, 0.3):
+        assert store.members("s") == {"a"}
+    store.incr("n")
+    with recovering(path, 0.3):
+        assert store.items("l") == []
+    short = SqliteStore(path, busy_timeout=0.3)
+    short.incr("n")
+    with recovering(path, 3.0):
+        start = time.monotonic()
+        with pytest.raises(StateUnavailable, match="locked"):
+            short.has_members("s", ["a", "b"])
+        assert 0.25 < time.monotonic() - start < 2.0
+    assert short.has_members("s", ["a", "b"]) == [True, False] and short.get("n") == 5

@@ -135,6 +135,7 @@ class SqliteStore:
         self._group_error: StateUnavailable | None = None
         self._checkpointer: Checkpointer | None = None
         self._conn: sqlite3.Connection | None = None
+        self._waits = True  # the connection's busy timeout is busy_timeout (else 0)
         self._pid = os.getpid()
         self._closed = False
         self._identity: FileIdentity | None = None
@@ -286,11 +287,26 @@ class SqliteStore:
         if self._conn is None or self._pid != os.getpid():
             # After a fork the parent's connection belongs to the parent: leave it alone.
             self._conn, self._pid = self._connect(StateUnavailable), os.getpid()
+            self._waits = True
             self._version = self._changes = None
             self._checkpointer = None  # the parent's thread did not cross the fork
         if self._checkpointer is None and not self.read_only and self.path != ":memory:":
             self._checkpointer = Checkpointer(*self._database)
         return self._conn
+
+    def _outside(self, conn: sqlite3.Connection) -> None:
+        """Before reads outside a transaction: :meth:`_patient`, then :meth:`_validate`."""
+        self._patient(conn)
+        self._validate(conn)
+
+    def _patient(self, conn: sqlite3.Connection) -> None:
+        """Before statements outside a transaction: SQLite's busy handler waits up to
+        ``busy_timeout`` again (a read may meet another process's WAL recovery, say), if a
+        transaction set it to 0 (:meth:`_lock_database`). A service runs everything in
+        transactions, so it sets it once, not twice per transaction."""
+        if not self._waits:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._waits = True
 
     def _validate(self, conn: sqlite3.Connection) -> None:
         """Drop the cached reads that another connection changed since the last call: the
@@ -421,20 +437,24 @@ class SqliteStore:
         commits and begins again within a fraction of a millisecond, it rarely finds the lock
         free and waits seconds (measured: 1.3 s, then 503, while the other worker committed
         900 times). Polling often finds the gaps, so workers share the database fairly.
+
+        The busy timeout stays 0 after it, inside the transaction (holding the write lock,
+        its statements meet no lock: WAL readers never block a writer) and after it, until
+        a statement outside a transaction sets it back (:meth:`_patient`): two statements
+        fewer per transaction.
         """
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + self.busy_timeout
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(LOCK_POLL)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if self._waits:
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._waits = False
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(LOCK_POLL)
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         """Write what is held back, then commit; on any failure roll everything back."""
@@ -571,6 +591,8 @@ class SqliteStore:
                     self._flush(conn)
                 except sqlite3.Error as exc:
                     self._fail_group(conn, exc)
+            elif not self._in_transaction():
+                self._patient(conn)
             return query(conn)
 
     def _counter(self, conn: sqlite3.Connection, key: str) -> int:
@@ -602,7 +624,7 @@ class SqliteStore:
         with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._in_transaction():
-                self._validate(conn)
+                self._outside(conn)
             return self._counter(conn, key)
 
     def raise_to(self, key: str, value: int) -> int:
@@ -642,7 +664,7 @@ class SqliteStore:
         with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._in_transaction():
-                self._validate(conn)
+                self._outside(conn)
             length = self._cache.lengths.get(key)
             if start < 0 and length is not None:
                 start = max(0, length + start)
@@ -735,7 +757,7 @@ class SqliteStore:
         with self._lock, self._faults(write=False):
             conn = self._connection()
             if not self._in_transaction():
-                self._validate(conn)
+                self._outside(conn)
             known = self._cache.members.get(key) or {}
             unknown = [m for m in dict.fromkeys(members) if m not in known]
             if not unknown:
