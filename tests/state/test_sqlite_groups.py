@@ -493,3 +493,20 @@ def test_a_reader_still_waits_for_another_process_after_a_transaction(path: Path
             short.has_members("s", ["a", "b"])
         assert 0.25 < time.monotonic() - start < 2.0
     assert short.has_members("s", ["a", "b"]) == [True, False] and short.get("n") == 5
+
+
+def test_a_sqlite_error_inside_a_unit_fails_its_group(path: Path) -> None:
+    store = SqliteStore(path)
+    store.incr("n")
+
+    def raw() -> None:
+        store.incr("n")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def later() -> int:
+        return store.incr("n")
+
+    results = run_group(store, raw, later)
+    assert all(isinstance(r, StateUnavailable) and "disk I/O" in str(r) for r in results)
+    assert store.get("n") == 1
+    assert run_group(store, later) == [2]
