@@ -374,8 +374,7 @@ class SqliteStore:
                 self._verify()
             yield
         except sqlite3.Error as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise StateUnavailable(f"state database {self.path} is unavailable: {reason}") from None
+            raise self._unavailable(exc) from None
 
     def batch(self) -> AbstractContextManager[None]:
         """The calls inside as one unit: one transaction, its writes held back to the commit.
@@ -417,8 +416,12 @@ class SqliteStore:
             self._commit(self._connection())
 
     def _begin(self) -> sqlite3.Connection:
-        """``BEGIN IMMEDIATE`` after checking the file; cached reads dropped if stale."""
-        with self._faults(write=True):
+        """``BEGIN IMMEDIATE`` after checking the file; cached reads dropped if stale. (What
+        :meth:`_faults` does, inline: it runs once a transaction.)"""
+        if self._lost is not None:
+            raise StateLost(self._lost)
+        try:
+            self._verify()
             conn = self._connection()
             self._lock_database(conn)
             try:
@@ -426,7 +429,14 @@ class SqliteStore:
             except BaseException:
                 self._rollback(conn)
                 raise
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
         return conn
+
+    def _unavailable(self, exc: sqlite3.Error) -> StateUnavailable:
+        """The StateUnavailable that a SQLite failure ``exc`` raises."""
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return StateUnavailable(f"state database {self.path} is unavailable: {reason}")
 
     def _lock_database(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, retried every ``LOCK_POLL`` seconds for ``busy_timeout``.
@@ -456,16 +466,20 @@ class SqliteStore:
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         """Write what is held back, then commit; on any failure roll everything back."""
-        try:
-            with self._faults(write=False):
-                self._flush(conn)
-                self._commits += 1
-                if self._commits % PRUNE_EVERY == 0 and self._changes is not None:
-                    old = self._changes - CHANGES_KEPT
-                    conn.execute("DELETE FROM changes WHERE seq <= ?", (old,))
-                conn.execute("COMMIT")
-        except BaseException:
+        if self._lost is not None:
             self._rollback(conn)
+            raise StateLost(self._lost)
+        try:
+            self._flush(conn)
+            self._commits += 1
+            if self._commits % PRUNE_EVERY == 0 and self._changes is not None:
+                old = self._changes - CHANGES_KEPT
+                conn.execute("DELETE FROM changes WHERE seq <= ?", (old,))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise self._unavailable(exc) from None
             raise
 
     def _unit(self) -> AbstractContextManager[sqlite3.Connection]:
