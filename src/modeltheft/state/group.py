@@ -1,11 +1,11 @@
 """Group commit: the requests a service handles in one turn of its event loop share a commit.
 
-The first request of a turn opens the store's group (one ``BEGIN IMMEDIATE``), the requests
-after it in the same turn join it (each a savepoint of its own), and a callback queued behind
-them commits them all at once. Every request is answered only after that commit, so the
-audit-before-answer promise holds, and a commit that fails is a 503 for each of them (nothing
-of theirs was kept). Under load many requests share one commit; alone, a request waits one
-turn of the loop (microseconds). Stores without transactions (memory, Redis) skip all this.
+The first request of a turn opens the store's group (one ``BEGIN IMMEDIATE``), the requests after it
+in the same turn join it (each a unit of its own, taken back alone if it fails), and a callback
+queued behind them commits them all at once. Every request is answered only after that commit, so
+the audit-before-answer promise holds, and a commit that fails is a 503 for each of them (nothing of
+theirs was kept). Under load many requests share one commit; alone, a request waits one turn of the
+loop (microseconds). Stores without transactions (memory, Redis) skip all this.
 """
 
 import asyncio

@@ -1,13 +1,13 @@
 """Embedded state in one SQLite file (WAL mode): shared by the processes of one machine.
 
-Every read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, so several worker
-processes (each with its own :class:`SqliteStore`) count exactly once; committed writes
-survive a crash of the process (``synchronous=NORMAL`` in WAL mode only risks the last
-transactions on a power loss, never the database's integrity). Inside a transaction the
-counters, buckets, list items and audit rows are held back and written just before the
-commit (:mod:`~modeltheft.state.sqlite_cache`), and a service shares one transaction among
-the requests of a turn of its event loop (:meth:`SqliteStore.open_group`,
-:mod:`~modeltheft.state.group`): each request is answered after the commit that holds it.
+Every read-modify-write runs in a ``BEGIN IMMEDIATE`` transaction, so several worker processes (each
+with its own :class:`SqliteStore`) count exactly once; committed writes survive a crash of the
+process (``synchronous=NORMAL`` in WAL mode only risks the last transactions on a power loss, never
+the database's integrity). Inside a transaction the counters, buckets, list items, set members and
+audit rows are held back and written just before the commit (:mod:`~modeltheft.state.sqlite_cache`),
+and a service shares one transaction among the requests of a turn of its event loop
+(:meth:`SqliteStore.open_group`, :mod:`~modeltheft.state.group`): each request is answered after the
+commit that holds it.
 
 A write that cannot get the database's lock within the busy timeout (2 s by default: another
 process holds a long write transaction), that meets a disk error, a damaged page or a
@@ -379,11 +379,12 @@ class SqliteStore:
     def batch(self) -> AbstractContextManager[None]:
         """The calls inside as one unit: one transaction, its writes held back to the commit.
 
-        Outside a group: one ``BEGIN IMMEDIATE`` and one commit, where the counters, buckets,
-        list items and audit rows written inside reach the database in one ``executemany``
-        per table (measured with `recommended`: ~29 transactions a request before batches,
-        ~17 statements with one, ~6 with the writes held back). Inside a group
-        (:meth:`open_group`): a savepoint of the group's transaction, committed with it.
+        Outside a group: one ``BEGIN IMMEDIATE`` and one commit, where the counters, buckets, list
+        items, set members and audit rows written inside reach the database in one ``executemany``
+        per table (measured with `recommended`: ~29 transactions a request before batches, ~17
+        statements with one, ~6 with the writes held back). Inside a group (:meth:`open_group`): a
+        unit of the group's transaction, committed with it (taken back alone by undo notes, and by a
+        savepoint if it wrote anything directly).
 
         Other threads wait for the batch; nested batches join the outer one. A domain refusal
         raised inside (429, 403: decisions already recorded) keeps the batch's writes; any
@@ -394,7 +395,7 @@ class SqliteStore:
         return cast("AbstractContextManager[None]", self._unit())  # (it gives the connection)
 
     def open_group(self) -> None:
-        """Start a transaction that every later batch (and call) joins, as a savepoint, until
+        """Start a transaction that every later batch (and call) joins, as a unit, until
         :meth:`close_group` commits them all at once (group commit: the requests answered in
         one turn of a service's event loop share one commit; each is answered after it)."""
         with self._lock:
@@ -484,7 +485,7 @@ class SqliteStore:
 
     def _unit(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic unit, under the store's lock: inside a batch, a part of it; inside an
-        open group, a savepoint (taken back alone if it fails); else its own transaction."""
+        open group, a unit of it (taken back alone if it fails); else its own transaction."""
         self._lock.acquire()
         if self._depth:  # the lock is ours, so is the batch: the cheap way (most calls)
             return _Part(self)  # releases the lock
@@ -495,7 +496,7 @@ class SqliteStore:
 
     @contextmanager
     def _own_unit(self) -> Iterator[sqlite3.Connection]:
-        """:meth:`_unit` outside a batch: a savepoint of the open group, or a transaction of
+        """:meth:`_unit` outside a batch: a unit of the open group, or a transaction of
         its own. (A batch only ever runs with the lock held, so no other thread's batch can be
         open once the lock is ours, and :meth:`_unit` took this thread's own to ``_Part``.)"""
         with self._lock:
