@@ -49,21 +49,23 @@ class Cache:
         self._undo: list[tuple[Any, str, Any]] | None = None
 
     def __len__(self) -> int:
-        """Cached reads held, set members counted one by one (the store shrinks the cache
-        past its limit: :meth:`shrink`)."""
-        return len(self.counters) + len(self.lengths) + len(self.buckets) + self._member_count
+        """Cached reads held (the store shrinks the cache past its limit: :meth:`shrink`)."""
+        return len(self.counters) + len(self.lengths) + len(self.buckets)
+
+    @property
+    def member_count(self) -> int:
+        """Set members known, at most (bounded apart from the reads: :meth:`shrink_members`,
+        so that the members of new rows, two a request, never push the counters out)."""
+        return self._member_count
 
     def shrink(self, limit: int) -> int:
         """Drop the oldest cached reads (first cached) until at most ``limit`` are left, the
         same share from each table; never one whose write is held for the commit. Returns
         how many went. Inside a unit nothing goes (its undo notes would bring entries back
         without their own notes): the store shrinks between units."""
-        if self._undo is not None:
-            return 0
-        self._member_count = sum(map(len, self.members.values()))
         total = len(self)
         excess = total - limit
-        if excess <= 0:
+        if excess <= 0 or self._undo is not None:
             return 0
         dropped = 0
         for table, held in (
@@ -76,14 +78,22 @@ class Cache:
             for key in old:
                 del table[key]
             dropped += len(old)
-        share = -(-self._member_count * excess // total)
+        return dropped
+
+    def shrink_members(self, limit: int) -> int:
+        """Drop the members known of the oldest sets (first known) until at most ``limit``
+        are left; never those of a set with members held for the commit, nothing inside a
+        unit. Returns how many went."""
+        if self._undo is not None:
+            return 0
+        self._member_count = sum(map(len, self.members.values()))  # exact again
         gone = 0
         for key in [key for key in self.members if key not in self.held_members]:
-            if gone >= share:
+            if self._member_count - gone <= limit:
                 break
             gone += len(self.members.pop(key))
         self._member_count -= gone
-        return dropped + gone
+        return gone
 
     @property
     def held(self) -> bool:
