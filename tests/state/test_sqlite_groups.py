@@ -510,3 +510,26 @@ def test_a_sqlite_error_inside_a_unit_fails_its_group(path: Path) -> None:
     assert all(isinstance(r, StateUnavailable) and "disk I/O" in str(r) for r in results)
     assert store.get("n") == 1
     assert run_group(store, later) == [2]
+
+
+def test_a_cancelled_request_leaves_the_groups_commit_alone(path: Path) -> None:
+    store = SqliteStore(path)
+
+    async def request(commits: GroupCommit, amount: int) -> int:
+        done = commits.join()
+        with store.batch():
+            value = store.incr("n", amount)
+        await GroupCommit.committed(done)
+        return value
+
+    async def main() -> list[object]:
+        commits = GroupCommit(store)
+        tasks = [asyncio.ensure_future(request(commits, k)) for k in (1, 10, 100)]
+        await asyncio.sleep(0)  # all three ran their batch and wait for the commit
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[0] == 1 and isinstance(results[1], asyncio.CancelledError)
+    assert results[2] == 111
+    assert committed(path, "SELECT value FROM counters") == [(111,)]  # its writes committed
