@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from modeltheft.cli.app import main
@@ -22,7 +24,7 @@ from modeltheft.errors import Blocked, ConfigError, RateLimited, StateUnavailabl
 from modeltheft.service import Settings
 from modeltheft.service.auth import KeyRing
 from modeltheft.state import MemoryStore, RedisStore, SqliteStore, StateStore
-from modeltheft.state.audit import AuditEntry, parse_duration, row_hashes
+from modeltheft.state.audit import FIELDS, OUTCOMES, AuditEntry, parse_duration, row_hashes
 from tests.conftest import KEYS
 
 
@@ -66,6 +68,75 @@ def test_entry_round_trips_through_json() -> None:
     assert AuditEntry.decode(refused.encode().encode()) == refused
     assert refused.rows == 2 and refused.as_dict()["rows"] == 2
     assert "\n" not in full.encode()
+
+
+_floats = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**53), 2**53)
+_ints = st.integers(-(2**70), 2**70) | st.booleans()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    time_=_floats,
+    client=st.text(),
+    outcome=st.sampled_from(OUTCOMES) | st.text(),
+    hashes=st.lists(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16) | st.text()),
+    labels=st.none() | st.lists(st.integers(-(2**70), 2**70) | st.text() | st.booleans()),
+    before=st.text(),
+    after=st.sampled_from(("normal", "strict", "blocked")),
+    counts=st.tuples(_ints, _ints),
+    probabilities=st.booleans(),
+)
+def test_entry_encoding_is_json_dumps_of_its_fields(
+    time_: float,
+    client: str,
+    outcome: str,
+    hashes: list[str],
+    labels: list[int | str] | None,
+    before: str,
+    after: str,
+    counts: tuple[int, int],
+    probabilities: bool,
+) -> None:
+    """The hand-built encoder writes byte for byte what ``json.dumps`` of the fields did
+    (any character in names and labels, floats as ``float.__repr__``, NaN and infinities as
+    json spells them), and what it writes decodes back to the entry."""
+    entry = AuditEntry(
+        time_,
+        client,
+        outcome,
+        tuple(hashes),
+        labels=None if labels is None else tuple(labels),
+        status_before=before,
+        status_after=after,
+        suspicious=counts[0],
+        altered=counts[1],
+        probabilities=probabilities,
+    )
+    text = entry.encode()
+    fields = {name: getattr(entry, name) for name in FIELDS}
+    assert text == json.dumps(fields, separators=(",", ":"))
+    back = AuditEntry.decode(text)
+    if time_ == time_:  # NaN is never equal to itself
+        assert back == entry
+    else:
+        assert back.time != back.time and back.row_hashes == entry.row_hashes
+
+
+@pytest.mark.parametrize(
+    "odd", [np.float64(0.1), float("nan"), float("-inf"), -0.0, 1e300, 5e-324, True, 7]
+)
+def test_entry_encoding_of_float_subclasses_and_oddities(odd: float) -> None:
+    entry = AuditEntry(odd, 'c\u2028\n"', "answered", ("x",), labels=(1, "\x00é", 2.5))  # type: ignore[arg-type]
+    fields = {name: getattr(entry, name) for name in FIELDS}
+    assert entry.encode() == json.dumps(fields, separators=(",", ":"))
+
+
+def test_entry_encoding_refuses_what_json_refuses() -> None:
+    entry = AuditEntry(np.float32(0.5), "c", "answered", ("x",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        json.dumps({name: getattr(entry, name) for name in FIELDS})
+    with pytest.raises(TypeError):
+        entry.encode()
 
 
 def test_row_hashes_identify_rows_not_batches() -> None:

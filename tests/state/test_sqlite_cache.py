@@ -103,3 +103,41 @@ def test_a_store_whose_cache_shrinks_all_the_time_answers_exactly(
             assert len(reader.items(f"l{probe}")) == lengths.get(f"l{probe}", 0)
     for store in stores:
         store.close()
+
+
+def test_members_known_count_in_the_bound_and_held_ones_stay() -> None:
+    cache = Cache()
+    cache.add_members("held", ["h1", "h2"])  # added inside the transaction, not yet written
+    cache.read_counter("c", 1)
+    for i in range(40):
+        cache.know_members(f"s{i}", [f"m{j}" for j in range(5)])
+    assert cache.member_count == 202 and len(cache) == 1  # bounded apart from the reads
+    assert cache.shrink(0) == 1 and cache.member_count == 202
+    dropped = cache.shrink_members(100)
+    assert cache.member_count <= 100 and dropped == 202 - cache.member_count
+    assert cache.members["held"] == {"h1": None, "h2": None} and "held" in cache.held_members
+    assert "s39" in cache.members and "s0" not in cache.members  # the oldest went
+    cache.begin_unit()
+    cache.add_members("new", ["n"])
+    cache.know_members("s39", ["extra"])
+    cache.undo_unit()
+    assert "new" not in cache.members and "new" not in cache.held_members
+    assert "extra" not in cache.members["s39"]
+
+
+def test_the_members_a_store_knows_stay_within_their_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two new rows a request are two members known: bounded by MEMBERS_LIMIT apart from the
+    counters, which they never push out; the answers stay exact."""
+    monkeypatch.setattr(sqlite_module, "MEMBERS_LIMIT", 40)
+    store = SqliteStore(tmp_path / "state.db")
+    for i in range(100):
+        with store.batch():
+            store.incr(f"n{i % 3}")
+            assert store.add_new_members(f"seen{i // 10}", [f"r{i}", f"r{i}b"]) == [True, True]
+        assert store._cache.member_count <= 40 + 2
+    assert set(store._cache.counters) == {"n0", "n1", "n2"}
+    assert store.has_members("seen0", ["r0", "r0b", "r99"]) == [True, True, False]
+    assert store.add_new_members("seen9", ["r99", "r98b", "x"]) == [False, False, True]
+    store.close()

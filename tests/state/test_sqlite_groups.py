@@ -4,8 +4,11 @@ several requests keeps, takes back and shows to other connections (#14, item 1).
 import asyncio
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,7 +120,7 @@ def test_a_group_commits_once_and_a_failed_request_is_taken_back_alone(path: Pat
         return unit
 
     def bug() -> None:
-        store.add_new_members("seen", ["bug"])  # a direct statement: its savepoint undoes it
+        store.add_new_members("seen", ["bug"])  # held: its undo notes take it back
         store.append("l", [b"bug"])
         store.incr("n", 100)
         store.audit_append([entry(1.0, "bug")])
@@ -318,3 +321,215 @@ def test_trims_and_deletes_see_the_writes_held_for_the_commit(path: Path) -> Non
     run_group(store, lambda: store.delete(["n", "l"]))
     assert store.get("n") == 0 and store.items("l") == []
     assert other.get("n") == 0 and other.items("l") == []  # logged: the other drops them
+
+
+def test_a_request_that_writes_nothing_directly_takes_no_savepoint(path: Path) -> None:
+    """Set members are held back like the other writes, so a normal request of a group runs
+    no SAVEPOINT/RELEASE and no INSERT of its own: its members reach ``sets`` in one
+    ``executemany`` with the group's commit (they used to cost an INSERT each at once)."""
+    store = SqliteStore(path)
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+
+    def request(name: str) -> object:
+        def unit() -> list[bool]:
+            new = store.add_new_members("seen", [name, "x", name])
+            store.add_member("active", name)
+            assert store.has_members("seen", [name, "x", "nope"]) == [True, True, False]
+            store.incr("n")
+            store.append("l", [name.encode()])
+            store.audit_append([entry(1.0, name)])
+            return new
+
+        return unit
+
+    assert run_group(store, request("a"), request("b")) == [
+        [True, True, False],
+        [True, False, False],
+    ]
+    assert not [s for s in statements if s.split()[0] in ("SAVEPOINT", "RELEASE", "ROLLBACK")]
+    sets = [i for i, s in enumerate(statements) if "INTO sets" in s]
+    assert len(sets) == 5 and min(sets) > statements.index("BEGIN IMMEDIATE")
+    assert not [s for s in statements[min(sets) :] if s.startswith("SELECT")]  # at the commit
+    assert committed(path, "SELECT key, member FROM sets ORDER BY key, member") == [
+        ("active", "a"), ("active", "b"), ("seen", "a"), ("seen", "b"), ("seen", "x")
+    ]  # fmt: skip
+
+
+def test_members_held_for_the_commit_are_seen_by_every_read(path: Path) -> None:
+    store = SqliteStore(path)
+    store.add_member("s", "old")
+    with store.batch():
+        assert store.add_new_members("s", ["a", "b", "old", "a"]) == [True, True, False, False]
+        assert store.add_new_members("s", ["a"]) == [False]
+        assert store.has_members("s", ["a", "c", "old"]) == [True, False, True]
+        assert store.members("s") == {"a", "b", "old"}
+        assert committed(path, "SELECT COUNT(*) FROM sets") == [(1,)]  # held
+        assert sorted(store.take_members("s", 5)) == ["a", "b", "old"]
+        assert store.members("s") == set() and store.has_members("s", ["a"]) == [False]
+        store.add_member("s", "c")
+        store.add_member("t", "d")
+        store.delete(["t"])
+        assert store.members("t") == set() and store.has_members("t", ["d"]) == [False]
+    assert committed(path, "SELECT key, member FROM sets") == [("s", "c")]
+    assert SqliteStore(path).members("s") == {"c"}
+
+
+def test_a_failed_request_takes_its_members_back_and_a_direct_write_its_savepoint(
+    path: Path,
+) -> None:
+    """Units of one group: held members only (kept), a take_members (its savepoint is taken
+    then) that fails, and one with a direct write that succeeds."""
+    store = SqliteStore(path)
+    store.add_member("s", "old")
+
+    def held() -> list[bool]:
+        return store.add_new_members("s", ["a"])
+
+    def takes_then_fails() -> None:
+        store.add_new_members("s", ["z"])
+        assert sorted(store.take_members("s", 10)) == ["a", "old", "z"]
+        raise ValueError("a bug")
+
+    def takes() -> list[str]:
+        store.add_new_members("s", ["y"])
+        return sorted(store.take_members("t", 1))
+
+    results = run_group(store, held, takes_then_fails, takes)
+    assert results[0] == [True] and isinstance(results[1], ValueError) and results[2] == []
+    assert committed(path, "SELECT member FROM sets ORDER BY member") == [
+        ("a",), ("old",), ("y",)
+    ]  # fmt: skip
+    assert store.has_members("s", ["a", "z", "old", "y"]) == [True, False, True, True]
+    assert store.add_new_members("s", ["z"]) == [True]
+
+
+def test_another_workers_removals_drop_the_members_it_knew(path: Path) -> None:
+    """Members known are never wrong for long: a removal by another store (take_members,
+    delete) is logged in ``changes``, and the first store reads the set again."""
+    first, second = SqliteStore(path), SqliteStore(path)
+    assert first.add_new_members("s", ["a", "b"]) == [True, True]
+    assert first.has_members("s", ["a", "b"]) == [True, True]  # known: no read
+    assert second.add_new_members("s", ["a", "c"]) == [False, True]
+    assert second.take_members("s", 10) != []
+    assert first.has_members("s", ["a", "b", "c"]) == [False, False, False]
+    assert first.add_new_members("s", ["a"]) == [True]
+    assert second.has_members("s", ["a"]) == [True]
+    first.delete(["s"])
+    assert second.has_members("s", ["a"]) == [False]
+    assert second.add_new_members("s", ["a"]) == [True]
+
+
+RECOVERING = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 120)  # the WAL write lock
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 122)  # the WAL recovery lock
+os.pwrite(fd, bytes([os.pread(fd, 1, 8)[0] ^ 0xFF]), 8)  # the two index headers disagree
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextmanager
+def recovering(path: Path, seconds: float) -> Iterator[None]:
+    """Another process recovering the WAL index for ``seconds``: its locks (as SQLite takes
+    them in the -shm file) and a header that every reader must wait to see rebuilt."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", RECOVERING, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_transactions_run_no_busy_timeout_statements(path: Path) -> None:
+    """BEGIN IMMEDIATE is polled with SQLite's busy timeout at 0; it stays 0 from one
+    transaction to the next (it used to be set to 0 and back in each: 2 statements)."""
+    store = SqliteStore(path)
+    store.incr("n")
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    for _ in range(3):
+        run_group(store, lambda: store.incr("n"))
+        with store.batch():
+            store.incr("n")
+    assert statements.count("BEGIN IMMEDIATE") == 6
+    assert not [s for s in statements if "busy_timeout" in s]
+    assert store.get("n") == 7
+
+
+def test_a_reader_still_waits_for_another_process_after_a_transaction(path: Path) -> None:
+    """Outside a transaction the busy timeout is the store's again: a read that meets another
+    process recovering the WAL waits for it, and after busy_timeout it is 503, not at once."""
+    store = SqliteStore(path, busy_timeout=2.0)
+    store.incr("n")
+    store.add_member("s", "a")
+    store.audit_append([entry(1.0)])
+    with recovering(path, 0.4):
+        start = time.monotonic()
+        assert store.get("m") == 0  # not cached: read
+        waited = time.monotonic() - start
+    assert 0.3 < waited < 1.9
+    store.incr("n")  # the timeout went back to 0 for this transaction
+    with recovering(path, 0.3):
+        assert [e.time for e in store.audit_entries()] == [1.0]
+    store.incr("n")
+    with recovering(path, 0.3):
+        assert store.members("s") == {"a"}
+    store.incr("n")
+    with recovering(path, 0.3):
+        assert store.items("l") == []
+    short = SqliteStore(path, busy_timeout=0.3)
+    short.incr("n")
+    with recovering(path, 3.0):
+        start = time.monotonic()
+        with pytest.raises(StateUnavailable, match="locked"):
+            short.has_members("s", ["a", "b"])
+        assert 0.25 < time.monotonic() - start < 2.0
+    assert short.has_members("s", ["a", "b"]) == [True, False] and short.get("n") == 5
+
+
+def test_a_sqlite_error_inside_a_unit_fails_its_group(path: Path) -> None:
+    store = SqliteStore(path)
+    store.incr("n")
+
+    def raw() -> None:
+        store.incr("n")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def later() -> int:
+        return store.incr("n")
+
+    results = run_group(store, raw, later)
+    assert all(isinstance(r, StateUnavailable) and "disk I/O" in str(r) for r in results)
+    assert store.get("n") == 1
+    assert run_group(store, later) == [2]
+
+
+def test_a_cancelled_request_leaves_the_groups_commit_alone(path: Path) -> None:
+    store = SqliteStore(path)
+
+    async def request(commits: GroupCommit, amount: int) -> int:
+        done = commits.join()
+        with store.batch():
+            value = store.incr("n", amount)
+        await GroupCommit.committed(done)
+        return value
+
+    async def main() -> list[object]:
+        commits = GroupCommit(store)
+        tasks = [asyncio.ensure_future(request(commits, k)) for k in (1, 10, 100)]
+        await asyncio.sleep(0)  # all three ran their batch and wait for the commit
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[0] == 1 and isinstance(results[1], asyncio.CancelledError)
+    assert results[2] == 111
+    assert committed(path, "SELECT value FROM counters") == [(111,)]  # its writes committed

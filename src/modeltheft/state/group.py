@@ -1,11 +1,11 @@
 """Group commit: the requests a service handles in one turn of its event loop share a commit.
 
-The first request of a turn opens the store's group (one ``BEGIN IMMEDIATE``), the requests
-after it in the same turn join it (each a savepoint of its own), and a callback queued behind
-them commits them all at once. Every request is answered only after that commit, so the
-audit-before-answer promise holds, and a commit that fails is a 503 for each of them (nothing
-of theirs was kept). Under load many requests share one commit; alone, a request waits one
-turn of the loop (microseconds). Stores without transactions (memory, Redis) skip all this.
+The first request of a turn opens the store's group (one ``BEGIN IMMEDIATE``), the requests after it
+in the same turn join it (each a unit of its own, taken back alone if it fails), and a callback
+queued behind them commits them all at once. Every request is answered only after that commit, so
+the audit-before-answer promise holds, and a commit that fails is a 503 for each of them (nothing of
+theirs was kept). Under load many requests share one commit; alone, a request waits one turn of the
+loop (microseconds). Stores without transactions (memory, Redis) skip all this.
 """
 
 import asyncio
@@ -28,37 +28,45 @@ class GroupCommit:
     def __init__(self, store: object) -> None:
         self.store = store
         self.enabled = bool(getattr(store, "transactions", False))
-        self._open: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None  # the open group's requests
 
     def join(self) -> "asyncio.Future[None] | None":
-        """The current turn's commit (opening it if needed); None without transactions.
+        """This request's wait for the current turn's commit (opening it if needed); None
+        without transactions. Each request has a future of its own, so that one cancelled
+        leaves the others alone without ``asyncio.shield`` (~8 us a request).
 
         Raises :class:`~modeltheft.errors.StateUnavailable` if the group cannot start."""
         if not self.enabled:
             return None
-        if self._open is None:
+        loop = asyncio.get_running_loop()
+        if self._waiters is None:
             store: GroupStore = self.store  # type: ignore[assignment]
             store.open_group()
-            loop = asyncio.get_running_loop()
-            self._open = loop.create_future()
+            self._waiters = []
             loop.call_soon(self._commit)
-        return self._open
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def _commit(self) -> None:
-        done, self._open = self._open, None
-        if done is None:  # pragma: no cover - one callback per group
+        waiters, self._waiters = self._waiters, None
+        if waiters is None:  # pragma: no cover - one callback per group
             return
         store: GroupStore = self.store  # type: ignore[assignment]
         try:
             store.close_group()
         except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved: each waiter raises it, none may be left to
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled request's is
+                    waiter.set_exception(exc)
+                    waiter.exception()  # retrieved: a request that failed never awaits it
         else:
-            done.set_result(None)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     @staticmethod
     async def committed(done: "asyncio.Future[None] | None") -> None:
-        """Wait for ``done`` (shielded: a cancelled request leaves the group's commit alone)."""
+        """Wait for ``done``, this request's own (cancelling it leaves the commit alone)."""
         if done is not None:
-            await asyncio.shield(done)
+            await done

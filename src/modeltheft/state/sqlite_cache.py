@@ -5,15 +5,19 @@ connection has committed since (``PRAGMA data_version``):
 
 - **reads**: counter values, list lengths and token buckets it last read or wrote, so a
   request does not read back what it just wrote;
-- **held-back writes** (write-behind): counters, buckets, list items and audit rows written
-  inside a transaction are kept here and reach the database in one ``executemany`` per table
-  just before the commit. A request then costs a few statements per table per transaction,
-  not one per call. The keys written are logged in the ``changes`` table, so that another
-  connection (another worker) drops only those from its cached reads, not all of them.
+- **set members known**: members of sets found in the database or added, never absences,
+  so only a removal (``delete``, ``take_members``, logged in ``changes``) can make them wrong;
+- **held-back writes** (write-behind): counters, buckets, list items, set members and audit
+  rows written inside a transaction are kept here and reach the database in one
+  ``executemany`` per table just before the commit. A request then costs a few statements
+  per table per transaction, not one per call. The keys written are logged in the
+  ``changes`` table, so that another connection (another worker) drops only those from its
+  cached reads, not all of them (set members added are not logged: another connection's
+  knowledge of members stays true when members are added).
 
 Every change made inside a *unit* (one request sharing a group transaction with others) is
 noted, so that a unit that fails is taken back alone (:meth:`Cache.undo_unit`) while its
-savepoint rolls back its direct statements.
+savepoint (taken before its first direct write only) rolls back its direct statements.
 """
 
 import sqlite3
@@ -39,11 +43,20 @@ class Cache:
         self.appends: dict[str, list[tuple[int, bytes]]] = {}
         self.audit: list[tuple[float, str, str]] = []
         self.removed: dict[str, bool] = {}  # keys deleted: logged as changed at the commit
+        self.members: dict[str, dict[str, None]] = {}  # set members known to be there
+        self.held_members: dict[str, dict[str, None]] = {}  # added at the commit
+        self._member_count = 0  # members known: an upper bound (exact after a shrink)
         self._undo: list[tuple[Any, str, Any]] | None = None
 
     def __len__(self) -> int:
         """Cached reads held (the store shrinks the cache past its limit: :meth:`shrink`)."""
         return len(self.counters) + len(self.lengths) + len(self.buckets)
+
+    @property
+    def member_count(self) -> int:
+        """Set members known, at most (bounded apart from the reads: :meth:`shrink_members`,
+        so that the members of new rows, two a request, never push the counters out)."""
+        return self._member_count
 
     def shrink(self, limit: int) -> int:
         """Drop the oldest cached reads (first cached) until at most ``limit`` are left, the
@@ -67,11 +80,31 @@ class Cache:
             dropped += len(old)
         return dropped
 
+    def shrink_members(self, limit: int) -> int:
+        """Drop the members known of the oldest sets (first known) until at most ``limit``
+        are left; never those of a set with members held for the commit, nothing inside a
+        unit. Returns how many went."""
+        if self._undo is not None:
+            return 0
+        self._member_count = sum(map(len, self.members.values()))  # exact again
+        gone = 0
+        for key in [key for key in self.members if key not in self.held_members]:
+            if self._member_count - gone <= limit:
+                break
+            gone += len(self.members.pop(key))
+        self._member_count -= gone
+        return gone
+
     @property
     def held(self) -> bool:
         """Whether writes are waiting for the commit."""
         return bool(
-            self.dirty_counters or self.dirty_buckets or self.appends or self.audit or self.removed
+            self.dirty_counters
+            or self.dirty_buckets
+            or self.appends
+            or self.audit
+            or self.removed
+            or self.held_members
         )
 
     def _set(self, table: dict[str, Any], key: str, value: Any) -> None:
@@ -106,6 +139,46 @@ class Cache:
         self._set(self.lengths, key, start + len(items))
         return start + len(items)
 
+    def know_members(self, key: str, found: "list[str] | set[str]") -> None:
+        """Remember that ``found`` are members of set ``key`` (read from the database)."""
+        known = self.members.get(key)
+        if known is None:
+            self._set(self.members, key, known := {})
+        for member in found:
+            if member not in known:
+                self._set(known, member, None)
+                self._member_count += 1
+
+    def add_members(self, key: str, new: "list[str]") -> None:
+        """Add ``new`` to set ``key`` at the commit (``INSERT OR IGNORE``: members already
+        there are no harm), and know them from now on."""
+        held = self.held_members.get(key)
+        if held is None:
+            self._set(self.held_members, key, held := {})
+        for member in new:
+            self._set(held, member, None)
+        self.know_members(key, new)
+
+    def take_held_members(self, key: str) -> list[str]:
+        """The members of set ``key`` held for the commit, no longer held (the caller writes
+        them now)."""
+        held = self.held_members.get(key)
+        if not held:
+            return []
+        self._set(self.held_members, key, {})
+        return list(held)
+
+    def unknow_members(self, key: str, gone: "list[str]") -> None:
+        """Forget members ``gone`` of set ``key`` (removed), and log ``key`` at the commit."""
+        known = self.members.get(key)
+        if known is not None:
+            for member in gone:
+                if member in known:
+                    if self._undo is not None:
+                        self._undo.append((known, member, None))
+                    del known[member]
+        self._set(self.removed, key, True)
+
     def write_audit(self, rows: list[tuple[float, str, str]]) -> None:
         """Insert audit ``rows`` at the commit, after those already held."""
         if self._undo is not None:
@@ -127,8 +200,8 @@ class Cache:
         """Forget ``keys`` (deleted): cached reads and held writes; log them at the commit."""
         for key in keys:
             for table in (
-                self.counters, self.lengths, self.buckets,
-                self.dirty_counters, self.dirty_buckets, self.appends,
+                self.counters, self.lengths, self.buckets, self.members,
+                self.dirty_counters, self.dirty_buckets, self.appends, self.held_members,
             ):  # fmt: skip
                 if key in table:
                     if self._undo is not None:
@@ -149,6 +222,7 @@ class Cache:
             self.counters.pop(key, None)
             self.lengths.pop(key, None)
             self.buckets.pop(key, None)
+            self.members.pop(key, None)
 
     def flush(self, conn: sqlite3.Connection) -> int:
         """Write what is held, one ``executemany`` per table, in the order it was written, and
@@ -174,6 +248,11 @@ class Cache:
                 "INSERT INTO lists (key, idx, item) VALUES (?, ?, ?)",
                 [(key, idx, item) for key, rows in self.appends.items() for idx, item in rows],
             )
+        if self.held_members:
+            conn.executemany(
+                "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)",
+                [(key, member) for key, held in self.held_members.items() for member in held],
+            )
         if self.audit:
             conn.executemany("INSERT INTO audit (time, client, entry) VALUES (?, ?, ?)", self.audit)
         self.drop_held()
@@ -186,12 +265,15 @@ class Cache:
         self.appends.clear()
         self.audit.clear()
         self.removed.clear()
+        self.held_members.clear()
 
     def forget(self) -> None:
         """Drop everything: cached reads and held writes (a rollback, another writer)."""
         self.counters.clear()
         self.lengths.clear()
         self.buckets.clear()
+        self.members.clear()
+        self._member_count = 0
         self.drop_held()
         self._undo = None
 
