@@ -76,10 +76,11 @@ CACHE_LIMIT = 50_000
 """Cached reads (counters, list lengths, buckets) a connection keeps: past it, the oldest are
 dropped down to half of it (about 150 B each: at most ~8 MB; `recommended` keeps ~30 keys a
 client, so the cache holds the reads of the last ~800-1,600 clients seen)."""
-MEMBERS_LIMIT = 50_000
+MEMBERS_LIMIT = 20_000
 """Set members a connection knows to be there: past it, those of the oldest sets are dropped
-down to half of it (a "seen" row's digest, ~90 B each: at most ~5 MB). They answer a row
-sent again without a statement."""
+down to half of it (a "seen" row's digest, ~90 B each: at most ~2 MB, kept small because a
+`serve` worker's RSS target leaves a few MB). They answer a row sent again without a
+statement."""
 CHANGES_READ = 10_000
 """Keys changed by other connections read at most; past that, the whole cache starts over."""
 CHANGES_KEPT = 100_000
