@@ -118,3 +118,30 @@ def test_growing_sets_read_at_once_equal_those_grown_one_item_at_a_time() -> Non
         group.drop_before(40)
         steps.growing[label].drop_before(40)
         assert np.array_equal(group.held(), steps.growing[label].held())
+
+
+def test_rows_are_held_narrow_while_exact_and_widen_when_a_row_needs_it() -> None:
+    """Digits' pixels fit float16 (a quarter of the bytes); a row that does not is held
+    exactly all the same, and distances are those of float64 rows throughout."""
+    from modeltheft.defenses.prada_state import Rows
+
+    pixels = np.arange(64, dtype=float).reshape(1, 64) % 17 / 16  # what digits' rows hold
+    rows = Rows(64)
+    rows.extend(np.repeat(pixels, 100, axis=0), np.arange(100))
+    narrow = rows.nbytes
+    assert rows.held().dtype == np.float64 and np.array_equal(rows.held()[0], pixels[0])
+    assert narrow < Rows(64, compact=False).nbytes * 100 / 8 / 3  # ~ a quarter of float64's
+    fine = pixels + 1e-9  # not exact in float16 nor float32
+    rows.add(fine[0], 100)
+    assert np.array_equal(rows.held()[-1], fine[0]) and np.array_equal(rows.held()[0], pixels[0])
+    query = pixels[0] + 0.5
+    reference = np.vstack([np.repeat(pixels, 100, axis=0), fine])
+    expected = float(np.einsum("ij,ij->i", reference - query, reference - query).min())
+    assert rows.nearest(query) == expected
+    big = np.full((1, 64), 1e6)  # beyond float16's range, exact in float32
+    wide = Rows(64)
+    wide.extend(big, np.array([0]))
+    assert np.array_equal(wide.held(), big) and wide.nbytes < Rows(64, compact=False).nbytes
+    nan = np.full((1, 64), np.nan)
+    wide.extend(nan, np.array([1]))
+    assert np.isnan(wide.held()[1]).all()

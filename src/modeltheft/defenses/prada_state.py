@@ -84,10 +84,15 @@ def read_records(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 class Rows:
     """A growing set of rows appended in place (amortised O(1)), each with a position (the
-    list item it came from); rows before a window's start are dropped by :meth:`drop_before`."""
+    list item it came from); rows before a window's start are dropped by :meth:`drop_before`.
 
-    def __init__(self, width: int) -> None:
-        self._data = np.empty((8, width))
+    With ``compact``, rows are held in the narrowest of float16, float32 and float64 that holds
+    every row added exactly (digits' pixels fit float16: a quarter of the bytes), widened when
+    a row needs it: values and distances stay those of float64 rows, only the memory shrinks.
+    """
+
+    def __init__(self, width: int, compact: bool = True) -> None:
+        self._data = np.empty((8, width), dtype=np.float16 if compact else np.float64)
         self._where = np.empty(8, dtype=np.int64)
         self._lo = 0
         self._hi = 0
@@ -99,28 +104,29 @@ class Rows:
         """Rows held."""
         return self._hi - self._lo
 
+    def _make_room(self, rows: np.ndarray) -> None:
+        """Room for ``rows`` (widening the storage if one is not exact in it)."""
+        dtype = self._data.dtype
+        if dtype != np.float64 and not _exact(rows, dtype):
+            dtype = np.dtype(np.float32) if _exact(rows, np.float32) else np.dtype(np.float64)
+        n = len(rows)
+        if self._hi + n <= len(self._data) and dtype == self._data.dtype:
+            return
+        live = slice(self._lo, self._hi)
+        size = max(8, 2 * self.n, self.n + n) if self._hi + n > len(self._data) else len(self._data)
+        data = np.empty((size, self._data.shape[1]), dtype=dtype)
+        wh = np.empty(size, dtype=np.int64)
+        data[: self.n], wh[: self.n] = self._data[live], self._where[live]
+        self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
+        self.nbytes = int(data.nbytes + wh.nbytes)
+
     def add(self, row: np.ndarray, where: int = 0) -> None:
-        if self._hi == len(self._data):
-            live = slice(self._lo, self._hi)
-            size = max(8, 2 * self.n)
-            data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
-            data[: self.n], wh[: self.n] = self._data[live], self._where[live]
-            self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
-            self.nbytes = int(data.nbytes + wh.nbytes)
-        self._data[self._hi] = row
-        self._where[self._hi] = where
-        self._hi += 1
+        self.extend(np.asarray(row, dtype=np.float64).reshape(1, -1), np.array([where]))
 
     def extend(self, rows: np.ndarray, where: np.ndarray) -> None:
         """:meth:`add` each of ``rows`` (n, width) at its position in ``where``."""
+        self._make_room(rows)
         n = len(rows)
-        if self._hi + n > len(self._data):
-            live = slice(self._lo, self._hi)
-            size = max(8, 2 * self.n, self.n + n)
-            data, wh = np.empty((size, self._data.shape[1])), np.empty(size, dtype=np.int64)
-            data[: self.n], wh[: self.n] = self._data[live], self._where[live]
-            self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
-            self.nbytes = int(data.nbytes + wh.nbytes)
         self._data[self._hi : self._hi + n] = rows
         self._where[self._hi : self._hi + n] = where
         self._hi += n
@@ -130,17 +136,24 @@ class Rows:
         self._lo += int(np.searchsorted(self._where[self._lo : self._hi], where, side="left"))
 
     def held(self) -> np.ndarray:
-        """The rows held, oldest first (a view: read it before the next :meth:`add`)."""
-        return self._data[self._lo : self._hi]
+        """The rows held, oldest first, as float64 (a copy if held narrower)."""
+        rows = self._data[self._lo : self._hi]
+        return rows if rows.dtype == np.float64 else rows.astype(np.float64)
 
     def keep_last(self, n: int) -> None:
         """Drop all but the newest ``n`` rows."""
         self._lo = max(self._lo, self._hi - n)
 
     def nearest(self, row: np.ndarray) -> float:
-        """Squared L2 distance from ``row`` to the nearest row of the set."""
-        diff = self._data[self._lo : self._hi] - row
+        """Squared L2 distance from ``row`` to the nearest row of the set (in float64)."""
+        diff = self._data[self._lo : self._hi] - np.asarray(row, dtype=np.float64)
         return float(np.einsum("ij,ij->i", diff, diff).min())
+
+
+def _exact(rows: np.ndarray, dtype: "np.dtype | type") -> bool:
+    """Whether every value of ``rows`` is the same in ``dtype`` (NaN stays NaN)."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(rows.astype(dtype), rows, equal_nan=True))
 
 
 def read_rows(item: bytes, labelled: bool) -> tuple[np.ndarray | None, np.ndarray]:
@@ -270,7 +283,7 @@ class PradaClient:
     thresholds: dict[int, Threshold] = field(default_factory=dict)
     digests: Digests = field(default_factory=Digests)
     """The row digest of each record kept: a row sent again while one is kept is a repeat."""
-    d: Rows = field(default_factory=lambda: Rows(1))
+    d: Rows = field(default_factory=lambda: Rows(1, compact=False))
     """D: the distances of the records kept (one-column rows, each with its record index)."""
     row_items: deque[tuple[int, int]] = field(default_factory=deque)
     """(item index, rows) of each item of the growing sets kept."""

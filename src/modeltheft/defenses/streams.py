@@ -175,8 +175,7 @@ class StreamTest(OutputStage):
             _, rows = read_rows(item, labelled=False)
             if state.rows is None:
                 state.rows = Rows(rows.shape[1])
-            for row in rows:
-                state.rows.add(row, state.n_items)
+            state.rows.extend(rows, np.full(len(rows), state.n_items))
             state.items.append((state.n_items, len(rows)))
             state.held += len(rows)
             state.n_items += 1
