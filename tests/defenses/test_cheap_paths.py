@@ -89,7 +89,7 @@ def test_prada_keeps_its_row_count_and_distances_as_windows_move() -> None:
         ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
         held.transform(Answers(probabilities, probabilities.copy()), ctx)
         state = held._clients["c"]
-        assert state.held_rows == sum(n for _, n in state.row_items)
+        assert state.held_rows == sum(state.row_counts)
     assert state.base.records_from > 0 and state.base.rows_from > 0  # windows did move
     fresh = Prada(window=20, min_queries=3, max_rows=10)
     fresh.setup(StageEnv(store, task))
@@ -199,5 +199,5 @@ def test_the_stream_test_keeps_its_row_count_as_its_window_moves() -> None:
         ctx = DefenseContext("c", np.random.default_rng(step), store, inputs=X)
         stage.transform(Answers(probabilities, probabilities.copy()), ctx)
         state = stage._clients["c"]
-        assert state.held == sum(n for _, n in state.items) <= 2 * 10 + 3
+        assert state.held == sum(state.counts) <= 2 * 10 + 3
     assert store.get("stream:rows_from:c") > 0  # the window did move

@@ -301,7 +301,7 @@ class Prada(OutputStage):
         ):
             return
         rows_from, kept = state.base.rows_from, held_rows
-        for index, n in state.row_items:
+        for index, n in enumerate(state.row_counts, start=state.items_from):
             if kept - n < self.max_rows:
                 break
             kept -= n

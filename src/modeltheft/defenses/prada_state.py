@@ -13,7 +13,7 @@ few vectorised steps.
 
 import math
 import struct
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -113,7 +113,8 @@ class Rows:
         if self._hi + n <= len(self._data) and dtype == self._data.dtype:
             return
         live = slice(self._lo, self._hi)
-        size = max(8, 2 * self.n, self.n + n) if self._hi + n > len(self._data) else len(self._data)
+        grown = max(8, self.n + n + (self.n + n) // 4)  # 25% spare: amortised O(1), little slack
+        size = grown if self._hi + n > len(self._data) else len(self._data)
         data = np.empty((size, self._data.shape[1]), dtype=dtype)
         wh = np.empty(size, dtype=np.int64)
         data[: self.n], wh[: self.n] = self._data[live], self._where[live]
@@ -285,10 +286,11 @@ class PradaClient:
     """The row digest of each record kept: a row sent again while one is kept is a repeat."""
     d: Rows = field(default_factory=lambda: Rows(1, compact=False))
     """D: the distances of the records kept (one-column rows, each with its record index)."""
-    row_items: deque[tuple[int, int]] = field(default_factory=deque)
-    """(item index, rows) of each item of the growing sets kept."""
+    row_counts: array = field(default_factory=lambda: array("I"))
+    """Rows of each item of the growing sets kept, oldest first (the last is item
+    ``n_rows - 1``; 4 B an item: as a deque of tuples, ~100 B)."""
     held_rows: int = 0
-    """Rows of the growing sets kept (the sum over ``row_items``, kept as it changes)."""
+    """Rows of the growing sets kept (the sum over ``row_counts``, kept as it changes)."""
     n_rows: int = 0
     n_records: int = 0
     n_distances: int = 0
@@ -298,11 +300,16 @@ class PradaClient:
 
     @property
     def nbytes(self) -> int:
-        # Arrays at their capacity; ~100 B a row item (its tuple in the deque), ~200 B a class,
-        # ~4 KB for the objects themselves (measured with tracemalloc).
+        # Arrays at their capacity, ~200 B a class, ~4 KB for the objects themselves
+        # (measured with tracemalloc).
         rows = sum(group.nbytes + 200 for group in self.growing.values())
-        rows += self.d.nbytes + self.digests.nbytes + 100 * len(self.row_items)
+        rows += self.d.nbytes + self.digests.nbytes + 4 * len(self.row_counts)
         return rows + 200 * len(self.thresholds) + 4000
+
+    @property
+    def items_from(self) -> int:
+        """The item index of the oldest growing-set item kept."""
+        return self.n_rows - len(self.row_counts)
 
     @property
     def distances(self) -> list[float]:
@@ -346,7 +353,7 @@ class PradaClient:
                 if group is None:
                     group = self.growing[label] = Rows(rows.shape[1])
                 group.extend(rows[mine], where[mine])
-        self.row_items.extend(zip(range(first, first + len(items)), counts, strict=True))
+        self.row_counts.extend(counts)
         self.held_rows += sum(counts)
         self.n_rows = first + len(items)
 
@@ -355,7 +362,8 @@ class PradaClient:
         self.base, self.base_item = base, item
         self.digests.drop_before(base.records_from)
         self.d.drop_before(base.records_from)
-        while self.row_items and self.row_items[0][0] < base.rows_from:
-            self.held_rows -= self.row_items.popleft()[1]
+        gone = min(len(self.row_counts), max(0, base.rows_from - self.items_from))
+        self.held_rows -= sum(self.row_counts[:gone])
+        del self.row_counts[:gone]
         for group in self.growing.values():
             group.drop_before(base.rows_from)

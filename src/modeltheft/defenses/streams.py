@@ -15,7 +15,7 @@ digits after 287-496, with 50% blends of two of its digits after 105-208; 0 fals
 no honest accuracy lost.
 """
 
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -42,17 +42,20 @@ EDGES = np.array([0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
 @dataclass
 class _Counted:
     """A worker's copy of one client's counted rows: the newest ``max_rows`` of the list's
-    items from ``n_items`` on (list item indexes), and (index, rows) of each item held."""
+    items from ``n_items - len(counts)`` on (list item indexes), and how many rows each item
+    held holds (4 B an item: as a deque of tuples, ~120 B)."""
 
     rows: Rows | None = None
-    items: deque[tuple[int, int]] = field(default_factory=deque)
+    counts: array = field(default_factory=lambda: array("I"))
+    """Rows of each item held, oldest first; the last is item ``n_items - 1``."""
     held: int = 0
-    """Rows of the items held (the sum over ``items``, kept as it changes)."""
+    """Rows of the items held (the sum over ``counts``, kept as it changes)."""
     n_items: int = 0
 
     @property
     def nbytes(self) -> int:
-        return (0 if self.rows is None else self.rows.nbytes) + 120 * len(self.items) + 400
+        rows = 0 if self.rows is None else self.rows.nbytes
+        return rows + self.counts.itemsize * len(self.counts) + 400
 
 
 def _kinds(value: object) -> bool:
@@ -176,7 +179,7 @@ class StreamTest(OutputStage):
             if state.rows is None:
                 state.rows = Rows(rows.shape[1])
             state.rows.extend(rows, np.full(len(rows), state.n_items))
-            state.items.append((state.n_items, len(rows)))
+            state.counts.append(len(rows))
             state.held += len(rows)
             state.n_items += 1
             changed = True
@@ -191,10 +194,13 @@ class StreamTest(OutputStage):
         hold ``max_rows`` rows (this worker just synced them all)."""
         if state.held <= 2 * self.max_rows:
             return
-        start = state.items[0][0]
-        while state.items and state.held - state.items[0][1] >= self.max_rows:
-            state.held -= state.items.popleft()[1]
-            start = state.items[0][0]
+        counts, kept, gone = state.counts, state.held, 0
+        while kept - counts[gone] >= self.max_rows:  # never all: max_rows >= 1
+            kept -= counts[gone]
+            gone += 1
+        start = state.n_items - len(counts) + gone
+        del counts[:gone]
+        state.held = kept
         key, from_key = self._rows_keys(client_id)
         store.raise_to(from_key, start)
         store.trim(key, start)
