@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import write_section
 from memory import export
 
+from modeltheft.defenses.clients import MAX_BYTES
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "bench-clients.json"
 
@@ -37,12 +39,15 @@ OUT = ROOT / "runs" / "bench-clients.json"
 def child(clients: int, requests: int, chunk: int, folder: str) -> None:
     """Run the load in this process (the code on PYTHONPATH); one JSON line per chunk."""
     import asyncio
+    import contextlib
     import time
 
     import numpy as np
 
+    from modeltheft.defenses.base import StageEnv
     from modeltheft.defenses.guarded import GuardedModel
     from modeltheft.defenses.presets import load_pipeline
+    from modeltheft.errors import ModelTheftError
     from modeltheft.state.sqlite import SqliteStore
     from modeltheft.tasks import digits_task
     from modeltheft.victim.fast import fast_model
@@ -58,6 +63,7 @@ def child(clients: int, requests: int, chunk: int, folder: str) -> None:
     store = SqliteStore(Path(folder) / "state.db")
     guarded = GuardedModel(model, pipeline, store=store, seed=0, task=trained.task)
     prada = next(s for s in pipeline.stages if type(s).__name__ == "Prada")
+    stream = next(s for s in pipeline.stages if type(s).__name__ == "StreamTest")
     X = np.concatenate([task.data.X_train, task.data.X_eval]).astype(float)
     rows = X[np.random.default_rng(0).permutation(len(X))]  # a key meets ~600 distinct digits
 
@@ -74,8 +80,24 @@ def child(clients: int, requests: int, chunk: int, folder: str) -> None:
         start = time.process_time()
         asyncio.run(send(first, chunk))
         cpu = (time.process_time() - start) / chunk * 1e3
-        point = {"requests": first + chunk, "cpu_ms": cpu, "held": len(prada._clients)}
+        held = [len(prada._clients), len(stream._clients)]
+        point = {"requests": first + chunk, "cpu_ms": cpu, "held": held}
         print(json.dumps(point), flush=True)
+
+    # One client with full windows (PRADA keeps 5,000-10,000 records): its size in a worker,
+    # and the time a worker that does not hold it takes to read it back.
+    rng = np.random.default_rng(1)
+    for _ in range(12_000):
+        row = np.clip(X[rng.integers(len(X))] + rng.integers(-2, 3, X.shape[1]), 0, 16)
+        with contextlib.suppress(ModelTheftError):
+            guarded.answer("long", row[None])
+    fresh = type(prada)()
+    fresh.setup(StageEnv(store, trained.task))
+    start = time.thread_time()  # CPU time: the two runs share the cores
+    fresh._sync(store, "long")
+    read_ms = (time.thread_time() - start) * 1e3
+    full = {"kb": prada._clients["long"].nbytes / 1024, "read_ms": read_ms}
+    print(json.dumps({"full": full}), flush=True)
 
 
 def run(src: Path, args: argparse.Namespace, workdir: Path, name: str) -> subprocess.Popen:
@@ -89,7 +111,15 @@ def run(src: Path, args: argparse.Namespace, workdir: Path, name: str) -> subpro
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=folder)
 
 
-def report(runs: dict[str, list[dict]], args: argparse.Namespace, before: str) -> str:
+def held(point: dict) -> str:
+    """The clients the two stages' caches held at a point (older runs: PRADA's only)."""
+    value = point["held"]
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def report(
+    runs: dict[str, list[dict]], fulls: dict[str, dict], args: argparse.Namespace, before: str
+) -> str:
     after = runs["after"]
     old = {p["requests"]: p for p in runs.get("before", [])}
     base = after[1]["cpu_ms"] if len(after) > 1 else after[0]["cpu_ms"]
@@ -107,7 +137,7 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, before: str) -
         f"for the run). `before` is `{before}`, `after` this checkout, side by side.",
         "",
         "| requests | queries a key | CPU/request before | CPU/request after | "
-        "PRADA clients held before | after |",
+        "clients held before (PRADA, stream test) | after |",
         "|---|---|---|---|---|---|",
     ]
     for p in after:
@@ -116,8 +146,8 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, before: str) -
             f"| {p['requests']:,} | {p['requests'] // args.clients:,} | "
             + (f"{b['cpu_ms']:.3f} ms | " if b else "— | ")
             + f"{p['cpu_ms']:.3f} ms | "
-            + (f"{b['held']} | " if b else "— | ")
-            + f"{p['held']} |"
+            + (f"{held(b)} | " if b else "— | ")
+            + f"{held(p)} |"
         )
     late = [p["cpu_ms"] for p in after[len(after) // 2 :]]
     lines += [
@@ -130,6 +160,20 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace, before: str) -
         late_before = [p["cpu_ms"] for p in points[len(points) // 2 :]]
         early = points[min(1, len(points) - 1)]["cpu_ms"]
         lines[-1] += f" Before: {max(late_before) / early:.2f}×."
+    full = "; ".join(
+        f"{name}: {fulls[name]['kb']:,.0f} KB, read back in {fulls[name]['read_ms']:.1f} ms of "
+        f"CPU ({MAX_BYTES / 1024 / fulls[name]['kb']:.0f} such clients fit in a stage's "
+        f"{MAX_BYTES // 2**20} MiB)"
+        for name in ("before", "after")
+        if fulls.get(name)
+    )
+    lines += [
+        "",
+        "A client with full windows (12,000 queries of noisy digits, so PRADA keeps 5,000-"
+        f"10,000 records and its growing sets keep growing), PRADA's state in a worker: {full}. "
+        "With more such clients active at once than fit, a request of a client not held pays "
+        "that read.",
+    ]
     return "\n".join(lines)
 
 
@@ -142,6 +186,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="print, do not write the doc")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {}
+    fulls: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         procs = {"after": run(ROOT / "src", args, workdir, "after")}
@@ -151,10 +196,12 @@ def main() -> None:
             out, _ = proc.communicate()
             if proc.returncode:
                 sys.exit(f"the {name} run failed (exit code {proc.returncode})")
-            runs[name] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            runs[name] = [line for line in lines if "full" not in line]
+            fulls[name] = next((line["full"] for line in lines if "full" in line), {})
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"before": args.before, "runs": runs}, indent=1))
-    body = report(runs, args, args.before or "—")
+    OUT.write_text(json.dumps({"before": args.before, "runs": runs, "full": fulls}, indent=1))
+    body = report(runs, fulls, args, args.before or "—")
     print(body)
     if not args.no_doc:
         write_section("clients", body)
