@@ -132,7 +132,7 @@ def test_rows_are_held_narrow_while_exact_and_widen_when_a_row_needs_it() -> Non
     assert rows.held().dtype == np.float64 and np.array_equal(rows.held()[0], pixels[0])
     assert narrow < Rows(64, compact=False).nbytes * 100 / 8 / 3  # ~ a quarter of float64's
     fine = pixels + 1e-9  # not exact in float16 nor float32
-    rows.add(fine[0], 100)
+    rows.extend(fine, np.array([100]))
     assert np.array_equal(rows.held()[-1], fine[0]) and np.array_equal(rows.held()[0], pixels[0])
     query = pixels[0] + 0.5
     reference = np.vstack([np.repeat(pixels, 100, axis=0), fine])

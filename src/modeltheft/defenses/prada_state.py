@@ -121,11 +121,9 @@ class Rows:
         self._data, self._where, self._hi, self._lo = data, wh, self.n, 0
         self.nbytes = int(data.nbytes + wh.nbytes)
 
-    def add(self, row: np.ndarray, where: int = 0) -> None:
-        self.extend(np.asarray(row, dtype=np.float64).reshape(1, -1), np.array([where]))
-
     def extend(self, rows: np.ndarray, where: np.ndarray) -> None:
-        """:meth:`add` each of ``rows`` (n, width) at its position in ``where``."""
+        """Add ``rows`` (n, width), each at its position in ``where`` (ascending, after those
+        held)."""
         self._make_room(rows)
         n = len(rows)
         self._data[self._hi : self._hi + n] = rows

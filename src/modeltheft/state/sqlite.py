@@ -441,7 +441,7 @@ class SqliteStore:
             raise self._unavailable(exc) from None
         return conn
 
-    def _unavailable(self, exc: sqlite3.Error) -> StateUnavailable:
+    def _unavailable(self, exc: BaseException) -> StateUnavailable:
         """The StateUnavailable that a SQLite failure ``exc`` raises."""
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return StateUnavailable(f"state database {self.path} is unavailable: {reason}")
@@ -527,6 +527,17 @@ class SqliteStore:
             self._depth = 0
             self._commit(conn)
 
+    def _held_connection(self, refusal: BaseException | None) -> sqlite3.Connection:
+        """The connection, for a unit that holds the lock (:meth:`_unit`): if ``refusal`` (or
+        a failure to connect) stops the unit, the lock is released and that is raised."""
+        try:
+            if refusal is not None:
+                raise refusal
+            return self._connection()
+        except BaseException:
+            self._lock.release()
+            raise
+
     def _release(self, conn: sqlite3.Connection) -> None:
         self._cache.end_unit()
         if self._saved:
@@ -552,8 +563,8 @@ class SqliteStore:
     def _fail_group(self, conn: sqlite3.Connection, exc: Exception) -> NoReturn:
         """Roll the whole group back and refuse its later units and its commit with ``exc``."""
         if not isinstance(exc, StateUnavailable):
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            exc = StateUnavailable(f"state database {self.path} is unavailable: {reason}")
+            exc = self._unavailable(exc)
+            exc.__suppress_context__ = True  # as ``raise ... from None``
         self._group_error = exc
         self._depth = 0
         self._saved = False
@@ -922,13 +933,7 @@ class _Part:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        try:
-            if store._lost is not None:
-                raise StateLost(store._lost)
-            conn = store._connection()
-        except BaseException:
-            store._lock.release()
-            raise
+        conn = store._held_connection(None if store._lost is None else StateLost(store._lost))
         store._depth += 1
         return conn
 
@@ -938,11 +943,8 @@ class _Part:
         store = self._store
         store._depth -= 1
         store._lock.release()
-        if kind is not None and issubclass(kind, sqlite3.Error):
-            reason = " ".join(str(exc).split()) or kind.__name__
-            raise StateUnavailable(
-                f"state database {store.path} is unavailable: {reason}"
-            ) from None
+        if isinstance(exc, sqlite3.Error):
+            raise store._unavailable(exc) from None
 
 
 class _GroupUnit:
@@ -960,13 +962,7 @@ class _GroupUnit:
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
-        try:
-            if store._group_error is not None:
-                raise store._group_error
-            self._conn = store._connection()
-        except BaseException:
-            store._lock.release()
-            raise
+        self._conn = store._held_connection(store._group_error)
         store._cache.begin_unit()
         store._depth = 1
         if store._lost is not None:
@@ -993,13 +989,8 @@ class _GroupUnit:
         """Take the failed unit back (raising instead if the store failed)."""
         store, conn = self._store, self._conn
         store._depth = 0
-        if isinstance(exc, sqlite3.Error):
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            error = StateUnavailable(f"state database {store.path} is unavailable: {reason}")
-            error.__suppress_context__ = True
-            store._fail_group(conn, error)
-        if isinstance(exc, StateUnavailable):
-            store._fail_group(conn, exc)
+        if isinstance(exc, sqlite3.Error | StateUnavailable):
+            store._fail_group(conn, exc)  # raises
         if not _keeps(exc):
             store._cache.undo_unit()
             if store._saved:
