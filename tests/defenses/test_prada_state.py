@@ -10,6 +10,7 @@ from modeltheft.defenses.prada_state import (
     JOINED,
     OLD_RECORD,
     REPEAT,
+    Base,
     Digests,
     PradaClient,
     digest_numbers,
@@ -80,17 +81,43 @@ def test_records_of_every_stored_form_read_alike() -> None:
         read_records([b"\x00" * 5, b"\x00" * 6])  # neither form: refused, as before
 
 
+def test_a_few_records_fold_as_many_do() -> None:
+    """A request's few records are folded one by one, more at once: of every stored form
+    (old, wide, mixed), the two ways end alike."""
+    rng = np.random.default_rng(4)
+    items = []
+    for i in range(400):
+        flags = int(rng.choice([0, JOINED, REPEAT]))
+        distance = float(rng.random()) * (flags != REPEAT)
+        if i % 7 == 0:
+            items.append(OLD_RECORD.pack(int(rng.integers(0, 10)), flags, distance))
+        else:
+            label = int(rng.choice([2, 5, 300]))
+            items.append(record(label, flags, distance, rng.bytes(8)))
+    few, many = PradaClient(base=Base(upto=40)), PradaClient(base=Base(upto=40))
+    many.fold(0, items)
+    for i in range(0, len(items), 3):
+        few.fold(i, items[i : i + 3])
+    assert few.distances == many.distances and few.n_distances == many.n_distances
+    assert few.thresholds == many.thresholds and 300 in few.thresholds
+    assert np.array_equal(few.digests.held(), many.digests.held())
+    with pytest.raises(Exception, match="unpack"):
+        PradaClient().fold(0, [b"\x00" * 5])  # no form: refused, as before
+
+
 def test_digests_are_a_window_that_answers_membership() -> None:
     digests = Digests()
-    values = digest_numbers([os.urandom(8) for _ in range(100)])
+    rows = [os.urandom(8) for _ in range(100)]
+    values = digest_numbers(rows)
     digests.extend(10, values[:60])
     digests.extend(70, values[60:])
-    assert digests.contains(values[[0, 99]]).tolist() == [True, True]
+    assert digests.contains([rows[0], rows[99]]) == [True, True]
     digests.drop_before(40)  # records 10..39 leave the window
     assert digests.first == 40 and len(digests) == 70
-    assert digests.contains(values[[0, 29, 30]]).tolist() == [False, False, True]
-    assert digests.contains(values[[30]]).tolist() == [True]
-    assert digests.contains(np.zeros(2, dtype=np.uint64)).tolist() == [False, False]
+    assert digests.contains([rows[0], rows[29], rows[30]]) == [False, False, True]
+    assert digests.contains([rows[30]]) == [True] and digests.contains([rows[29]]) == [False]
+    assert digests.contains([bytes(8)] * 2) == [False, False]  # 0: an old record's
+    assert digests.contains([bytes(8)]) == [False]
     with pytest.raises(ValueError, match="expected"):
         digests.extend(5, values[:1])
 

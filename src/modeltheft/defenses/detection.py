@@ -38,7 +38,6 @@ from modeltheft.defenses.prada_state import (
     Base,
     PradaClient,
     Threshold,
-    digest_numbers,
     read_rows,
     record,
 )
@@ -348,7 +347,7 @@ class Prada(OutputStage):
         records: list[bytes] = []
         labels = np.argmax(answers.original, axis=1)
         inputs = ctx.inputs if self._space is None else self._space(ctx.inputs)
-        repeats = state.digests.contains(digest_numbers(ctx.digests)).tolist()
+        repeats = state.digests.contains(ctx.digests)
         for x, label, digest, repeat in zip(inputs, labels, ctx.digests, repeats, strict=True):
             label = int(label)
             row = np.asarray(x, dtype=np.float64)

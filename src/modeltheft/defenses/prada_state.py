@@ -34,6 +34,9 @@ _FORMS = {
     ),
     OLD_RECORD.size: np.dtype([("label", "u1"), ("flags", "u1"), ("distance", ">f8")]),
 }
+_STRUCTS = {form.size: form for form in (RECORD, WIDE_RECORD, OLD_RECORD)}
+_FEW = 8
+"""Up to this many records are folded one by one (:meth:`PradaClient._fold_few`)."""
 JOINED, REPEAT = 1, 2
 
 
@@ -259,14 +262,14 @@ class Digests:
         """The digests held, oldest first (a view: read it before the next :meth:`extend`)."""
         return self._data[self._lo : self._hi]
 
-    def contains(self, digests: np.ndarray) -> np.ndarray:
-        """For each of ``digests``, whether a record held has it (0 never matches)."""
+    def contains(self, digests: Sequence[bytes]) -> list[bool]:
+        """For each 8-byte row digest, whether a record held has it (0 never matches)."""
         held = self.held()
-        if len(digests) == 1:
-            found = np.array([bool((held == digests[0]).any())])
-        else:
-            found = np.isin(digests, held)
-        return found & (digests != 0)
+        if len(digests) == 1:  # most requests: one comparison, no arrays built
+            value = int.from_bytes(digests[0], "big")
+            return [value != 0 and bool((held == np.uint64(value)).any())]
+        numbers = digest_numbers(digests)
+        return (np.isin(numbers, held) & (numbers != 0)).tolist()
 
 
 @dataclass
@@ -319,6 +322,9 @@ class PradaClient:
         the thresholds (those from ``base.upto`` on); ``n_records`` moves past them."""
         if not items:
             return
+        if len(items) <= _FEW and all(len(item) in _STRUCTS for item in items):
+            self._fold_few(first, items)
+            return
         labels, flags, distances, digests = read_records(items)
         self.digests.extend(first, digests)
         fresh = (flags & REPEAT) == 0
@@ -333,6 +339,30 @@ class PradaClient:
             self.thresholds[label] = self.thresholds.get(label, Threshold()).plus(
                 float(distances[i])
             )
+        self.n_records = first + len(items)
+
+    def _fold_few(self, first: int, items: Sequence[bytes]) -> None:
+        """:meth:`fold` for a request's few records, one by one (the same values: NumPy's
+        per-call costs outweigh the work for a handful)."""
+        digests = np.zeros(len(items), dtype=np.uint64)
+        distances: list[float] = []
+        indexes: list[int] = []
+        for offset, item in enumerate(items):
+            label, flags, distance, *digest = _STRUCTS[len(item)].unpack(item)
+            if digest:
+                digests[offset] = int.from_bytes(digest[0], "big")
+            if flags & REPEAT:
+                continue
+            index = first + offset
+            if distance > 0:
+                distances.append(distance)
+                indexes.append(index)
+            if flags & JOINED and index >= self.base.upto:
+                self.thresholds[label] = self.thresholds.get(label, Threshold()).plus(distance)
+        self.digests.extend(first, digests)
+        if distances:
+            self.d.extend(np.array(distances)[:, None], np.array(indexes))
+            self.n_distances += len(distances)
         self.n_records = first + len(items)
 
     def add_rows(self, first: int, items: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> None:
