@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from threadpoolctl import threadpool_limits
 
 from modeltheft import __version__
 from modeltheft.defenses.guarded import GuardedModel, Reply
@@ -109,7 +110,12 @@ def create_app(settings: Settings, *, create_state: bool = True) -> FastAPI:
         # collection 124 ms before, under 1 ms after; each one stalls every request in flight).
         gc.collect()
         gc.freeze()
+        # One BLAS thread: a worker answers one request at a time, and a request's small
+        # products (the OOD scorer's 1,257 x 64 for digits) handed to a second thread cost
+        # more than they save, its wake-ups and spinning taking a core that the load shares.
+        blas = threadpool_limits(limits=1, user_api="blas")
         yield
+        blas.restore_original_limits()
         gc.unfreeze()  # an app built again in this process (tests) starts afresh
         if upstream is not None:
             await upstream.aclose()
