@@ -116,13 +116,18 @@ class DefenseContext:
         return [row_digest(row) for row in self.canonical]
 
     @cached_property
+    def canonical_hex(self) -> list[str]:
+        """:attr:`canonical_digests` as hex strings: the members of the "seen" sets."""
+        return [digest.hex() for digest in self.canonical_digests]
+
+    @cached_property
     def known(self) -> np.ndarray:
         """Rows (canonical) the client already sent under the normal policy: under the strict
         policy they keep the answer they had then, so a thief cannot probe its key's status
         with rows it knows the answers to. Read from the store on first use only."""
         if len(self.canonical) == 0:
             return np.zeros(0, dtype=bool)
-        digests = [digest.hex() for digest in self.canonical_digests]
+        digests = self.canonical_hex
         current, _ = generations(self.served_before, len(digests))
         known = np.zeros(len(digests), dtype=bool)
         for generation in range(max(0, current - 1), current + 1):
@@ -140,7 +145,7 @@ class DefenseContext:
         """Record this batch's rows as answered under the normal policy (in the current
         generation's set; the previous one is deleted when the next generation begins)."""
         if len(self.canonical):
-            digests = [digest.hex() for digest in self.canonical_digests]
+            digests = self.canonical_hex
             current, stale = generations(self.served_before, len(digests))
             self.store.add_new_members(seen_key(self.client_id, current), digests)
             if stale is not None:
@@ -230,8 +235,12 @@ class Answers:
         return replace(self, probabilities=probabilities)
 
     def mark(self, rows: np.ndarray) -> "Answers":
-        """A copy with ``rows`` (a boolean mask) added to the suspicious rows."""
-        return replace(self, suspicious=self.flagged | np.asarray(rows, dtype=bool))
+        """A copy with ``rows`` (a boolean mask) added to the suspicious rows (these answers
+        themselves if it marks none: most requests, no copy)."""
+        rows = np.asarray(rows, dtype=bool)
+        if rows.shape == (len(self.original),) and not rows.any():
+            return self
+        return replace(self, suspicious=self.flagged | rows)
 
 
 class Stage(Plugin):

@@ -145,7 +145,7 @@ class OodRateMonitor(OutputStage):
         # Canonical rows: a twin of an earlier query (-0.0, float32, within the task's
         # precision) is that query again, and scores as it does.
         # The rows of this span and the one before are remembered (base.SEEN_SPAN).
-        digests = [digest.hex() for digest in ctx.canonical_digests]
+        digests = ctx.canonical_hex
         current, stale = generations(ctx.served_before, len(digests))
         new = np.array(ctx.store.add_new_members(self._seen(ctx.client_id, current), digests))
         if current and new.any():

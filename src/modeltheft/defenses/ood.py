@@ -255,7 +255,9 @@ class KnnScorer:
         Z = self._scaled(X)
         if len(Z) == 1:  # most requests: fewer NumPy calls, each costly with cold caches
             x = Z[0]
-            squared = self._squared - 2.0 * (self._reference @ x)
+            squared = self._reference @ x
+            squared *= -2.0  # then + ||r||^2: the same values as ||r||^2 - 2 r.x, no temporaries
+            squared += self._squared
             squared.partition(self.k - 1)  # what np.partition does to its copy
             nearest = squared[: self.k] + x @ x
             np.sqrt(np.maximum(nearest, 0.0, out=nearest), out=nearest)
