@@ -336,9 +336,9 @@ class Prada(OutputStage):
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
         state = self._sync(ctx.store, ctx.client_id)
-        # The cache itself only ever changes by reading the store, so that records other
-        # workers append between our read and our write are never skipped: this batch's own
-        # effects live in the overlays below until they are read back.
+        # The cache itself only ever takes in the store's lists in order, so that records
+        # other workers append between our read and our write are never skipped: this
+        # batch's own effects live in the overlays below until they are appended.
         pending: dict[int, list[np.ndarray]] = {}
         thresholds: dict[int, Threshold] = {}
         seen: set[bytes] = set()
@@ -375,10 +375,20 @@ class Prada(OutputStage):
                 new_labels.append(label)
             records.append(record(label, JOINED if counted else 0, distance, digest))
         rows_key, records_key, _ = self._keys(ctx.client_id)
+        n_rows, rows, row_labels = state.n_rows, np.array(new_rows), np.array(new_labels)
         if new_rows:
-            ctx.store.append(rows_key, [pack(np.array(new_rows), np.array(new_labels))])
-        ctx.store.append(records_key, records)
-        state = self._sync(ctx.store, ctx.client_id)
+            n_rows = ctx.store.append(rows_key, [pack(rows, row_labels)]) - 1
+        if ctx.store.append(records_key, records) - len(records) == state.n_records and (
+            n_rows == state.n_rows
+        ):
+            # Nothing appended by another worker since the read: ours are the next items,
+            # taken in as the store would give them back (packing is lossless), not read.
+            if new_rows:
+                state.add_rows(state.n_rows, [(row_labels, rows)])
+            state.fold(state.n_records, records)
+            state = self._clients.put(ctx.client_id, state)
+        else:
+            state = self._sync(ctx.store, ctx.client_id)
         self._move_windows(ctx.store, ctx.client_id, state)
         if _acted(ctx, self.name, self.on_alert):
             return answers
