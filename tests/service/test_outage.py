@@ -7,10 +7,11 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -161,4 +162,53 @@ def test_breaker_opens_on_failure_and_closes_when_the_probe_succeeds() -> None:
     while breaker.down and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not breaker.down and breaker.get("k") == 3
+    breaker.close()
+
+
+def test_a_request_checks_the_breaker_once_and_a_stage_failure_trips_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stages' ~30 store calls run inside the request's batch, which checked the breaker
+    and trips it for them: they skip its wrapper (#14), and an outage met there still opens
+    it, so the next request is refused at once."""
+    from modeltheft.defenses import GuardedModel, load_pipeline
+    from modeltheft.tasks import digits_task
+    from modeltheft.victim import train_victim
+
+    through: list[str] = []
+    real_guarded = Breaker._guarded
+
+    def counted(self: Breaker, method: Callable[..., object]) -> Callable[..., object]:
+        wrapped = real_guarded(self, method)
+        return lambda *args, **kwargs: through.append(method.__name__) or wrapped(*args, **kwargs)
+
+    class ListsDown(MemoryStore):  # only the stages use lists (PRADA's, the stream test's)
+        broken = False
+
+        def append(self, key: str, items: Sequence[bytes]) -> int:
+            if self.broken:
+                raise StateUnavailable("lists are down")
+            return super().append(key, items)
+
+        def ping(self) -> None:
+            pass
+
+    monkeypatch.setattr(Breaker, "_guarded", counted)
+    store = ListsDown()
+    breaker = Breaker(store, probe_every=60.0)
+    trained = train_victim()
+    pipeline = load_pipeline("recommended")
+    guarded = GuardedModel(trained.model, pipeline, store=breaker, task=digits_task())
+    X = np.full((1, 64), 0.5)
+    guarded.answer("c", X)
+    through.clear()
+    guarded.answer("c", X)
+    assert 1 <= len(through) <= 6, through  # the calls outside the stages, not ~30
+    store.broken = True  # the store fails under a stage
+    with pytest.raises(StateUnavailable):
+        guarded.answer("c", X)
+    assert breaker.down
+    store.broken = False
+    with pytest.raises(StoreDown):  # refused by the breaker, before any store call
+        guarded.answer("c", X)
     breaker.close()

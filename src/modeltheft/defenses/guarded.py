@@ -89,6 +89,8 @@ class GuardedModel:
         self.model = model
         self.pipeline = pipeline
         self.store = store if store is not None else MemoryStore()
+        # The stages' calls, all inside a batch of self.store, skip a breaker's own check.
+        self._inner: StateStore = getattr(self.store, "inner", self.store)
         self.seed = seed
         if model is None and task is None:
             raise ConfigError("a GuardedModel without a model needs its task")
@@ -209,7 +211,7 @@ class GuardedModel:
         ctx = DefenseContext(
             client_id,
             self._rng(client_id),
-            self.store,
+            self._inner,
             inputs=inputs,
             resolution=self.resolution,
         )
