@@ -201,3 +201,23 @@ def test_the_stream_test_keeps_its_row_count_as_its_window_moves() -> None:
         state = stage._clients["c"]
         assert state.held == sum(state.counts) <= 2 * 10 + 3
     assert store.get("stream:rows_from:c") > 0  # the window did move
+
+
+def test_a_contexts_derived_rows_are_computed_once_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The canonical rows and their digests (``once``: cached_property without its lock)."""
+    from modeltheft.defenses import base
+
+    calls: list[int] = []
+    real = base.canonical
+    monkeypatch.setattr(base, "canonical", lambda X, r: calls.append(1) or real(X, r))
+    X = np.array([[0.5, -0.0, 3.0]])
+    ctx = DefenseContext.local(np.random.default_rng(0), X, resolution=np.array([0.25, 0, 0]))
+    assert ctx.canonical is ctx.canonical and calls == [1]
+    assert ctx.canonical_hex == [d.hex() for d in ctx.canonical_digests]
+    assert ctx.canonical_hex is ctx.canonical_hex and calls == [1]
+    assert np.array_equal(ctx.canonical, plain_canonical(X, np.array([0.25, 0, 0])))
+    assert isinstance(DefenseContext.canonical, base.once)  # the descriptor, read on the class
+    fresh = DefenseContext.local(np.random.default_rng(0), X)  # another request: its own
+    assert fresh.canonical is not ctx.canonical
