@@ -31,7 +31,12 @@ targets are run 3 times, interleaved, and medians reported. wrk shares the machi
 with the servers. The server's CPU time per request (user + system, from ``/proc``) is taken
 over each wrk run; for the gateway rows the upstream MLServer's too.
 
+With ``--before REV``, ``recommended`` is also measured with the code of ``REV`` (its ``src``
+exported with ``git archive``, the same venv), interleaved with the others: the change in
+throughput paired within one run, which the machine's drift between runs (±20%) hides.
+
     python benchmarks/service.py [--quick] [--no-doc] [--repeats 3] [--c32] [--targets a,b]
+                                 [--before REV]
 """
 
 import argparse
@@ -56,6 +61,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _doc import write_section
+from memory import export
 
 from modeltheft.tasks import digits_task
 
@@ -108,6 +114,9 @@ RATIOS = [
      ("gateway + `recommended` (default state) ≥ 0.8× MLServer alone (req/s)", 0.8)),
     ("gateway-memory", "mlserver", "gateway (`memory://`) / MLServer alone", None),
 ]  # fmt: skip
+BEFORE = "recommended-before"
+"""``recommended`` with the code of ``--before`` (PYTHONPATH: its exported ``src``)."""
+BEFORE_SRC: Path | None = None
 ADDED_P50_MS = 2.0
 """Issue 13: the gateway adds at most 2 ms to MLServer's own p50 latency."""
 HOP_CONNS = 1
@@ -252,6 +261,8 @@ def command(
             "--state", state, "--host", "127.0.0.1", "--port", str(port),
         ], env  # fmt: skip
     preset, _, variant = target.partition("-")
+    if target == BEFORE:
+        env["PYTHONPATH"] = str(BEFORE_SRC)  # ahead of the venv's own (editable) modeltheft
     extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
     extra += ["--workers", "2"] if variant == "2w" else []
     # serve's default store (SQLite), a fresh file per measurement; "memory": memory://
@@ -445,6 +456,9 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=48, help="API keys the load rotates over")
     parser.add_argument("--c32", action="store_true", help="also measure at 32 connections")
     parser.add_argument(
+        "--before", help="also measure `recommended` with the code of this git revision"
+    )
+    parser.add_argument(
         "--targets",
         help=f"comma-separated, of {', '.join(LABELS)} (default: all; the last "
         f"{len(MLSERVER_TARGETS)} only if MLServer's venv is installed)",
@@ -464,6 +478,11 @@ def main() -> None:
             raise SystemExit(f"unknown target(s) {', '.join(unknown)}; choose from {list(LABELS)}")
         if set(targets) & set(MLSERVER_TARGETS) and not mlserver_installed():
             raise SystemExit(f"{MLSERVER_VENV} is not installed: make .venv-mlserver/.installed")
+    if args.before:
+        if "recommended" not in targets:
+            raise SystemExit("--before compares with `recommended`: measure it too")
+        targets.insert(targets.index("recommended") + 1, BEFORE)
+        LABELS[BEFORE] = f"service, `recommended`, the code of `{args.before}`"
     duration, repeats, warm = (2, 1, 100) if args.quick else (args.duration, args.repeats, 300)
     hop = [t for t in targets if t in MLSERVER_TARGETS]
     plan = [(8, targets)] + ([(HOP_CONNS, hop)] if hop else [])
@@ -478,6 +497,9 @@ def main() -> None:
     flags: dict[tuple[str, int], list[int | None]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         folder = Path(tmp)
+        if args.before:
+            global BEFORE_SRC
+            BEFORE_SRC = export(args.before, folder)
         model = train(folder)
         for kind, lines in bodies.items():
             (folder / f"requests-{kind}.tsv").write_text(
@@ -503,13 +525,13 @@ def main() -> None:
                         f"flagged {fl}  load {res.load:.1f}",
                         flush=True,
                     )
-    body = report(results, flags, plan, duration, repeats, args.keys)
+    body = report(results, flags, plan, duration, repeats, args.keys, args.before)
     print(body)
     if not args.no_doc and not args.quick:
         print(f"wrote {write_section('service', body)}")
 
 
-def report(results, flags, plan, duration, repeats, n_keys) -> str:
+def report(results, flags, plan, duration, repeats, n_keys, before=None) -> str:
     def med(target: str, conns: int = 8, attr: str = "rps") -> float:
         return statistics.median(getattr(r, attr) for r in results[(target, conns)])
 
@@ -581,8 +603,18 @@ def report(results, flags, plan, duration, repeats, n_keys) -> str:
             "in that run. Gateway and MLServer share the 2 cores with wrk, so the gateway's own "
             "CPU comes out of MLServer's throughput."
         )
+    if BEFORE in have:
+        lines.append(
+            f"- `{before}` (`--before`): `recommended` with the code of that revision, run by "
+            "the same venv and interleaved with the others, so that its ratio to this "
+            "checkout's is paired within the run."
+        )
     ratios, checks = [], []
-    for top, bottom, label, target in RATIOS:
+    pairs = [*RATIOS]
+    if BEFORE in have:
+        pairs.insert(2, ("recommended", BEFORE, f"`recommended` / the same at `{before}`", None))
+        pairs.insert(3, (BEFORE, "trivial", f"`recommended` at `{before}` / trivial", None))
+    for top, bottom, label, target in pairs:
         if {top, bottom} <= have:
             r = med(top) / med(bottom)
             ratios.append(f"| {label} | {r:.2f}× |")
