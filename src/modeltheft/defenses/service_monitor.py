@@ -64,26 +64,38 @@ log = logging.getLogger("modeltheft.defenses")
 
 RECORD = np.dtype([("u", ">u2"), ("cluster", "u1"), ("flag", "u1"), ("key", ">u4")])
 """One young row: score rank u (16 bits), k-means cell, suspicious flag, key tag (32 bits)."""
+_NO_RECORDS = np.zeros(0, dtype=RECORD)
 SEQ, WATCH, EPISODES = "svc:young", "svc:watch_until", "svc:episodes"
 TESTS = ("suspicious", "score_shift", "new_keys", "same_cells")
 
 
 @dataclass
 class _Cache:
-    """A worker's copy of the two newest epoch lists (read incrementally)."""
+    """A worker's copy of the two newest epoch lists (read incrementally), per epoch the
+    items read and their records: a young key's request adds its own to an array instead of
+    joining the whole window's bytes again."""
 
-    lists: dict[int, list[bytes]] = field(default_factory=dict)
+    lists: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     def sync(self, store: StateStore, epoch: int) -> np.ndarray:
         for old in [e for e in self.lists if e < epoch - 1]:
             del self.lists[old]
+        parts = []
         for e in (epoch - 1, epoch):
             if e < 0:
                 continue
-            items = self.lists.setdefault(e, [])
-            items += store.items(f"svc:rows:{e}", len(items))
-        raw = b"".join(self.lists.get(epoch - 1, []) + self.lists.get(epoch, []))
-        return np.frombuffer(raw, dtype=RECORD)
+            read, records = self.lists.get(e, (0, _NO_RECORDS))
+            items = store.items(f"svc:rows:{e}", read)
+            if items or e not in self.lists:
+                added = np.frombuffer(b"".join(items), dtype=RECORD)
+                if len(records):
+                    records = np.concatenate([records, added])
+                    records.flags.writeable = False  # (as the read-only added ones)
+                else:
+                    records = added
+                self.lists[e] = (read + len(items), records)
+            parts.append(records)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def key_tag(client_id: str) -> int:
@@ -170,6 +182,7 @@ class ServiceMonitor(OutputStage):
             )
         self._scorer: KnnScorer | None = None
         self._centers = np.empty((0, 0))
+        self._center_norms = np.empty(0)
         self._shares = np.empty(0)
         self._cache = _Cache()
 
@@ -181,6 +194,7 @@ class ServiceMonitor(OutputStage):
             # A fixed random_state: the same cells in every worker and after every restart.
             km = KMeans(n_cells, n_init=4, random_state=0).fit(reference)
             self._centers = km.cluster_centers_
+            self._center_norms = (self._centers**2).sum(1)  # once, not every young row
             self._shares = np.bincount(km.labels_, minlength=n_cells) / len(reference)
         self._cache = _Cache()
 
@@ -198,7 +212,7 @@ class ServiceMonitor(OutputStage):
         out["key"] = key_tag(client_id)
         if len(self._centers):
             Z = X if self._scorer.space is None else self._scorer.space(X)
-            d = (Z**2).sum(1)[:, None] - 2 * Z @ self._centers.T + (self._centers**2).sum(1)
+            d = (Z**2).sum(1)[:, None] - 2 * Z @ self._centers.T + self._center_norms
             out["cluster"] = d.argmin(axis=1)
         return out
 
@@ -208,7 +222,7 @@ class ServiceMonitor(OutputStage):
         hits = int(rows["flag"].sum())
         out = {"suspicious": float(special.bdtrc(hits - 1, n, self.honest_rate)) if hits else 1.0}
         u = rows["u"].astype(float) / 65535
-        z = (0.5 - u.mean()) * math.sqrt(12 * n)
+        z = (0.5 - np.add.reduce(u) / n) * math.sqrt(12 * n)  # u.mean() without its wrapper
         out["score_shift"] = float(special.ndtr(-z))
         if self.key_rate > 0:
             keys = len(np.unique(rows["key"]))
