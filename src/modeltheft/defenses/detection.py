@@ -375,16 +375,18 @@ class Prada(OutputStage):
                 new_labels.append(label)
             records.append(record(label, JOINED if counted else 0, distance, digest))
         rows_key, records_key, _ = self._keys(ctx.client_id)
-        n_rows, rows, row_labels = state.n_rows, np.array(new_rows), np.array(new_labels)
+        n_rows, grown = state.n_rows, []
         if new_rows:
-            n_rows = ctx.store.append(rows_key, [pack(rows, row_labels)]) - 1
+            joined, joined_labels = np.array(new_rows), np.array(new_labels)
+            n_rows = ctx.store.append(rows_key, [pack(joined, joined_labels)]) - 1
+            grown = [(joined_labels, joined)]  # the item as read_rows would give it back
         if ctx.store.append(records_key, records) - len(records) == state.n_records and (
             n_rows == state.n_rows
         ):
             # Nothing appended by another worker since the read: ours are the next items,
             # taken in as the store would give them back (packing is lossless), not read.
-            if new_rows:
-                state.add_rows(state.n_rows, [(row_labels, rows)])
+            if grown:
+                state.add_rows(state.n_rows, grown)
             state.fold(state.n_records, records)
             state = self._clients.put(ctx.client_id, state)
         else:
