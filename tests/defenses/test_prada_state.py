@@ -103,6 +103,10 @@ def test_a_few_records_fold_as_many_do() -> None:
     assert np.array_equal(few.digests.held(), many.digests.held())
     with pytest.raises(Exception, match="unpack"):
         PradaClient().fold(0, [b"\x00" * 5])  # no form: refused, as before
+    untouched = PradaClient()
+    with pytest.raises(Exception, match="unpack"):
+        untouched.fold(0, [record(2, JOINED, 1.5, rng.bytes(8)), b"\x00" * 5])
+    assert untouched.n_records == 0 and not untouched.thresholds and not untouched.distances
 
 
 def test_digests_are_a_window_that_answers_membership() -> None:

@@ -38,6 +38,7 @@ from modeltheft.defenses.prada_state import (
     Base,
     PradaClient,
     Threshold,
+    oldest_to_drop,
     read_rows,
     record,
 )
@@ -299,12 +300,8 @@ class Prada(OutputStage):
             and held_rows <= 2 * self.max_rows
         ):
             return
-        rows_from, kept = state.base.rows_from, held_rows
-        for index, n in enumerate(state.row_counts, start=state.items_from):
-            if kept - n < self.max_rows:
-                break
-            kept -= n
-            rows_from = index + 1
+        gone, _ = oldest_to_drop(state.row_counts, held_rows, self.max_rows)
+        rows_from = state.items_from + gone if gone else state.base.rows_from
         base = Base(
             records_from=max(state.base.records_from, state.n_records - self.window),
             upto=state.n_records,

@@ -68,14 +68,7 @@ def read_records(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
             table["distance"].astype(np.float64),
             digests,
         )
-    fields: list[tuple[int, int, float, int]] = []
-    for item in items:
-        if len(item) == OLD_RECORD.size:
-            fields.append((*OLD_RECORD.unpack(item), 0))
-        else:
-            form = WIDE_RECORD if len(item) == WIDE_RECORD.size else RECORD
-            label, flags, distance, digest = form.unpack(item)
-            fields.append((label, flags, distance, int.from_bytes(digest, "big")))
+    fields = [_fields(item) for item in items]
     labels, flags, distances, digests = zip(*fields, strict=True) if fields else ((),) * 4
     return (
         np.array(labels, dtype=np.int64),
@@ -83,6 +76,23 @@ def read_records(items: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
         np.array(distances, dtype=np.float64),
         np.array(digests, dtype=np.uint64),
     )
+
+
+def _fields(item: bytes) -> tuple[int, int, float, int]:
+    """Class, flags, distance and digest (0 for an old record) of one stored record; an item
+    of no form fails as a ``RECORD`` (``struct.error``)."""
+    label, flags, distance, *digest = _STRUCTS.get(len(item), RECORD).unpack(item)
+    return label, flags, distance, int.from_bytes(digest[0], "big") if digest else 0
+
+
+def oldest_to_drop(counts: Sequence[int], held: int, keep: int) -> tuple[int, int]:
+    """How many of the oldest items (``counts``: rows each, oldest first, ``held`` in all)
+    can go with at least ``keep`` rows left, and the rows left."""
+    gone = 0
+    while gone < len(counts) and held - counts[gone] >= keep:
+        held -= counts[gone]
+        gone += 1
+    return gone, held
 
 
 class Rows:
@@ -322,7 +332,7 @@ class PradaClient:
         the thresholds (those from ``base.upto`` on); ``n_records`` moves past them."""
         if not items:
             return
-        if len(items) <= _FEW and all(len(item) in _STRUCTS for item in items):
+        if len(items) <= _FEW:
             self._fold_few(first, items)
             return
         labels, flags, distances, digests = read_records(items)
@@ -344,13 +354,11 @@ class PradaClient:
     def _fold_few(self, first: int, items: Sequence[bytes]) -> None:
         """:meth:`fold` for a request's few records, one by one (the same values: NumPy's
         per-call costs outweigh the work for a handful)."""
-        digests = np.zeros(len(items), dtype=np.uint64)
+        fields = [_fields(item) for item in items]  # all read first: a bad one changes nothing
+        digests = np.array([digest for *_, digest in fields], dtype=np.uint64)
         distances: list[float] = []
         indexes: list[int] = []
-        for offset, item in enumerate(items):
-            label, flags, distance, *digest = _STRUCTS[len(item)].unpack(item)
-            if digest:
-                digests[offset] = int.from_bytes(digest[0], "big")
+        for offset, (label, flags, distance, _) in enumerate(fields):
             if flags & REPEAT:
                 continue
             index = first + offset

@@ -29,7 +29,7 @@ from modeltheft.defenses.clients import ClientCache
 from modeltheft.defenses.detection import ON_ALERT, RATE, REFERENCE, _acted
 from modeltheft.defenses.naturalness import KINDS, Scorer, make_scorer
 from modeltheft.defenses.ood import SCALES, FeatureSpace, knn_scorer
-from modeltheft.defenses.prada_state import Rows, read_rows
+from modeltheft.defenses.prada_state import Rows, oldest_to_drop, read_rows
 from modeltheft.defenses.rowpack import pack
 from modeltheft.errors import ConfigError
 from modeltheft.registry import Interval, Options, Satisfies
@@ -194,12 +194,9 @@ class StreamTest(OutputStage):
         hold ``max_rows`` rows (this worker just synced them all)."""
         if state.held <= 2 * self.max_rows:
             return
-        counts, kept, gone = state.counts, state.held, 0
-        while kept - counts[gone] >= self.max_rows:  # never all: max_rows >= 1
-            kept -= counts[gone]
-            gone += 1
-        start = state.n_items - len(counts) + gone
-        del counts[:gone]
+        gone, kept = oldest_to_drop(state.counts, state.held, self.max_rows)
+        start = state.n_items - len(state.counts) + gone
+        del state.counts[:gone]
         state.held = kept
         key, from_key = self._rows_keys(client_id)
         store.raise_to(from_key, start)
