@@ -218,15 +218,16 @@ class Answers:
     strict: bool = False
     graded: bool = False
 
-    @property
+    @once
     def labels(self) -> np.ndarray:
-        """Column index of each row's top probability (first one on ties)."""
-        return np.argmax(self.probabilities, axis=1)
+        """Column index of each row's top probability (first one on ties; computed once: a
+        stage changes the probabilities by a copy, :meth:`with_probabilities`)."""
+        return self.probabilities.argmax(axis=1)  # np.argmax without its dispatch wrapper
 
     @once
     def altered(self) -> int:
         """Rows answered with another label than the victim's own (misinformed, watermarked)."""
-        return int(np.count_nonzero(self.labels != np.argmax(self.original, axis=1)))
+        return int(np.count_nonzero(self.labels != self.original.argmax(axis=1)))
 
     @property
     def flagged(self) -> np.ndarray:
@@ -234,6 +235,11 @@ class Answers:
         if self.suspicious is None:
             return np.zeros(len(self.original), dtype=bool)
         return self.suspicious
+
+    @property
+    def any_flagged(self) -> bool:
+        """Whether any row is suspicious (``flagged.any()`` without building an empty mask)."""
+        return self.suspicious is not None and bool(self.suspicious.any())
 
     def strict_rows(self, ctx: "DefenseContext") -> np.ndarray:
         """Rows the strict policy may act on: all but those the client sent while it was

@@ -148,13 +148,14 @@ class OodRateMonitor(OutputStage):
         # The rows of this span and the one before are remembered (base.SEEN_SPAN).
         digests = ctx.canonical_hex
         current, stale = generations(ctx.served_before, len(digests))
-        new = np.array(ctx.store.add_new_members(self._seen(ctx.client_id, current), digests))
-        if current and new.any():
+        added = ctx.store.add_new_members(self._seen(ctx.client_id, current), digests)
+        new = np.array(added, dtype=bool) if any(added) else None  # most requests: a repeat
+        if current and new is not None:
             earlier = ctx.store.has_members(self._seen(ctx.client_id, current - 1), digests)
             new &= ~np.array(earlier, dtype=bool)
         if stale is not None:
             ctx.store.delete([self._seen(ctx.client_id, stale)])
-        if not new.any():
+        if new is None or not new.any():
             return answers
         hits_now = int(self.out_of_distribution(ctx.canonical)[new].sum())
         n = ctx.store.incr(f"ood:n:{ctx.client_id}", int(new.sum()))
@@ -342,7 +343,7 @@ class Prada(OutputStage):
         new_rows: list[np.ndarray] = []
         new_labels: list[int] = []
         records: list[bytes] = []
-        labels = np.argmax(answers.original, axis=1)
+        labels = answers.original.argmax(axis=1)
         inputs = ctx.inputs if self._space is None else self._space(ctx.inputs)
         repeats = state.digests.contains(ctx.digests)
         for x, label, digest, repeat in zip(inputs, labels, ctx.digests, repeats, strict=True):

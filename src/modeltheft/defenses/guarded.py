@@ -280,7 +280,9 @@ class GuardedModel:
                 labels=tuple(labels.tolist()),
                 status_before=status_name(status),
                 status_after=status_name(client_status(self.store, client_id)),
-                suspicious=int(np.count_nonzero(answers.flagged)),
+                suspicious=(
+                    0 if answers.suspicious is None else int(np.count_nonzero(answers.suspicious))
+                ),
                 altered=answers.altered,
                 probabilities=bool(answers.expose_probabilities),
             )

@@ -19,7 +19,7 @@ def canonical(X: np.ndarray, resolution: np.ndarray | float | None = None) -> np
         grid, safe = _grid(resolution, Z.shape[-1])
         if grid is None:  # every column on a grid (one request's row: few NumPy calls)
             Z /= safe
-            np.round(Z, out=Z)
+            np.rint(Z, out=Z)  # np.round with 0 decimals, without its dispatch wrapper
             Z *= safe
         elif grid.any():
             Z = np.where(grid, np.round(Z / safe) * safe, Z)

@@ -159,14 +159,13 @@ class AdaptiveMisinformation(OutputStage):
         # Canonical rows: a twin of a query (-0.0, float32, within the task's precision) is
         # gated, and answered, exactly as the query itself.
         answers = answers.mark(self.out_of_distribution(ctx.canonical))
-        strict = answers.strict_rows(ctx)
-        if strict.any():
+        if answers.strict and (strict := answers.strict_rows(ctx)).any():
             # A flagged client's real rows still get true answers (a canary of digits the
             # thief owns looks like a clean key's); what looks synthetic is misinformed.
             answers = answers.mark(strict & self.strict_gate(ctx.canonical))
-        rows = answers.flagged
-        if not rows.any():
+        if not answers.any_flagged:
             return answers
+        rows = answers.flagged
         digests = ctx.keyed_digests(self._key)
         labels = misleading_labels(answers.original, digests)
         return answers.with_probabilities(relabel(answers.probabilities, rows, labels, digests))

@@ -202,19 +202,19 @@ class StreamTest(OutputStage):
         store.raise_to(from_key, start)
         store.trim(key, start)
 
-    def _novel(self, ctx: DefenseContext, inputs: np.ndarray) -> np.ndarray:
-        """Which rows of the batch count: none of the client's counted rows (nor an earlier
-        row of this batch that counts) lies within the novelty radius."""
+    def _novel(self, ctx: DefenseContext, inputs: np.ndarray) -> list[int]:
+        """Which rows of the batch count (their indexes): none of the client's counted rows
+        (nor an earlier row of this batch that counts) lies within the novelty radius."""
         counted = self._sync(ctx.store, ctx.client_id).rows
         Z = inputs if self._space is None else self._space(inputs)
-        novel = np.zeros(len(Z), dtype=bool)
+        novel: list[int] = []
         pending: list[np.ndarray] = []
         for i, z in enumerate(np.asarray(Z, dtype=np.float64)):
             nearest = counted.nearest(z) if counted is not None and counted.n else np.inf
             for other in pending:
                 nearest = min(nearest, float(np.dot(other - z, other - z)))
             if nearest > self._radius2:
-                novel[i] = True
+                novel.append(i)
                 pending.append(z)
         if pending:
             ctx.store.append(self._rows_keys(ctx.client_id)[0], [pack(np.array(pending))])
@@ -264,9 +264,10 @@ class StreamTest(OutputStage):
             raise ConfigError(f"stage {self.name!r} was used before setup")
         if self._under_policy(ctx):
             return answers
-        fresh = ctx.inputs[self._novel(ctx, ctx.inputs)]
-        if len(fresh) == 0:
+        novel = self._novel(ctx, ctx.inputs)
+        if not novel:  # most requests: nothing new, no arrays built
             return answers
+        fresh = ctx.inputs[novel]
         counts = np.zeros((len(self.score), len(EDGES)), dtype=np.int64)
         for i, kind in enumerate(self.score):
             ranks = self._scorers[kind].ranks(fresh)

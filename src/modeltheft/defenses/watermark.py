@@ -134,7 +134,7 @@ class Watermark(OutputStage):
     def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
         if ctx.inputs is None or len(ctx.inputs) == 0:
             return answers
-        if self.scope == "suspicious" and not answers.flagged.any():
+        if self.scope == "suspicious" and not answers.any_flagged:
             return answers  # nothing to watermark: skip the HMACs
         if self._key is None:
             self._key = ctx.store.secret("watermark-key")
