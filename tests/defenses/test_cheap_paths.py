@@ -221,3 +221,15 @@ def test_a_contexts_derived_rows_are_computed_once_per_request(
     assert isinstance(DefenseContext.canonical, base.once)  # the descriptor, read on the class
     fresh = DefenseContext.local(np.random.default_rng(0), X)  # another request: its own
     assert fresh.canonical is not ctx.canonical
+
+
+@pytest.mark.parametrize("marked", [None, [False, False, False], [False, True, False]])
+def test_answers_shortcuts_say_what_the_masks_say(marked: list[bool] | None) -> None:
+    probabilities = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    suspicious = None if marked is None else np.array(marked)
+    answers = Answers(probabilities, probabilities.copy(), suspicious=suspicious)
+    assert answers.any_flagged == bool(answers.flagged.any())
+    relabelled = answers.with_probabilities(probabilities[:, ::-1].copy())
+    assert np.array_equal(answers.labels, np.argmax(probabilities, axis=1))
+    assert np.array_equal(relabelled.labels, [0, 1, 0])  # a copy's labels are its own
+    assert relabelled.altered == 2 and answers.altered == 0
