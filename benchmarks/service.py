@@ -7,7 +7,9 @@ One run, side by side on loopback, one uvicorn worker each (but ``recommended-2w
 - the service (``modeltheft serve``, its defaults: access log, audit log and metrics on)
   with the ``none``, ``lab`` and ``recommended`` presets, plus ``recommended`` with
   ``--no-access-log``, and ``recommended`` through the Open Inference Protocol v2 front door
-  (``POST /v2/models/victim/infer``, one FP64 row per request);
+  (``POST /v2/models/victim/infer``, one FP64 row per request), and ``recommended`` with every
+  key new (``recommended-young``: 2,000 keys of a keys file, 10 requests each, as many new
+  clients or a Sybil flood would send);
 - gateway mode (issue 13), if MLServer's venv is installed (``make
   .venv-mlserver/.installed``; else a one-line note and these are skipped): ``mlserver`` is
   MLServer 1.7.1 alone (mlserver-sklearn, its minimal model settings, one process) serving
@@ -70,7 +72,7 @@ LUA = Path(__file__).resolve().parent / "wrk" / "rotate.lua"
 PYTHON = sys.executable
 TARGETS = [
     "trivial", "bare", "none", "lab", "recommended", "recommended-nolog", "recommended-oip",
-    "recommended-memory", "recommended-2w",
+    "recommended-memory", "recommended-2w", "recommended-young",
 ]  # fmt: skip
 MLSERVER_TARGETS = ["mlserver", "gateway", "gateway-memory"]
 """Need MLServer's venv; also measured at 1 connection (the latency one hop adds)."""
@@ -86,6 +88,7 @@ LABELS = {
     "recommended-oip": "service, `recommended`, OIP v2 `/infer`",
     "recommended-memory": "service, `recommended`, `--state memory://`",
     "recommended-2w": "service, `recommended`, `--workers 2` (one SQLite file)",
+    "recommended-young": "service, `recommended`, every key new (10-20 requests a key)",
     "mlserver": "MLServer alone (`predict_proba`)",
     "gateway": "gateway, `recommended`, default state (SQLite) → MLServer",
     "gateway-memory": "gateway, `recommended`, `memory://` → MLServer",
@@ -108,6 +111,7 @@ RATIOS = [
     ("recommended-memory", "trivial", "`recommended` (`memory://`) / trivial", None),
     ("recommended", "recommended-memory", "`recommended`: default SQLite / `memory://`", None),
     ("recommended-2w", "recommended", "`recommended`: 2 workers / 1 (default SQLite)", None),
+    ("recommended-young", "recommended", "`recommended`: every key new / 48 keys", None),
     ("recommended-oip", "recommended", "OIP v2 `/infer` / `/v1/predict` (`recommended`)",
      ("OIP v2 front door within 10% of `/v1/predict` (req/s)", 0.9)),
     ("gateway", "mlserver", "gateway (default SQLite state) / MLServer alone",
@@ -121,6 +125,11 @@ ADDED_P50_MS = 2.0
 """Issue 13: the gateway adds at most 2 ms to MLServer's own p50 latency."""
 HOP_CONNS = 1
 """The gateway rows are also measured at this many connections (no queueing)."""
+YOUNG_KEYS = 2000
+YOUNG_QUERIES = 10
+"""``recommended-young``: each of YOUNG_KEYS keys sends YOUNG_QUERIES requests in a row, then
+is not seen again (wrk's second thread starts 7,919 lines on: past ~16,000 requests a run,
+some keys get up to twice as many), as many new clients or a Sybil flood would."""
 
 
 @dataclass
@@ -265,6 +274,7 @@ def command(
         env["PYTHONPATH"] = str(BEFORE_SRC)  # ahead of the venv's own (editable) modeltheft
     extra = ["--no-access-log"] if variant == "nolog" else []  # "oip": the same server
     extra += ["--workers", "2"] if variant == "2w" else []
+    extra += ["--keys-file", str(folder / "young-keys.txt")] if variant == "young" else []
     # serve's default store (SQLite), a fresh file per measurement; "memory": memory://
     state = "memory://" if variant == "memory" else f"sqlite:///{folder}/{port}.db"
     return [
@@ -342,6 +352,8 @@ def load_of(target: str) -> tuple[str, str]:
         return OIP_ROUTE, "proba"
     if target.endswith("-oip"):
         return OIP_ROUTE, "oip"
+    if target == "recommended-young":
+        return "/v1/predict", "young"
     return "/v1/predict", "v1"
 
 
@@ -404,11 +416,30 @@ def request_bodies() -> dict[str, list[bytes]]:
     tensor = {"name": "input-0", "shape": [1, X.shape[1]], "datatype": "FP64"}
     oip = [{"inputs": [tensor | {"data": row.tolist()}]} for row in X]
     proba = {"outputs": [{"name": "predict_proba"}]}
+    v1 = [json.dumps({"inputs": [row.tolist()]}).encode() for row in X]
     return {
-        "v1": [json.dumps({"inputs": [row.tolist()]}).encode() for row in X],
+        "v1": v1,
+        "young": v1,  # the same bodies, from new keys (write_young)
         "oip": [json.dumps(body).encode() for body in oip],
         "proba": [json.dumps(body | proba).encode() for body in oip],
     }
+
+
+def write_young(folder: Path, bodies: list[bytes]) -> None:
+    """The keys file (hashes) and the load of ``recommended-young``: YOUNG_KEYS new keys,
+    YOUNG_QUERIES requests each, one after the other, over the test digits."""
+    from modeltheft.service.auth import hash_key
+
+    keys = [f"young-{i:04d}-" + "y" * 32 for i in range(YOUNG_KEYS)]
+    (folder / "young-keys.txt").write_text(
+        "".join(f"y{i:04d}:{hash_key(key)}\n" for i, key in enumerate(keys))
+    )
+    n = YOUNG_KEYS * YOUNG_QUERIES
+    (folder / "requests-young.tsv").write_text(
+        "".join(
+            f"{keys[i // YOUNG_QUERIES]}\t{bodies[i % len(bodies)].decode()}\n" for i in range(n)
+        )
+    )
 
 
 def train(folder: Path) -> Path:
@@ -505,6 +536,7 @@ def main() -> None:
             (folder / f"requests-{kind}.tsv").write_text(
                 "".join(f"{keys[i % len(keys)]}\t{b.decode()}\n" for i, b in enumerate(lines))
             )
+        write_young(folder, bodies["v1"])
         upstream = (
             stack.enter_context(started_mlserver(folder / "mlserver", model)) if hop else None
         )
@@ -602,6 +634,15 @@ def report(results, flags, plan, duration, repeats, n_keys, before=None) -> str:
             "`memory://` beside it. Its CPU column adds the upstream MLServer's CPU per request "
             "in that run. Gateway and MLServer share the 2 cores with wrk, so the gateway's own "
             "CPU comes out of MLServer's throughput."
+        )
+    if "recommended-young" in have:
+        lines.append(
+            f"- every key new: {YOUNG_KEYS:,} keys (a keys file) each send {YOUNG_QUERIES} "
+            "requests in a row and are not seen again (wrk's two threads start 7,919 lines "
+            "apart, so in a faster run some keys send up to twice as many): many new clients "
+            "at once, or a Sybil flood. A key's first 20 queries are young: the service "
+            "monitor pools them with other young keys' and every per-key detector starts its "
+            "state from nothing."
         )
     if BEFORE in have:
         lines.append(
