@@ -233,3 +233,16 @@ def test_answers_shortcuts_say_what_the_masks_say(marked: list[bool] | None) -> 
     assert np.array_equal(answers.labels, np.argmax(probabilities, axis=1))
     assert np.array_equal(relabelled.labels, [0, 1, 0])  # a copy's labels are its own
     assert relabelled.altered == 2 and answers.altered == 0
+
+
+@pytest.mark.parametrize(
+    "values", [[0.0, 16.0, 3.0], [0.1, 1.0, 2.0], [np.nan, 1.0, 2.0], [np.inf, 7e4, 1.0]]
+)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_exactness_checks_say_what_array_equal_says(values: list[float], dtype: type) -> None:
+    from modeltheft.defenses.prada_state import _exact
+
+    rows = np.array([values])
+    with np.errstate(over="ignore"):
+        plain = bool(np.array_equal(rows.astype(dtype), rows, equal_nan=True))
+    assert _exact(rows, dtype) == plain

@@ -102,6 +102,33 @@ def test_state_survives_a_new_guarded_model_on_the_same_store(
     assert flagged_after(shared) == flagged_after(alone) is not None
 
 
+def test_workers_sharing_a_store_agree_on_the_counted_rows() -> None:
+    """Worker B appends between worker A's read and A's own append: A reads B's row back
+    instead of taking only its own in (each worker's counted rows are the store's)."""
+    task = digits_task()
+    store = MemoryStore(np.random.default_rng(0))
+    a, b = guarded(task, store), guarded(task, store)
+    rows = task.data.X_eval[:200]
+    real_append = store.append
+    pending: list[np.ndarray] = []
+
+    def append(key: str, items: list[bytes]) -> int:
+        if key == "stream:rows:c" and pending:
+            b.answer("c", pending.pop())  # B's row lands first
+        return real_append(key, items)
+
+    store.append = append  # type: ignore[method-assign]
+    for i in range(0, len(rows) - 1, 2):
+        pending.append(rows[i + 1][None])
+        a.answer("c", rows[i][None])
+    store.append = real_append  # type: ignore[method-assign]
+    expected = StreamTest()._sync(store, "c").rows.held()
+    assert len(expected) > 150
+    for worker in (a, b):
+        held = worker.pipeline.stages[0]._sync(store, "c").rows.held()
+        assert np.array_equal(held, expected)
+
+
 def test_near_copies_of_a_row_are_not_counted() -> None:
     task = digits_task().held_out()
     store = MemoryStore(np.random.default_rng(0))

@@ -205,7 +205,8 @@ class StreamTest(OutputStage):
     def _novel(self, ctx: DefenseContext, inputs: np.ndarray) -> list[int]:
         """Which rows of the batch count (their indexes): none of the client's counted rows
         (nor an earlier row of this batch that counts) lies within the novelty radius."""
-        counted = self._sync(ctx.store, ctx.client_id).rows
+        state = self._sync(ctx.store, ctx.client_id)
+        counted = state.rows
         Z = inputs if self._space is None else self._space(inputs)
         novel: list[int] = []
         pending: list[np.ndarray] = []
@@ -217,8 +218,23 @@ class StreamTest(OutputStage):
                 novel.append(i)
                 pending.append(z)
         if pending:
-            ctx.store.append(self._rows_keys(ctx.client_id)[0], [pack(np.array(pending))])
-            self._move_window(ctx.store, ctx.client_id, self._sync(ctx.store, ctx.client_id))
+            rows = np.array(pending)
+            if ctx.store.append(self._rows_keys(ctx.client_id)[0], [pack(rows)]) - 1 == (
+                state.n_items
+            ):
+                # Nothing appended by another worker since the read: ours is the next item,
+                # taken in as _sync would read it back (packing is lossless), not read.
+                if state.rows is None:
+                    state.rows = Rows(rows.shape[1])
+                state.rows.extend(rows, np.full(len(rows), state.n_items))
+                state.counts.append(len(rows))
+                state.held += len(rows)
+                state.n_items += 1
+                state.rows.keep_last(self.max_rows)
+                state = self._clients.put(ctx.client_id, state)
+            else:
+                state = self._sync(ctx.store, ctx.client_id)
+            self._move_window(ctx.store, ctx.client_id, state)
         return novel
 
     @property
