@@ -246,3 +246,31 @@ def test_exactness_checks_say_what_array_equal_says(values: list[float], dtype: 
     with np.errstate(over="ignore"):
         plain = bool(np.array_equal(rows.astype(dtype), rows, equal_nan=True))
     assert _exact(rows, dtype) == plain
+
+
+def test_a_pipeline_runs_the_stages_it_holds_now() -> None:
+    """Its plan (which stages admit, which transform) follows the stages list, changed in
+    place or replaced."""
+    from modeltheft.defenses.base import OutputStage, Pipeline
+
+    calls: list[str] = []
+
+    class Mark(OutputStage):
+        name = "mark"
+
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        def transform(self, answers: Answers, ctx: DefenseContext) -> Answers:
+            calls.append(self.tag)
+            return answers
+
+    rng = np.random.default_rng(0)
+    pipeline = Pipeline([Mark("a")])
+    ctx = DefenseContext.local(rng, np.zeros((1, 2)))
+    pipeline.transform(np.array([[0.5, 0.5]]), ctx)
+    pipeline.stages.append(Mark("b"))
+    pipeline.transform(np.array([[0.5, 0.5]]), ctx)
+    pipeline.stages = [Mark("c")]
+    pipeline.transform(np.array([[0.5, 0.5]]), ctx)
+    assert calls == ["a", "a", "b", "c"]

@@ -327,12 +327,32 @@ class OutputStage(Stage):
     """A stage that rewrites the probabilities returned to the client."""
 
 
+_Plan = tuple[tuple[int, ...], list[Stage], list[Stage], bool, list[Stage]]
+"""A pipeline's stage identities, its stages that admit, that transform, whether one grades a
+strict client's rows, and the stages themselves (held, so no identity is reused)."""
+
+
 class Pipeline:
     """An ordered list of stages: every ``admit`` runs first, then every ``transform``, in order."""
 
     def __init__(self, stages: Sequence[Stage] = (), name: str = "custom") -> None:
         self.stages = list(stages)
         self.name = name
+        self._plan: _Plan | None = None
+
+    def _planned(self) -> tuple[list[Stage], list[Stage], bool]:
+        """The stages with an ``admit`` of their own, those with a ``transform`` of their
+        own, and whether one grades a strict client's rows: worked out again only when the
+        stages change (a request skips the no-op calls)."""
+        ids = tuple(map(id, self.stages))  # identities: the plan holds them, none is reused
+        plan = self._plan
+        if plan is None or plan[0] != ids:
+            stages = list(self.stages)
+            admits = [s for s in stages if type(s).admit is not Stage.admit]
+            transforms = [s for s in stages if type(s).transform is not Stage.transform]
+            graded = any(s.grades_strict for s in stages)
+            plan = self._plan = (ids, admits, transforms, graded, stages)
+        return plan[1], plan[2], plan[3]
 
     @property
     def remembers_clean(self) -> bool:
@@ -363,7 +383,7 @@ class Pipeline:
 
     def admit(self, n_rows: int, ctx: DefenseContext) -> None:
         """Run every stage's admission; the first refusal raises."""
-        for stage in self.stages:
+        for stage in self._planned()[0]:
             stage.admit(n_rows, ctx)
 
     def transform(
@@ -378,12 +398,12 @@ class Pipeline:
         ``suspicious`` marks rows known to be suspicious before any stage runs; ``strict``
         says the client is already under the strict policy (see :meth:`Answers.escalated`).
         """
+        _, transforms, graded = self._planned()
         original = np.array(probabilities, dtype=float)
         original.flags.writeable = False
-        graded = any(stage.grades_strict for stage in self.stages)
         answers = Answers(original, original.copy(), suspicious=suspicious, graded=graded)
         if strict:
             answers = answers.escalated(ctx)
-        for stage in self.stages:
+        for stage in transforms:
             answers = stage.transform(answers, ctx)
         return answers
