@@ -57,6 +57,15 @@ class _Counted:
         rows = 0 if self.rows is None else self.rows.nbytes
         return rows + self.counts.itemsize * len(self.counts) + 400
 
+    def take(self, rows: np.ndarray) -> None:
+        """The rows of list item ``n_items`` (as read back), after those held."""
+        if self.rows is None:
+            self.rows = Rows(rows.shape[1])
+        self.rows.extend(rows, np.full(len(rows), self.n_items))
+        self.counts.append(len(rows))
+        self.held += len(rows)
+        self.n_items += 1
+
 
 def _kinds(value: object) -> bool:
     return (
@@ -175,13 +184,7 @@ class StreamTest(OutputStage):
         if changed:  # new, dropped, or behind a trim
             state = _Counted(n_items=start)
         for item in store.items(key, state.n_items):
-            _, rows = read_rows(item, labelled=False)
-            if state.rows is None:
-                state.rows = Rows(rows.shape[1])
-            state.rows.extend(rows, np.full(len(rows), state.n_items))
-            state.counts.append(len(rows))
-            state.held += len(rows)
-            state.n_items += 1
+            state.take(read_rows(item, labelled=False)[1])
             changed = True
         if not changed:
             return state  # get() marked it used; put() only to count a new size
@@ -224,13 +227,8 @@ class StreamTest(OutputStage):
             ):
                 # Nothing appended by another worker since the read: ours is the next item,
                 # taken in as _sync would read it back (packing is lossless), not read.
-                if state.rows is None:
-                    state.rows = Rows(rows.shape[1])
-                state.rows.extend(rows, np.full(len(rows), state.n_items))
-                state.counts.append(len(rows))
-                state.held += len(rows)
-                state.n_items += 1
-                state.rows.keep_last(self.max_rows)
+                state.take(rows)
+                state.rows.keep_last(self.max_rows)  # type: ignore[union-attr]
                 state = self._clients.put(ctx.client_id, state)
             else:
                 state = self._sync(ctx.store, ctx.client_id)
