@@ -631,7 +631,7 @@ class SqliteStore:
         """Current value of counter ``key`` (0 if never set)."""
         with self._lock:
             cached = self._cache.counters.get(key)
-            if cached is not None and (self._depth or self._group):  # in a transaction:
+            if cached is not None and (self._depth or self._group):  # _in_transaction(), inline:
                 return cached  # the write lock is ours: nobody else changed it
         with self._lock, self._faults(write=False):
             conn = self._connection()
@@ -666,7 +666,7 @@ class SqliteStore:
         """Items of list ``key`` from index ``start`` on (a negative start counts from the end);
         items held back for the commit included."""
         with self._lock:
-            if start >= 0 and (self._depth or self._group):  # in a transaction: the lock is ours
+            if start >= 0 and (self._depth or self._group):  # _in_transaction(): the lock is ours
                 known = self._cache.lengths.get(key)
                 if known is not None and known <= start:
                     return []  # nothing past a length known
