@@ -533,3 +533,113 @@ def test_a_cancelled_request_leaves_the_groups_commit_alone(path: Path) -> None:
     assert results[0] == 1 and isinstance(results[1], asyncio.CancelledError)
     assert results[2] == 111
     assert committed(path, "SELECT value FROM counters") == [(111,)]  # its writes committed
+
+
+def run_deferred(store: object, *units: object) -> list[object]:
+    """Like :func:`run_group`, but each unit deferred to the group's commit
+    (:meth:`GroupCommit.defer`), each in its own batch."""
+
+    def batched(unit: object) -> object:
+        def work() -> object:
+            with store.batch():  # type: ignore[attr-defined]
+                return unit()  # type: ignore[operator]
+
+        return work
+
+    async def request(commits: GroupCommit, unit: object) -> object:
+        try:
+            return await commits.defer(batched(unit))
+        except Exception as exc:
+            return exc
+
+    async def main() -> list[object]:
+        commits = GroupCommit(store)
+        return await asyncio.gather(*(request(commits, unit) for unit in units))
+
+    return asyncio.run(main())
+
+
+def test_deferred_works_run_in_order_in_one_commit_each_with_its_own_outcome(path: Path) -> None:
+    store = SqliteStore(path)
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    order: list[str] = []
+
+    def ok(name: str) -> object:
+        def unit() -> int:
+            order.append(name)
+            store.audit_append([entry(1.0, name)])
+            return store.incr("n")
+
+        return unit
+
+    def refused() -> None:
+        order.append("refused")
+        store.audit_append([entry(1.0, "refused")])  # a refusal's audit entry is kept
+        raise RateLimited("over budget", 1.0)
+
+    def bug() -> None:
+        order.append("bug")
+        store.incr("n", 100)
+        raise ValueError("a bug")
+
+    results = run_deferred(store, ok("a"), refused, bug, ok("b"))
+    assert order == ["a", "refused", "bug", "b"]
+    assert results[0] == 1 and results[3] == 2
+    assert isinstance(results[1], RateLimited) and isinstance(results[2], ValueError)
+    assert statements.count("COMMIT") == 1
+    assert committed(path, "SELECT value FROM counters WHERE key = 'n'") == [(2,)]
+    assert [e.client for e in SqliteStore(path).audit_entries()] == ["a", "refused", "b"]
+
+
+def test_a_failed_commit_fails_every_deferred_work_and_keeps_nothing(path: Path) -> None:
+    store = SqliteStore(path)
+
+    def broken() -> int:
+        store.incr("n")
+        raise StateUnavailable("the disk went away")  # the group is taken back
+
+    results = run_deferred(store, lambda: store.incr("n"), broken, lambda: store.incr("n"))
+    assert all(isinstance(r, StateUnavailable) for r in results)
+    assert SqliteStore(path).get("n") == 0
+
+
+def test_a_cancelled_requests_deferred_work_still_runs_and_commits(path: Path) -> None:
+    store = SqliteStore(path)
+
+    async def main() -> tuple[bool, object]:
+        commits = GroupCommit(store)
+        cancelled = commits.defer(lambda: store.incr("n"))
+        kept = commits.defer(lambda: store.incr("n"))
+        cancelled.cancel()  # the client left before the turn's commit
+        return cancelled.cancelled(), await kept
+
+    assert asyncio.run(main()) == (True, 2)  # the cancelled one ran first and counted
+    assert SqliteStore(path).get("n") == 2
+
+
+def test_defer_needs_a_store_with_transactions() -> None:
+    from modeltheft.state.memory import MemoryStore
+
+    async def main() -> object:
+        return await GroupCommit(MemoryStore()).defer(lambda: None)
+
+    with pytest.raises(RuntimeError, match="transactions"):
+        asyncio.run(main())
+
+
+def test_a_group_mixes_joined_and_deferred_requests(path: Path) -> None:
+    store = SqliteStore(path)
+
+    async def main() -> list[object]:
+        commits = GroupCommit(store)
+        done = commits.join()
+        with store.batch():
+            store.incr("n")  # a joined request's work, done at once
+        deferred = commits.defer(lambda: store.incr("n"))
+        assert commits.groups == 1
+        await GroupCommit.committed(done)
+        return [await deferred, commits.groups]
+
+    assert asyncio.run(main()) == [2, 1]
+    assert SqliteStore(path).get("n") == 2

@@ -12,6 +12,7 @@ from sklearn.base import ClassifierMixin
 
 from modeltheft.defenses.alerts import BLOCKED, STRICT, client_status, served_key
 from modeltheft.defenses.base import Answers, DefenseContext, Pipeline, StageEnv
+from modeltheft.defenses.batching import Together, batch_invariant
 from modeltheft.errors import Blocked, ConfigError, RateLimited
 from modeltheft.state.audit import AuditEntry, status_name
 from modeltheft.state.base import IDLE_AFTER, StateStore
@@ -36,6 +37,13 @@ PRUNE_ROWS = 5000
 once a minute deleted a minute of traffic at once, a stall of every request in flight."""
 SWEPT = "idle:swept"
 """Counter: every activity epoch below it was swept."""
+
+
+def _inputs(X: np.ndarray) -> np.ndarray:
+    """A request's rows as the stages and the model see them: a float copy, read-only."""
+    inputs = np.array(X, dtype=float)
+    inputs.flags.writeable = False
+    return inputs
 
 
 def active_key(epoch: int) -> str:
@@ -103,6 +111,13 @@ class GuardedModel:
         self._rngs: dict[str, np.random.Generator] = {}  # in use order: the oldest first
         self._lock = threading.Lock()
         self._commits = GroupCommit(self.store)
+        # A group's rows are predicted in one call only if that changes no answer's last bit.
+        self._together = False
+        if model is not None and self._commits.enabled:
+            from modeltheft.victim.fast import check_rows  # the CLI imports this module
+
+            self._together = batch_invariant(model.predict_proba, check_rows(self.task))
+        self._batch: tuple[int, Together] | None = None  # the open group's, and its number
         self.audit_retention = audit_retention or None
         self._next_prune = 0.0
         self._next_sweep = 0.0
@@ -125,23 +140,55 @@ class GuardedModel:
 
     def answer(self, client_id: str, X: np.ndarray) -> Reply:
         """Answer ``X`` for ``client_id``; may raise RateLimited, Blocked or StateUnavailable."""
-        return self._answer_now(self._local_model(), client_id, X)  # one transaction
+        return self._answer_now(self._local_model(), client_id, _inputs(X))  # one transaction
 
     async def answer_shared(self, client_id: str, X: np.ndarray) -> Reply:
         """:meth:`answer` in a running event loop: the requests of one turn of the loop share
-        one commit of the store (:mod:`~modeltheft.state.group`), each answered after it."""
+        one commit of the store (:mod:`~modeltheft.state.group`), each answered after it.
+
+        With a store that has transactions, each request's work is deferred to the group's
+        commit, where the group's requests run back to back in the order they came; if the
+        model is :func:`~modeltheft.defenses.batching.batch_invariant`, their rows are
+        predicted in one call (the answers are the same to the bit)."""
         model = self._local_model()
-        return await self._grouped(lambda: self._answer_now(model, client_id, X))
+        if not self._commits.enabled:
+            return self._answer_now(model, client_id, _inputs(X))
+        inputs = _inputs(X)
+        # The work runs in the commit's callback, after ``place`` is set: deferring first
+        # opens the group whose shared prediction the rows then join.
+        done = self._commits.defer(lambda: self._answer_now(model, client_id, inputs, place))
+        place = self._place(model, inputs)
+        return await done
+
+    def _place(self, model: ClassifierMixin, inputs: np.ndarray) -> tuple[Together, int] | None:
+        """Where ``inputs`` are in the open group's shared prediction, if there is one."""
+        if not self._together:
+            return None
+        group = self._commits.groups
+        if self._batch is None or self._batch[0] != group:
+            self._batch = (group, Together(model.predict_proba))
+        together = self._batch[1]
+        start = together.add(inputs)
+        return None if start is None else (together, start)
 
     def _local_model(self) -> ClassifierMixin:
         if self.model is None:
             raise TypeError("this GuardedModel has no model: use answer_async with a predict")
         return self.model
 
-    def _answer_now(self, model: ClassifierMixin, client_id: str, X: np.ndarray) -> Reply:
+    def _answer_now(
+        self,
+        model: ClassifierMixin,
+        client_id: str,
+        inputs: np.ndarray,
+        place: tuple[Together, int] | None = None,
+    ) -> Reply:
         with self._lock, self.store.batch():
-            ctx, status = self._admit(client_id, X)
-            probabilities = model.predict_proba(ctx.inputs)
+            ctx, status = self._admit(client_id, inputs)
+            if place is not None and ctx.inputs is inputs:
+                probabilities = place[0].answers(place[1], len(inputs))
+            else:
+                probabilities = model.predict_proba(ctx.inputs)
             answers = self._transform(ctx, status, probabilities)
             return self._reply(ctx, status, answers)
 
@@ -176,7 +223,7 @@ class GuardedModel:
 
         def admit() -> tuple[DefenseContext, int]:
             with self._lock, self.store.batch():
-                return self._admit(client_id, X)
+                return self._admit(client_id, _inputs(X))
 
         ctx, status = await self._grouped(admit)
         try:
@@ -201,11 +248,9 @@ class GuardedModel:
 
         return await self._grouped(finish)
 
-    def _admit(self, client_id: str, X: np.ndarray) -> tuple[DefenseContext, int]:
-        """The client's status and context, after admission (hold the lock). A refusal is
-        audited and raised."""
-        inputs = np.array(X, dtype=float)
-        inputs.flags.writeable = False
+    def _admit(self, client_id: str, inputs: np.ndarray) -> tuple[DefenseContext, int]:
+        """The client's status and context for ``inputs`` (:func:`_inputs`), after admission
+        (hold the lock). A refusal is audited and raised."""
         status = client_status(self.store, client_id)
         self._active(client_id)
         ctx = DefenseContext(
