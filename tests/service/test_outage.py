@@ -7,8 +7,8 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +212,36 @@ def test_a_request_checks_the_breaker_once_and_a_stage_failure_trips_it(
     with pytest.raises(StoreDown):  # refused by the breaker, before any store call
         guarded.answer("c", X)
     breaker.close()
+
+
+def test_a_batch_that_cannot_start_or_end_trips_the_breaker() -> None:
+    """Entering the store's batch (its BEGIN) or leaving it (its COMMIT) can meet the outage
+    too: either trips the breaker, and an error of the caller's own leaves it closed."""
+
+    class Failing(MemoryStore):
+        fail: str | None = None
+
+        @contextmanager
+        def batch(self) -> Iterator[None]:
+            if self.fail == "enter":
+                raise StateUnavailable("cannot begin")
+            yield
+            if self.fail == "exit":
+                raise StateUnavailable("cannot commit")
+
+        def ping(self) -> None:
+            raise StateUnavailable("still down")
+
+    for where in ("enter", "exit"):
+        store = Failing()
+        breaker = Breaker(store, probe_every=60.0)
+        with pytest.raises(ValueError), breaker.batch():
+            raise ValueError("the caller's own error")
+        assert not breaker.down
+        store.fail = where
+        with pytest.raises(StateUnavailable, match="cannot"), breaker.batch():
+            pass
+        assert breaker.down, where
+        with pytest.raises(StoreDown):
+            breaker.batch()
+        breaker.close()

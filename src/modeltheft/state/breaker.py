@@ -14,8 +14,9 @@ of the store's return.
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 from modeltheft.errors import StateUnavailable, StoreDown
@@ -97,16 +98,10 @@ class Breaker:
         setattr(self, name, guarded)  # built once: later lookups find it without __getattr__
         return guarded
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> AbstractContextManager[None]:
         """The store's batch, refused at once while it is down."""
         self._check()
-        try:
-            with self.store.batch():
-                yield
-        except StateUnavailable as exc:
-            self._trip(exc)
-            raise
+        return _Batch(self)
 
     def ping(self) -> None:
         """StateUnavailable while down (``/healthz`` reports the outage); else the store's ping."""
@@ -116,3 +111,38 @@ class Breaker:
         """Stop probing and close the store."""
         self._closed.set()
         self.store.close()
+
+
+class _Batch:
+    """The store's batch: a store failure entering, inside or leaving it trips the breaker.
+    (A class, not a ``@contextmanager`` generator: 0.8 µs a batch instead of 1.4 in a loop.)"""
+
+    __slots__ = ("_breaker", "_inner")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self._inner: AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> None:
+        try:
+            self._inner = self._breaker.store.batch()
+            self._inner.__enter__()
+        except StateUnavailable as exc:
+            self._breaker._trip(exc)
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> bool | None:
+        assert self._inner is not None  # entered
+        try:
+            suppressed = self._inner.__exit__(kind, error, trace)
+        except StateUnavailable as exc:
+            self._breaker._trip(exc)
+            raise
+        if not suppressed and isinstance(error, StateUnavailable):
+            self._breaker._trip(error)
+        return suppressed
