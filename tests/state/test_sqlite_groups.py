@@ -81,11 +81,21 @@ def test_a_failed_batch_keeps_nothing_and_a_refusal_keeps_everything(path: Path)
     assert len(SqliteStore(path).audit_entries()) == 1
 
 
-def run_group(store: object, *units: object) -> list[object]:
+def run_group(store: object, *units: object, deferred: bool = False) -> list[object]:
     """Run ``units`` (callables) as the requests of one turn of an event loop, each in its
-    own batch, and return what each returned or raised once the group committed."""
+    own batch, and return what each returned or raised once the group committed. With
+    ``deferred``, each is handed to the group's commit (:meth:`GroupCommit.defer`)."""
+
+    def batched(unit: object) -> object:
+        with store.batch():  # type: ignore[attr-defined]
+            return unit()  # type: ignore[operator]
 
     async def request(commits: GroupCommit, unit: object) -> object:
+        if deferred:
+            try:
+                return await commits.defer(lambda: batched(unit))
+            except Exception as exc:
+                return exc
         done = commits.join()
         try:
             with store.batch():  # type: ignore[attr-defined]
@@ -535,30 +545,6 @@ def test_a_cancelled_request_leaves_the_groups_commit_alone(path: Path) -> None:
     assert committed(path, "SELECT value FROM counters") == [(111,)]  # its writes committed
 
 
-def run_deferred(store: object, *units: object) -> list[object]:
-    """Like :func:`run_group`, but each unit deferred to the group's commit
-    (:meth:`GroupCommit.defer`), each in its own batch."""
-
-    def batched(unit: object) -> object:
-        def work() -> object:
-            with store.batch():  # type: ignore[attr-defined]
-                return unit()  # type: ignore[operator]
-
-        return work
-
-    async def request(commits: GroupCommit, unit: object) -> object:
-        try:
-            return await commits.defer(batched(unit))
-        except Exception as exc:
-            return exc
-
-    async def main() -> list[object]:
-        commits = GroupCommit(store)
-        return await asyncio.gather(*(request(commits, unit) for unit in units))
-
-    return asyncio.run(main())
-
-
 def test_deferred_works_run_in_order_in_one_commit_each_with_its_own_outcome(path: Path) -> None:
     store = SqliteStore(path)
     statements: list[str] = []
@@ -583,7 +569,7 @@ def test_deferred_works_run_in_order_in_one_commit_each_with_its_own_outcome(pat
         store.incr("n", 100)
         raise ValueError("a bug")
 
-    results = run_deferred(store, ok("a"), refused, bug, ok("b"))
+    results = run_group(store, ok("a"), refused, bug, ok("b"), deferred=True)
     assert order == ["a", "refused", "bug", "b"]
     assert results[0] == 1 and results[3] == 2
     assert isinstance(results[1], RateLimited) and isinstance(results[2], ValueError)
@@ -599,7 +585,9 @@ def test_a_failed_commit_fails_every_deferred_work_and_keeps_nothing(path: Path)
         store.incr("n")
         raise StateUnavailable("the disk went away")  # the group is taken back
 
-    results = run_deferred(store, lambda: store.incr("n"), broken, lambda: store.incr("n"))
+    results = run_group(
+        store, lambda: store.incr("n"), broken, lambda: store.incr("n"), deferred=True
+    )
     assert all(isinstance(r, StateUnavailable) for r in results)
     assert SqliteStore(path).get("n") == 0
 
