@@ -1,6 +1,7 @@
 """A state-store outage longer than the store's timeout: 503 at once after the first refusal,
 ``/healthz`` 503 while it lasts, answers again soon after (:mod:`modeltheft.state.breaker`)."""
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -17,8 +18,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from modeltheft.errors import StateUnavailable, StoreDown
-from modeltheft.state import MemoryStore
+from modeltheft.state import MemoryStore, SqliteStore
 from modeltheft.state.breaker import Breaker
+from modeltheft.state.group import GroupCommit
 from tests.conftest import auth, redis_server
 
 ROW = [0.5] * 64
@@ -245,3 +247,36 @@ def test_a_batch_that_cannot_start_or_end_trips_the_breaker() -> None:
         with pytest.raises(StoreDown):
             breaker.batch()
         breaker.close()
+
+
+def test_a_group_that_met_the_outage_is_closed_and_the_store_comes_back(tmp_path: Path) -> None:
+    """A store failure inside a group trips the breaker; the group's commit must still reach
+    the store (taking the group back), or the store stays in the group: the probe never
+    succeeds and every later request is refused (before: 503 for good)."""
+    inner = SqliteStore(tmp_path / "state.db")
+    store = Breaker(inner, probe_every=0.02)
+
+    async def group(fail: bool) -> object:
+        commits = GroupCommit(store)
+        done = commits.join()
+        try:
+            with store.batch():
+                store.incr("n")
+                if fail:
+                    raise StateUnavailable("a read failed mid-group")
+        except StateUnavailable:
+            pass
+        try:
+            await GroupCommit.committed(done)
+        except StateUnavailable as exc:
+            return exc
+        return store.get("n")
+
+    assert isinstance(asyncio.run(group(fail=True)), StateUnavailable)
+    assert store.down and not inner._group  # closed, its increment taken back
+    deadline = time.monotonic() + 2
+    while store.down and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not store.down  # the probe's ping succeeded
+    assert asyncio.run(group(fail=False)) == 1
+    store.close()

@@ -103,6 +103,16 @@ class Breaker:
         self._check()
         return _Batch(self)
 
+    def close_group(self) -> None:
+        """Commit the open group, even while the breaker is down: a group that met the outage
+        must reach the store to be closed (its work taken back), or the store would stay in
+        it and refuse every later group."""
+        try:
+            self.store.close_group()  # type: ignore[attr-defined]
+        except StateUnavailable as exc:
+            self._trip(exc)
+            raise
+
     def ping(self) -> None:
         """StateUnavailable while down (``/healthz`` reports the outage); else the store's ping."""
         self._guarded(self.store.ping)()
