@@ -151,9 +151,9 @@ class GuardedModel:
         model is :func:`~modeltheft.defenses.batching.batch_invariant`, their rows are
         predicted in one call (the answers are the same to the bit)."""
         model = self._local_model()
-        if not self._commits.enabled:
-            return self._answer_now(model, client_id, _inputs(X))
         inputs = _inputs(X)
+        if not self._commits.enabled:
+            return self._answer_now(model, client_id, inputs)
         # The work runs in the commit's callback, after ``place`` is set: deferring first
         # opens the group whose shared prediction the rows then join.
         done = self._commits.defer(lambda: self._answer_now(model, client_id, inputs, place))
