@@ -61,17 +61,44 @@ def test_a_resolutions_grid_is_computed_once() -> None:
     assert keyed._grid(np.zeros(64), 64) is not first
 
 
-@pytest.mark.parametrize("k", [1, 5, 7])
+@pytest.mark.parametrize("k", [1, 2, 5, 7, 8, 9])
 def test_a_one_row_knn_score_is_the_plain_formula_bit_for_bit(k: int) -> None:
     task = digits_task()
     scorer = KnnScorer(np.asarray(task.data.X_train, dtype=float), k)
     reference, squared = scorer._reference, scorer._squared
     rng = np.random.default_rng(k)
-    rows = [*np.asarray(task.data.X_eval[:50]), *(rng.random((20, 64)) * 16), np.full(64, 1e-300)]
+    rows = [
+        *np.asarray(task.data.X_eval[:50]),
+        *np.asarray(task.data.X_train[:5]),  # a distance of 0 among the nearest
+        *(rng.random((20, 64)) * 16),
+        np.full(64, 1e-300),
+    ]
     for x in rows:
         near = np.partition(squared - 2.0 * (reference @ x), k - 1)[:k] + x @ x
         expected = np.sqrt(np.maximum(near, 0.0)).mean(keepdims=True)
         assert scorer.score(np.array([x])).tobytes() == expected.tobytes()
+
+
+def test_the_mean_root_of_a_few_values_is_numpys_bit_for_bit() -> None:
+    """Python floats in NumPy's order (sequential sum, maximum's 0.0 for -0.0, NaN kept)."""
+    from modeltheft.defenses.ood import _mean_root
+
+    rng = np.random.default_rng(0)
+    edge = [0.0, -0.0, 5e-324, 1e-300, 3.0, -1.0, np.inf, np.nan]
+    for trial in range(20_000):
+        k = int(rng.integers(1, 8))
+        kind = trial % 3
+        if kind == 0:
+            values = rng.normal(0.0, 1e3, k)
+        elif kind == 1:
+            values = rng.integers(-3, 50, k).astype(float)
+        else:
+            values = rng.choice(edge, k)
+        offset = float(rng.choice([0.0, -0.0, 1e-10, 123.456, rng.random() * 100]))
+        with np.errstate(invalid="ignore"):
+            expected = np.sqrt(np.maximum(values + offset, 0.0)).mean(keepdims=True)
+        got = np.array([_mean_root(values.tolist(), offset)])
+        assert got.tobytes() == expected.tobytes() or (np.isnan(got) & np.isnan(expected)).all()
 
 
 def test_prada_keeps_its_row_count_and_distances_as_windows_move() -> None:
@@ -236,15 +263,22 @@ def test_answers_shortcuts_say_what_the_masks_say(marked: list[bool] | None) -> 
 
 
 @pytest.mark.parametrize(
-    "values", [[0.0, 16.0, 3.0], [0.1, 1.0, 2.0], [np.nan, 1.0, 2.0], [np.inf, 7e4, 1.0]]
-)
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+    "values",
+    [[0.0, 16.0, 3.0], [0.1, 1.0, 2.0], [np.nan, 1.0, 2.0], [np.inf, 7e4, 1.0], [-0.0, 1.0, 2.0],
+     [127.0, -128.0, 0.0], [128.0, 1.0, 2.0], [-129.0, 0.0, 1.0]],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.int8, np.float16, np.float32])
 def test_exactness_checks_say_what_array_equal_says(values: list[float], dtype: type) -> None:
+    """And for int8, what comparing the float64 bits back says (-0.0 is not 0 there)."""
     from modeltheft.defenses.prada_state import _exact
 
     rows = np.array([values])
-    with np.errstate(over="ignore"):
-        plain = bool(np.array_equal(rows.astype(dtype), rows, equal_nan=True))
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = rows.astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        plain = narrow.astype(np.float64).tobytes() == rows.tobytes()
+    else:
+        plain = bool(np.array_equal(narrow, rows, equal_nan=True))
     assert _exact(rows, dtype) == plain
 
 

@@ -176,3 +176,29 @@ def test_rows_are_held_narrow_while_exact_and_widen_when_a_row_needs_it() -> Non
     nan = np.full((1, 64), np.nan)
     wide.extend(nan, np.array([1]))
     assert np.isnan(wide.held()[1]).all()
+
+
+def test_integer_rows_are_held_in_int8_until_one_is_not() -> None:
+    """Digits' raw pixels fit int8 (an eighth of float64's bytes); -0.0, a fraction or a value
+    past 127 widens the storage, and every row held keeps its float64 value and sign."""
+    from modeltheft.defenses.prada_state import Rows
+
+    pixels = (np.arange(128, dtype=float).reshape(2, 64) % 17)[:, ::-1].copy()
+    rows = Rows(64)
+    rows.extend(np.repeat(pixels, 50, axis=0), np.arange(100))
+    assert rows._data.dtype == np.int8 and rows.held().dtype == np.float64
+    query = np.arange(64, dtype=float) % 5
+    reference = np.repeat(pixels, 50, axis=0)
+    assert rows.nearest(query) == float(
+        np.einsum("ij,ij->i", reference - query, reference - query).min()
+    )
+    for row, dtype in [(-0.0, np.float16), (0.5, np.float16), (300.0, np.float16),
+                       (1e6, np.float32), (0.1, np.float64)]:  # fmt: skip
+        grown = Rows(64)
+        grown.extend(pixels, np.arange(2))
+        odd = pixels[:1].copy()
+        odd[0, 3] = row
+        grown.extend(odd, np.array([2]))
+        assert grown._data.dtype == dtype
+        held = grown.held()
+        assert held[:2].tobytes() == pixels.tobytes() and held[2].tobytes() == odd[0].tobytes()
