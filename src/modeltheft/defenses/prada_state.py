@@ -327,7 +327,7 @@ class PradaClient:
     def nbytes(self) -> int:
         # Arrays at their capacity, ~200 B a class, ~4 KB for the objects themselves
         # (measured with tracemalloc).
-        rows = sum(group.nbytes + 200 for group in self.growing.values())
+        rows = sum([group.nbytes for group in self.growing.values()]) + 200 * len(self.growing)
         rows += self.d.nbytes + self.digests.nbytes + 4 * len(self.row_counts)
         return rows + 200 * len(self.thresholds) + 4000
 
