@@ -291,12 +291,14 @@ def _mean_root(nearest: list[float], offset: float) -> float:
     """``np.sqrt(np.maximum(nearest + offset, 0)).mean()`` for a few values, in Python floats:
     the same IEEE operations in the same order (NumPy sums fewer than 8 values one after the
     other; its maximum makes -0.0 0.0), bit for bit, without five NumPy calls on cold caches
-    (~8 µs a request). ``tests/defenses/test_ood.py`` checks it against NumPy."""
+    (11.5 -> 8 µs a score in a request). ``tests/defenses/test_cheap_paths.py`` checks it
+    against NumPy."""
     roots = []
     for value in nearest:
         value += offset
+        # NumPy's maximum(value, 0.0): 0.0 for -0.0 and below, NaN kept
         roots.append(math.sqrt(value) if value > 0.0 else (0.0 if value <= 0.0 else value))
-    total = roots[0]  # (the else above: NaN stays NaN)
+    total = roots[0]
     for root in roots[1:]:
         total += root
     return total / len(roots)

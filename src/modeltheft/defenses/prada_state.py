@@ -101,7 +101,7 @@ class Rows:
 
     With ``compact``, rows are held in the narrowest of int8, float16, float32 and float64 that
     holds every row added exactly (digits' pixels fit int8: an eighth of the bytes, and
-    widened to float64 several times faster than float16 is), widened when a row needs it:
+    widened to float64 faster than float16 is), widened when a row needs it:
     values and distances stay those of float64 rows, only the memory shrinks.
     """
 
